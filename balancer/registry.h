@@ -1,0 +1,105 @@
+/* registry: the balancer's table of nodes, their liveness state machine
+ * (joining, healthy, suspect, down, draining) and the rotation, the dense
+ * array of nodes that may be handed to clients. Driven by an injectable
+ * monotonic clock so tests run on a fake one. Single-threaded. */
+#ifndef BERTH_REGISTRY_H
+#define BERTH_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hb_msg.h"
+
+enum node_state {
+    NODE_JOINING,  /* registered, fewer than `rise` heartbeats in a row yet */
+    NODE_HEALTHY,  /* in rotation */
+    NODE_SUSPECT,  /* missed one interval: out of rotation, back on the next heartbeat */
+    NODE_DOWN,     /* missed `fall` intervals, or reports itself unhealthy */
+    NODE_DRAINING, /* sent LEAVE or heartbeats with draining: out of rotation */
+    NODE_STATE_COUNT
+};
+
+/* "joining", "healthy", ... from one table used by logs and JSON. */
+const char *node_state_name(enum node_state s);
+
+struct registry_config {
+    uint32_t interval_ms; /* expected heartbeat interval */
+    uint32_t fall;        /* missed intervals before down */
+    uint32_t rise;        /* heartbeats in a row before healthy */
+    uint32_t forget_ms;   /* a down or draining node silent this long is dropped */
+};
+
+/* Returns monotonic milliseconds. */
+typedef uint64_t (*registry_clock_fn)(void *ctx);
+
+/* Read-only view of one node; pointers stay valid until the next call that
+ * changes the registry (register, heartbeat, leave, reap). */
+struct registry_node {
+    char id[HB_NODE_ID_MAX + 1];
+    char addr[HB_ADDR_MAX + 1];
+    char version[HB_VERSION_MAX + 1];
+    uint64_t boot_id;
+    uint32_t capacity;
+    enum node_state state;
+    uint64_t state_since_ms; /* clock time the state began */
+    uint64_t last_seen_ms;   /* clock time of the last message from the node */
+    uint32_t good_streak;    /* heartbeats in a row, for rise */
+    uint64_t heartbeats;     /* heartbeats received */
+    /* last load report */
+    uint32_t sessions;
+    uint64_t accepted;
+    double msgs_per_sec;
+    bool reported_healthy;
+    char reason[HB_REASON_MAX + 1]; /* why it is out of rotation, "" if in */
+    uint32_t nworkers;
+    struct hb_worker workers[HB_MAX_WORKERS];
+};
+
+/* Called on every state change, after the change is applied (for logging). */
+typedef void (*registry_change_fn)(void *ctx, const struct registry_node *n,
+                                   enum node_state from, enum node_state to);
+
+struct registry;
+
+/* NULL clock means mono_now_ms. Returns NULL on out of memory. */
+struct registry *registry_new(const struct registry_config *cfg, registry_clock_fn clock,
+                              void *clock_ctx);
+void registry_free(struct registry *r);
+void registry_on_change(struct registry *r, registry_change_fn fn, void *ctx);
+const struct registry_config *registry_config(const struct registry *r);
+uint64_t registry_now(const struct registry *r);
+
+/* REGISTER: adds the node, or resets it when boot_id changed (a restart).
+ * A node registering again with the same boot_id keeps its state.
+ * Returns 0, or -1 on out of memory. */
+int registry_register(struct registry *r, const struct hb_msg *m);
+
+enum registry_result {
+    REGISTRY_OK,
+    REGISTRY_UNKNOWN, /* not registered (or another boot_id): send HB_REREGISTER */
+};
+/* HEARTBEAT: refreshes last_seen and load, advances rise, applies the
+ * node's own healthy/draining flags. */
+enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg *m);
+/* LEAVE: the node goes to draining at once. */
+enum registry_result registry_leave(struct registry *r, const struct hb_msg *m);
+
+/* The reap pass: looks at every node, moves silent ones to suspect and down,
+ * forgets long-silent down/draining ones. Call at least every interval/4. */
+void registry_reap(struct registry *r);
+
+/* Grows by one on every change of the set of nodes in rotation. */
+uint64_t registry_epoch(const struct registry *r);
+size_t registry_count_state(const struct registry *r, enum node_state s);
+
+/* All nodes, in no particular order: 0 <= i < registry_size. */
+size_t registry_size(const struct registry *r);
+const struct registry_node *registry_at(const struct registry *r, size_t i);
+const struct registry_node *registry_find(const struct registry *r, const char *id);
+
+/* The rotation (healthy nodes), O(1) access for pickers. */
+size_t registry_rotation_size(const struct registry *r);
+const struct registry_node *registry_rotation_at(const struct registry *r, size_t i);
+
+#endif
