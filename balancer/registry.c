@@ -1,0 +1,506 @@
+/* registry: the balancer's node table (hash index by id), the liveness state
+ * machine of docs/DESIGN.md "Liveness", and the rotation of healthy nodes. */
+#include "registry.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mono.h"
+
+/* One node. The public view comes first so a registry_node pointer and its
+ * entry are the same address. Entries are allocated one by one, so pointers
+ * handed out stay put while the arrays that index them move. */
+struct reg_entry {
+    struct registry_node pub; /* what callers see */
+    uint64_t hash;            /* id_hash(pub.id), kept for the index */
+    size_t all_idx;           /* position in registry.all */
+    size_t rot_idx;           /* position in registry.rotation, NOT_IN_ROTATION if out */
+};
+
+#define NOT_IN_ROTATION SIZE_MAX
+#define INDEX_MIN_SLOTS 16
+
+struct registry {
+    struct registry_config cfg;
+    registry_clock_fn clock;
+    void *clock_ctx;
+    registry_change_fn on_change;
+    void *on_change_ctx;
+
+    struct reg_entry **all; /* every node, dense, order changes on removal */
+    size_t nall;
+    size_t all_cap;
+
+    struct reg_entry **rotation; /* healthy nodes, dense, order changes on removal */
+    size_t nrot;
+    size_t rot_cap;
+
+    /* id -> entry: open addressing, linear probing, deletion by backward
+     * shift (no tombstones), kept at most half full. */
+    struct reg_entry **slots;
+    size_t nslots; /* a power of two */
+
+    uint64_t epoch;
+    size_t state_count[NODE_STATE_COUNT];
+};
+
+static const char *const state_names[NODE_STATE_COUNT] = {
+    [NODE_JOINING] = "joining",
+    [NODE_HEALTHY] = "healthy",
+    [NODE_SUSPECT] = "suspect",
+    [NODE_DOWN] = "down",
+    [NODE_DRAINING] = "draining",
+};
+
+const char *node_state_name(enum node_state s)
+{
+    if ((unsigned)s >= NODE_STATE_COUNT)
+        return "unknown";
+    return state_names[s];
+}
+
+/* FNV-1a, then the splitmix64 finaliser: FNV alone clusters similar ids
+ * ("n1", "n2") in the low bits that pick the slot. */
+static uint64_t id_hash(const char *id)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
+        h ^= *p;
+        h *= 0x100000001b3ULL;
+    }
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return h;
+}
+
+/* ---- the id index ---- */
+
+static struct reg_entry *index_find(const struct registry *r, const char *id, uint64_t h)
+{
+    size_t mask = r->nslots - 1;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        struct reg_entry *e = r->slots[i];
+        if (e == NULL)
+            return NULL; /* never full, so an empty slot always ends the probe */
+        if (e->hash == h && strcmp(e->pub.id, id) == 0)
+            return e;
+    }
+}
+
+static void index_put_slot(struct reg_entry **slots, size_t nslots, struct reg_entry *e)
+{
+    size_t mask = nslots - 1;
+    size_t i = (size_t)e->hash & mask;
+    while (slots[i] != NULL)
+        i = (i + 1) & mask;
+    slots[i] = e;
+}
+
+/* Makes room for one more entry. Returns 0 or -1 on out of memory. */
+static int index_reserve(struct registry *r)
+{
+    if ((r->nall + 1) * 2 <= r->nslots)
+        return 0;
+    size_t nslots = r->nslots * 2;
+    struct reg_entry **slots = calloc(nslots, sizeof *slots);
+    if (slots == NULL)
+        return -1;
+    for (size_t i = 0; i < r->nslots; i++)
+        if (r->slots[i] != NULL)
+            index_put_slot(slots, nslots, r->slots[i]);
+    free(r->slots);
+    r->slots = slots;
+    r->nslots = nslots;
+    return 0;
+}
+
+static void index_remove(struct registry *r, const struct reg_entry *e)
+{
+    size_t mask = r->nslots - 1;
+    size_t i = (size_t)e->hash & mask;
+    while (r->slots[i] != e)
+        i = (i + 1) & mask;
+    r->slots[i] = NULL;
+    /* Backward shift: move later members of the probe run into the hole
+     * when their home slot does not lie cyclically in (hole, j]. */
+    size_t hole = i;
+    for (size_t j = (i + 1) & mask; r->slots[j] != NULL; j = (j + 1) & mask) {
+        size_t home = (size_t)r->slots[j]->hash & mask;
+        bool home_in_range = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+        if (!home_in_range) {
+            r->slots[hole] = r->slots[j];
+            r->slots[j] = NULL;
+            hole = j;
+        }
+    }
+}
+
+/* ---- dense arrays ---- */
+
+static int grow(struct reg_entry ***arr, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    while (ncap < need)
+        ncap *= 2;
+    struct reg_entry **n = realloc(*arr, ncap * sizeof *n);
+    if (n == NULL)
+        return -1;
+    *arr = n;
+    *cap = ncap;
+    return 0;
+}
+
+static void rotation_add(struct registry *r, struct reg_entry *e)
+{
+    /* rot_cap is kept >= all_cap when a node is added, so this never fails */
+    e->rot_idx = r->nrot;
+    r->rotation[r->nrot++] = e;
+    r->epoch++;
+}
+
+static void rotation_remove(struct registry *r, struct reg_entry *e)
+{
+    size_t i = e->rot_idx;
+    struct reg_entry *last = r->rotation[--r->nrot];
+    r->rotation[i] = last;
+    last->rot_idx = i;
+    e->rot_idx = NOT_IN_ROTATION;
+    r->epoch++;
+}
+
+/* ---- state machine ---- */
+
+static void set_reason(struct reg_entry *e, const char *reason)
+{
+    snprintf(e->pub.reason, sizeof e->pub.reason, "%s", reason);
+}
+
+/* Moves e to state `to` with `reason` (ignored for healthy, which has none),
+ * keeps the rotation and the counts in step, and reports the change. */
+static void set_state(struct registry *r, struct reg_entry *e, enum node_state to,
+                      const char *reason)
+{
+    enum node_state from = e->pub.state;
+    set_reason(e, to == NODE_HEALTHY ? "" : reason);
+    if (from == to)
+        return;
+    e->pub.state = to;
+    e->pub.state_since_ms = registry_now(r);
+    r->state_count[from]--;
+    r->state_count[to]++;
+    if (from == NODE_HEALTHY)
+        rotation_remove(r, e);
+    else if (to == NODE_HEALTHY)
+        rotation_add(r, e);
+    if (r->on_change != NULL)
+        r->on_change(r->on_change_ctx, &e->pub, from, to);
+}
+
+/* rise and fall of 0 would mean "no heartbeat needed"; read them as 1. */
+static uint32_t rise_of(const struct registry *r)
+{
+    return r->cfg.rise ? r->cfg.rise : 1;
+}
+
+static uint32_t fall_of(const struct registry *r)
+{
+    return r->cfg.fall ? r->cfg.fall : 1;
+}
+
+/* A message arrived: extend or restart the run of heartbeats in a row.
+ * More than 1.5 intervals since the last one breaks the run. */
+static void advance_streak(const struct registry *r, struct reg_entry *e, uint64_t now)
+{
+    uint64_t gap = now >= e->pub.last_seen_ms ? now - e->pub.last_seen_ms : 0;
+    if (gap * 2 > (uint64_t)r->cfg.interval_ms * 3)
+        e->pub.good_streak = 1;
+    else if (e->pub.good_streak < UINT32_MAX)
+        e->pub.good_streak++;
+    e->pub.last_seen_ms = now;
+}
+
+static struct reg_entry *lookup(const struct registry *r, const char *id)
+{
+    if (id == NULL)
+        return NULL;
+    return index_find(r, id, id_hash(id));
+}
+
+/* Returns true if the advertised address changed. */
+static bool copy_register_fields(struct reg_entry *e, const struct hb_msg *m)
+{
+    bool moved = strcmp(e->pub.addr, m->addr) != 0;
+    snprintf(e->pub.addr, sizeof e->pub.addr, "%s", m->addr);
+    snprintf(e->pub.version, sizeof e->pub.version, "%s", m->version);
+    e->pub.capacity = m->capacity;
+    return moved;
+}
+
+/* A new process behind the id: forget what the old one reported. */
+static void reset_process(struct reg_entry *e, const struct hb_msg *m, uint64_t now)
+{
+    e->pub.boot_id = m->boot_id;
+    e->pub.last_seen_ms = now;
+    e->pub.good_streak = 1; /* REGISTER counts as the first heartbeat */
+    e->pub.heartbeats = 0;
+    e->pub.sessions = 0;
+    e->pub.accepted = 0;
+    e->pub.msgs_per_sec = 0;
+    e->pub.reported_healthy = true;
+    e->pub.nworkers = 0;
+    memset(e->pub.workers, 0, sizeof e->pub.workers);
+}
+
+/* ---- public API ---- */
+
+struct registry *registry_new(const struct registry_config *cfg, registry_clock_fn clock,
+                              void *clock_ctx)
+{
+    struct registry *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    r->cfg = *cfg;
+    r->clock = clock;
+    r->clock_ctx = clock_ctx;
+    r->nslots = INDEX_MIN_SLOTS;
+    r->slots = calloc(r->nslots, sizeof *r->slots);
+    if (r->slots == NULL)
+        goto fail;
+    return r;
+fail:
+    registry_free(r);
+    return NULL;
+}
+
+void registry_free(struct registry *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->nall; i++)
+        free(r->all[i]);
+    free(r->all);
+    free(r->rotation);
+    free(r->slots);
+    free(r);
+}
+
+void registry_on_change(struct registry *r, registry_change_fn fn, void *ctx)
+{
+    r->on_change = fn;
+    r->on_change_ctx = ctx;
+}
+
+const struct registry_config *registry_config(const struct registry *r)
+{
+    return &r->cfg;
+}
+
+uint64_t registry_now(const struct registry *r)
+{
+    return r->clock != NULL ? r->clock(r->clock_ctx) : mono_now_ms();
+}
+
+int registry_register(struct registry *r, const struct hb_msg *m)
+{
+    uint64_t now = registry_now(r);
+    enum node_state fresh = rise_of(r) <= 1 ? NODE_HEALTHY : NODE_JOINING;
+    struct reg_entry *e = lookup(r, m->node_id);
+
+    if (e == NULL) {
+        /* Reserve everything first so a failure leaves the registry as it was. */
+        if (index_reserve(r) != 0 || grow(&r->all, &r->all_cap, r->nall + 1) != 0 ||
+            grow(&r->rotation, &r->rot_cap, r->all_cap) != 0)
+            return -1;
+        e = calloc(1, sizeof *e);
+        if (e == NULL)
+            return -1;
+        snprintf(e->pub.id, sizeof e->pub.id, "%s", m->node_id);
+        e->hash = id_hash(e->pub.id);
+        e->rot_idx = NOT_IN_ROTATION;
+        e->pub.state = NODE_JOINING;
+        e->pub.state_since_ms = now;
+        set_reason(e, "joining");
+        reset_process(e, m, now);
+        (void)copy_register_fields(e, m);
+        e->all_idx = r->nall;
+        r->all[r->nall++] = e;
+        index_put_slot(r->slots, r->nslots, e);
+        r->state_count[NODE_JOINING]++;
+        /* A new node is not a transition; only rise <= 1 makes one here. */
+        if (fresh == NODE_HEALTHY)
+            set_state(r, e, NODE_HEALTHY, "");
+        return 0;
+    }
+
+    bool moved = copy_register_fields(e, m);
+    bool restarted = e->pub.boot_id != m->boot_id;
+    /* A node that stays in rotation but now is another process or at
+     * another address is a different member for clients caching by epoch
+     * (leaving or joining the rotation bumps it in set_state instead). */
+    if (e->rot_idx != NOT_IN_ROTATION && (moved || restarted) &&
+        (!restarted || fresh == NODE_HEALTHY))
+        r->epoch++;
+    if (restarted) {
+        reset_process(e, m, now);
+        set_state(r, e, fresh, "joining");
+        return 0;
+    }
+
+    /* Same process registering again (it lost us and reconnected): a message
+     * like any other, so it extends the streak; the state is kept except
+     * that a joining or down node may now have risen. A REGISTER says
+     * nothing of health, so a node whose last report said unhealthy gets no
+     * credit towards rise until a heartbeat says otherwise. */
+    if (!e->pub.reported_healthy) {
+        e->pub.last_seen_ms = now;
+        return 0;
+    }
+    advance_streak(r, e, now);
+    if ((e->pub.state == NODE_JOINING || e->pub.state == NODE_DOWN) &&
+        e->pub.good_streak >= rise_of(r))
+        set_state(r, e, NODE_HEALTHY, "");
+    return 0;
+}
+
+enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg *m)
+{
+    struct reg_entry *e = lookup(r, m->node_id);
+    if (e == NULL || e->pub.boot_id != m->boot_id)
+        return REGISTRY_UNKNOWN;
+
+    uint64_t now = registry_now(r);
+    advance_streak(r, e, now);
+    if (e->pub.heartbeats < UINT64_MAX)
+        e->pub.heartbeats++;
+    e->pub.sessions = m->sessions;
+    e->pub.accepted = m->accepted;
+    e->pub.msgs_per_sec = m->msgs_per_sec;
+    e->pub.reported_healthy = m->healthy;
+    e->pub.nworkers = m->nworkers <= HB_MAX_WORKERS ? m->nworkers : HB_MAX_WORKERS;
+    memcpy(e->pub.workers, m->workers, e->pub.nworkers * sizeof e->pub.workers[0]);
+
+    if (m->draining) {
+        set_state(r, e, NODE_DRAINING, "draining");
+    } else if (!m->healthy) {
+        /* rise counts good heartbeats: an unhealthy one breaks the run */
+        e->pub.good_streak = 0;
+        set_state(r, e, NODE_DOWN, m->reason[0] ? m->reason : "node reports unhealthy");
+    } else {
+        switch (e->pub.state) {
+        case NODE_SUSPECT:
+            set_state(r, e, NODE_HEALTHY, "");
+            break;
+        case NODE_JOINING:
+        case NODE_DOWN:
+            if (e->pub.good_streak >= rise_of(r))
+                set_state(r, e, NODE_HEALTHY, "");
+            break;
+        case NODE_HEALTHY:
+        case NODE_DRAINING: /* only a REGISTER from a new process ends draining */
+        case NODE_STATE_COUNT:
+            break;
+        }
+    }
+    return REGISTRY_OK;
+}
+
+enum registry_result registry_leave(struct registry *r, const struct hb_msg *m)
+{
+    struct reg_entry *e = lookup(r, m->node_id);
+    if (e == NULL || e->pub.boot_id != m->boot_id)
+        return REGISTRY_UNKNOWN;
+    e->pub.last_seen_ms = registry_now(r);
+    set_state(r, e, NODE_DRAINING, "draining");
+    return REGISTRY_OK;
+}
+
+/* Drops e from every structure and frees it. */
+static void forget(struct registry *r, struct reg_entry *e)
+{
+    if (e->rot_idx != NOT_IN_ROTATION)
+        rotation_remove(r, e); /* not reached: only down/draining are forgotten */
+    index_remove(r, e);
+    r->state_count[e->pub.state]--;
+    struct reg_entry *last = r->all[--r->nall];
+    r->all[e->all_idx] = last;
+    last->all_idx = e->all_idx;
+    free(e);
+}
+
+void registry_reap(struct registry *r)
+{
+    uint64_t now = registry_now(r);
+    uint64_t suspect_after2 = (uint64_t)r->cfg.interval_ms * 3; /* compared with silent*2 */
+    uint64_t down_after = (uint64_t)r->cfg.interval_ms * fall_of(r);
+
+    /* Every node, every pass: a live node early in the table must not hide
+     * silent ones after it. forget() moves the last node into slot i, so i
+     * only advances when nothing was removed. */
+    size_t i = 0;
+    while (i < r->nall) {
+        struct reg_entry *e = r->all[i];
+        uint64_t silent = now >= e->pub.last_seen_ms ? now - e->pub.last_seen_ms : 0;
+        enum node_state s = e->pub.state;
+
+        if ((s == NODE_DOWN || s == NODE_DRAINING) && silent >= r->cfg.forget_ms) {
+            forget(r, e);
+            continue;
+        }
+        /* down is checked first so a long gap goes straight there, with one
+         * change reported instead of healthy -> suspect -> down */
+        if ((s == NODE_HEALTHY || s == NODE_SUSPECT || s == NODE_JOINING) &&
+            silent >= down_after) {
+            char why[HB_REASON_MAX + 1];
+            snprintf(why, sizeof why, "no heartbeat for %llu ms", (unsigned long long)silent);
+            e->pub.good_streak = 0;
+            set_state(r, e, NODE_DOWN, why);
+        } else if (s == NODE_HEALTHY && silent * 2 > suspect_after2) {
+            set_state(r, e, NODE_SUSPECT, "missed heartbeat");
+        }
+        i++;
+    }
+}
+
+uint64_t registry_epoch(const struct registry *r)
+{
+    return r->epoch;
+}
+
+size_t registry_count_state(const struct registry *r, enum node_state s)
+{
+    if ((unsigned)s >= NODE_STATE_COUNT)
+        return 0;
+    return r->state_count[s];
+}
+
+size_t registry_size(const struct registry *r)
+{
+    return r->nall;
+}
+
+const struct registry_node *registry_at(const struct registry *r, size_t i)
+{
+    return i < r->nall ? &r->all[i]->pub : NULL;
+}
+
+const struct registry_node *registry_find(const struct registry *r, const char *id)
+{
+    struct reg_entry *e = lookup(r, id);
+    return e != NULL ? &e->pub : NULL;
+}
+
+size_t registry_rotation_size(const struct registry *r)
+{
+    return r->nrot;
+}
+
+const struct registry_node *registry_rotation_at(const struct registry *r, size_t i)
+{
+    return i < r->nrot ? &r->rotation[i]->pub : NULL;
+}

@@ -1,0 +1,914 @@
+/* test_registry: the liveness state machine, rotation, epoch, id index and
+ * change callback of balancer/registry.c, on a fake clock. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "registry.h"
+
+#define INTERVAL 250
+#define FALL 3
+#define RISE 2
+#define FORGET 60000
+
+struct fake_clock {
+    uint64_t now;
+};
+
+static uint64_t fake_now(void *ctx)
+{
+    return ((struct fake_clock *)ctx)->now;
+}
+
+struct change {
+    char id[HB_NODE_ID_MAX + 1];
+    enum node_state from, to;
+    uint64_t since;
+    size_t rotation_after;
+};
+
+#define MAX_CHANGES 64
+
+/* Each test's world: the clock, the registry and the changes it reported. */
+struct world {
+    struct fake_clock clock;
+    struct registry *reg;
+    struct change changes[MAX_CHANGES];
+    size_t nchanges;
+};
+
+static struct world *world_of(void **state)
+{
+    return *state;
+}
+
+static void record_change(void *ctx, const struct registry_node *n, enum node_state from,
+                          enum node_state to)
+{
+    struct world *w = ctx;
+    assert_true(w->nchanges < MAX_CHANGES);
+    struct change *c = &w->changes[w->nchanges++];
+    snprintf(c->id, sizeof c->id, "%s", n->id);
+    c->from = from;
+    c->to = to;
+    c->since = n->state_since_ms;
+    c->rotation_after = registry_rotation_size(w->reg);
+    /* the change is applied before the callback runs */
+    assert_int_equal(n->state, to);
+}
+
+static struct world *world_new(uint32_t rise, uint32_t fall)
+{
+    struct world *w = test_calloc(1, sizeof *w);
+    assert_non_null(w);
+    struct registry_config cfg = {
+        .interval_ms = INTERVAL, .fall = fall, .rise = rise, .forget_ms = FORGET};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    registry_on_change(w->reg, record_change, w);
+    return w;
+}
+
+static int setup(void **state)
+{
+    *state = world_new(RISE, FALL);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct world *w = *state;
+    registry_free(w->reg);
+    test_free(w);
+    return 0;
+}
+
+static struct hb_msg reg_msg(const char *id, uint64_t boot)
+{
+    struct hb_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = HB_REGISTER;
+    snprintf(m.node_id, sizeof m.node_id, "%s", id);
+    m.boot_id = boot;
+    snprintf(m.addr, sizeof m.addr, "127.0.0.1:7001");
+    m.capacity = 100;
+    snprintf(m.version, sizeof m.version, "0.1.0");
+    return m;
+}
+
+static struct hb_msg hb_msg_for(const char *id, uint64_t boot)
+{
+    struct hb_msg m;
+    memset(&m, 0, sizeof m);
+    m.type = HB_HEARTBEAT;
+    snprintf(m.node_id, sizeof m.node_id, "%s", id);
+    m.boot_id = boot;
+    m.healthy = true;
+    return m;
+}
+
+static void do_register(struct world *w, const char *id, uint64_t boot)
+{
+    struct hb_msg m = reg_msg(id, boot);
+    assert_int_equal(registry_register(w->reg, &m), 0);
+}
+
+static void do_heartbeat(struct world *w, const char *id, uint64_t boot)
+{
+    struct hb_msg m = hb_msg_for(id, boot);
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+}
+
+static enum node_state state_of(struct world *w, const char *id)
+{
+    const struct registry_node *n = registry_find(w->reg, id);
+    assert_non_null(n);
+    return n->state;
+}
+
+/* register + enough heartbeats, one interval apart, to be healthy */
+static void make_healthy(struct world *w, const char *id, uint64_t boot)
+{
+    do_register(w, id, boot);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, id, boot);
+    assert_int_equal(state_of(w, id), NODE_HEALTHY);
+}
+
+static void test_state_names(void **state)
+{
+    (void)state;
+    assert_string_equal(node_state_name(NODE_JOINING), "joining");
+    assert_string_equal(node_state_name(NODE_HEALTHY), "healthy");
+    assert_string_equal(node_state_name(NODE_SUSPECT), "suspect");
+    assert_string_equal(node_state_name(NODE_DOWN), "down");
+    assert_string_equal(node_state_name(NODE_DRAINING), "draining");
+    assert_string_equal(node_state_name(NODE_STATE_COUNT), "unknown");
+    assert_string_equal(node_state_name((enum node_state)-1), "unknown");
+}
+
+static void test_register_new_node_joins(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "n1", 7);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_non_null(n);
+    assert_int_equal(n->state, NODE_JOINING);
+    assert_int_equal(n->good_streak, 1);
+    assert_int_equal(n->boot_id, 7);
+    assert_int_equal(n->capacity, 100);
+    assert_string_equal(n->addr, "127.0.0.1:7001");
+    assert_string_equal(n->version, "0.1.0");
+    assert_int_equal(n->last_seen_ms, 1000);
+    assert_int_equal(n->state_since_ms, 1000);
+    assert_int_equal(registry_size(w->reg), 1);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    assert_int_equal(registry_epoch(w->reg), 0);
+    assert_int_equal(registry_count_state(w->reg, NODE_JOINING), 1);
+    assert_int_equal(w->nchanges, 0); /* appearing is not a transition */
+    assert_null(registry_find(w->reg, "n2"));
+    assert_null(registry_find(w->reg, NULL));
+    assert_null(registry_at(w->reg, 1));
+    assert_null(registry_rotation_at(w->reg, 0));
+    assert_ptr_equal(registry_at(w->reg, 0), n);
+    assert_int_equal(registry_config(w->reg)->interval_ms, INTERVAL);
+    assert_int_equal(registry_now(w->reg), 1000);
+}
+
+static void test_rise_one_is_healthy_at_register(void **state)
+{
+    (void)state;
+    struct world *w = world_new(1, FALL);
+    do_register(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    assert_int_equal(registry_epoch(w->reg), 1);
+    assert_int_equal(w->nchanges, 1);
+    assert_int_equal(w->changes[0].from, NODE_JOINING);
+    assert_int_equal(w->changes[0].to, NODE_HEALTHY);
+    assert_string_equal(registry_find(w->reg, "n1")->reason, "");
+
+    /* a restart straight back into rotation is still a new member */
+    w->clock.now += INTERVAL;
+    do_register(w, "n1", 2);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_find(w->reg, "n1")->boot_id, 2);
+    assert_int_equal(registry_epoch(w->reg), 2);
+    assert_int_equal(w->nchanges, 1);
+    registry_free(w->reg);
+    test_free(w);
+}
+
+static void test_rise_needs_consecutive_heartbeats(void **state)
+{
+    (void)state;
+    struct world *w = world_new(3, FALL);
+    do_register(w, "n1", 1); /* streak 1 */
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1); /* 2 */
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING);
+    assert_int_equal(registry_find(w->reg, "n1")->good_streak, 2);
+
+    /* a gap of more than 1.5 intervals restarts the count */
+    w->clock.now += INTERVAL * 3 / 2 + 1;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(registry_find(w->reg, "n1")->good_streak, 1);
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING);
+
+    /* exactly 1.5 intervals still counts as in a row */
+    w->clock.now += INTERVAL * 3 / 2;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(registry_find(w->reg, "n1")->good_streak, 2);
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_find(w->reg, "n1")->state_since_ms, w->clock.now);
+    assert_int_equal(registry_find(w->reg, "n1")->heartbeats, 4);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    assert_ptr_equal(registry_rotation_at(w->reg, 0), registry_find(w->reg, "n1"));
+    registry_free(w->reg);
+    test_free(w);
+}
+
+static void test_fall_exactly_at_fall_intervals(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    uint64_t seen = w->clock.now;
+
+    w->clock.now = seen + INTERVAL * 3 / 2; /* not more than 1.5 intervals yet */
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+
+    w->clock.now = seen + INTERVAL * 3 / 2 + 1;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_SUSPECT);
+    assert_string_equal(registry_find(w->reg, "n1")->reason, "missed heartbeat");
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+
+    w->clock.now = seen + FALL * INTERVAL - 1;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_SUSPECT);
+
+    w->clock.now = seen + FALL * INTERVAL;
+    registry_reap(w->reg);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->state, NODE_DOWN);
+    assert_string_equal(n->reason, "no heartbeat for 750 ms");
+    assert_int_equal(n->state_since_ms, seen + FALL * INTERVAL);
+    assert_int_equal(registry_count_state(w->reg, NODE_DOWN), 1);
+    assert_int_equal(registry_count_state(w->reg, NODE_HEALTHY), 0);
+    assert_int_equal(registry_count_state(w->reg, NODE_SUSPECT), 0);
+}
+
+static void test_long_silence_goes_straight_down(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    size_t before = w->nchanges;
+    w->clock.now += 10 * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_int_equal(w->nchanges, before + 1);
+    assert_int_equal(w->changes[before].from, NODE_HEALTHY);
+    assert_int_equal(w->changes[before].to, NODE_DOWN);
+}
+
+static void test_joining_falls_down(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "n1", 1);
+    w->clock.now += FALL * INTERVAL - 1;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING); /* joining never turns suspect */
+    w->clock.now += 1;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+}
+
+static void test_suspect_recovers_without_rise(void **state)
+{
+    (void)state;
+    struct world *w = world_new(4, FALL);
+    do_register(w, "n1", 1);
+    for (int i = 0; i < 3; i++) {
+        w->clock.now += INTERVAL;
+        do_heartbeat(w, "n1", 1);
+    }
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    uint64_t epoch = registry_epoch(w->reg);
+
+    w->clock.now += 2 * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_SUSPECT);
+    assert_int_equal(registry_epoch(w->reg), epoch + 1);
+
+    do_heartbeat(w, "n1", 1); /* one heartbeat, even after a gap */
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_string_equal(registry_find(w->reg, "n1")->reason, "");
+    assert_int_equal(registry_epoch(w->reg), epoch + 2);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    registry_free(w->reg);
+    test_free(w);
+}
+
+static void test_down_needs_rise_to_return(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    w->clock.now += FALL * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+
+    w->clock.now += 10;
+    do_heartbeat(w, "n1", 1); /* after the gap: streak 1 */
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_int_equal(registry_find(w->reg, "n1")->good_streak, 1);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+}
+
+static void test_leave_drains(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    uint64_t epoch = registry_epoch(w->reg);
+    struct hb_msg m = hb_msg_for("n1", 1);
+    m.type = HB_LEAVE;
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->state, NODE_DRAINING);
+    assert_string_equal(n->reason, "draining");
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    assert_int_equal(registry_epoch(w->reg), epoch + 1);
+
+    /* heartbeats, healthy ones included, keep it draining */
+    for (int i = 0; i < 5; i++) {
+        w->clock.now += INTERVAL;
+        do_heartbeat(w, "n1", 1);
+        assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    }
+    /* so does a REGISTER from the same process */
+    do_register(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    /* and reaping while it heartbeats */
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+
+    /* a new process under the same id starts over */
+    w->clock.now += INTERVAL;
+    do_register(w, "n1", 2);
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING);
+    assert_int_equal(registry_find(w->reg, "n1")->good_streak, 1);
+}
+
+static void test_draining_flag(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    struct hb_msg m = hb_msg_for("n1", 1);
+    m.draining = true;
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_string_equal(registry_find(w->reg, "n1")->reason, "draining");
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    /* a draining joining node drains too */
+    do_register(w, "n2", 1);
+    m = hb_msg_for("n2", 1);
+    m.draining = true;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n2"), NODE_DRAINING);
+}
+
+static void test_unhealthy_self_report(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    struct hb_msg m = hb_msg_for("n1", 1);
+    m.healthy = false;
+    snprintf(m.reason, sizeof m.reason, "worker 2 stalled");
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->state, NODE_DOWN);
+    assert_string_equal(n->reason, "worker 2 stalled");
+    assert_false(n->reported_healthy);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+
+    /* still unhealthy, no reason given: the default text */
+    m.reason[0] = '\0';
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(n->state, NODE_DOWN);
+    assert_string_equal(n->reason, "node reports unhealthy");
+
+    /* a REGISTER from the same process does not bring it back */
+    w->clock.now += INTERVAL;
+    do_register(w, "n1", 1);
+    w->clock.now += INTERVAL;
+    do_register(w, "n1", 1);
+    assert_int_equal(n->state, NODE_DOWN);
+
+    /* back only after `rise` good heartbeats in a row */
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(n->state, NODE_DOWN);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(n->state, NODE_HEALTHY);
+    assert_string_equal(n->reason, "");
+}
+
+static void test_unhealthy_while_joining(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "n1", 1);
+    struct hb_msg m = hb_msg_for("n1", 1);
+    m.healthy = false;
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_int_equal(w->nchanges, 1);
+    assert_int_equal(w->changes[0].from, NODE_JOINING);
+    assert_int_equal(w->changes[0].to, NODE_DOWN);
+}
+
+static void test_reregister_new_boot_resets(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    struct hb_msg m = hb_msg_for("n1", 1);
+    m.sessions = 40;
+    m.accepted = 1234;
+    m.msgs_per_sec = 99.5;
+    m.nworkers = 2;
+    m.workers[1].ticks = 77;
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->sessions, 40);
+    assert_int_equal(n->accepted, 1234);
+    assert_int_equal(n->nworkers, 2);
+    assert_int_equal(n->workers[1].ticks, 77);
+    uint64_t epoch = registry_epoch(w->reg);
+
+    w->clock.now += 10;
+    struct hb_msg r = reg_msg("n1", 2);
+    snprintf(r.addr, sizeof r.addr, "10.0.0.2:7002");
+    r.capacity = 5;
+    assert_int_equal(registry_register(w->reg, &r), 0);
+    assert_ptr_equal(registry_find(w->reg, "n1"), n);
+    assert_int_equal(n->state, NODE_JOINING);
+    assert_int_equal(n->boot_id, 2);
+    assert_int_equal(n->good_streak, 1);
+    assert_int_equal(n->sessions, 0);
+    assert_int_equal(n->accepted, 0);
+    assert_int_equal(n->nworkers, 0);
+    assert_int_equal(n->heartbeats, 0);
+    assert_int_equal(n->capacity, 5);
+    assert_string_equal(n->addr, "10.0.0.2:7002");
+    assert_int_equal(n->state_since_ms, w->clock.now);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    assert_int_equal(registry_epoch(w->reg), epoch + 1);
+    assert_int_equal(registry_size(w->reg), 1);
+
+    /* the old process is now unknown */
+    m = hb_msg_for("n1", 1);
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_UNKNOWN);
+}
+
+static void test_reregister_same_boot_keeps_state(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    size_t changes = w->nchanges;
+    uint64_t epoch = registry_epoch(w->reg);
+    w->clock.now += INTERVAL;
+    struct hb_msg r = reg_msg("n1", 1);
+    snprintf(r.addr, sizeof r.addr, "[::1]:7009");
+    snprintf(r.version, sizeof r.version, "0.2.0");
+    r.capacity = 7;
+    assert_int_equal(registry_register(w->reg, &r), 0);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->state, NODE_HEALTHY);
+    assert_string_equal(n->addr, "[::1]:7009");
+    assert_string_equal(n->version, "0.2.0");
+    assert_int_equal(n->capacity, 7);
+    assert_int_equal(n->last_seen_ms, w->clock.now);
+    assert_int_equal(w->nchanges, changes);
+    /* same members, but one now at another address: clients must re-read */
+    assert_int_equal(registry_epoch(w->reg), epoch + 1);
+    assert_int_equal(registry_register(w->reg, &r), 0); /* the same again */
+    assert_int_equal(registry_epoch(w->reg), epoch + 1);
+
+    /* a down node: REGISTER advances the streak like a heartbeat */
+    w->clock.now += FALL * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(n->state, NODE_DOWN);
+    w->clock.now += 5;
+    do_register(w, "n1", 1);
+    assert_int_equal(n->state, NODE_DOWN);
+    assert_int_equal(n->good_streak, 1);
+    w->clock.now += INTERVAL;
+    do_register(w, "n1", 1);
+    assert_int_equal(n->state, NODE_HEALTHY);
+
+    /* a suspect node keeps its state until a heartbeat, but is refreshed */
+    w->clock.now += 2 * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(n->state, NODE_SUSPECT);
+    do_register(w, "n1", 1);
+    assert_int_equal(n->state, NODE_SUSPECT);
+    w->clock.now += FALL * INTERVAL - 1;
+    registry_reap(w->reg);
+    assert_int_equal(n->state, NODE_SUSPECT);
+}
+
+static void test_joining_reregister_advances(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "n1", 1);
+    w->clock.now += INTERVAL;
+    do_register(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+}
+
+static void test_unknown_messages(void **state)
+{
+    struct world *w = world_of(state);
+    struct hb_msg m = hb_msg_for("ghost", 1);
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_UNKNOWN);
+    m.type = HB_LEAVE;
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_UNKNOWN);
+    assert_int_equal(registry_size(w->reg), 0);
+
+    make_healthy(w, "n1", 1);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    uint64_t seen = n->last_seen_ms;
+    uint64_t beats = n->heartbeats;
+    size_t changes = w->nchanges;
+    w->clock.now += 100;
+    m = hb_msg_for("n1", 99); /* another boot */
+    m.draining = true;
+    m.sessions = 55;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_UNKNOWN);
+    m.type = HB_LEAVE;
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_UNKNOWN);
+    assert_int_equal(n->state, NODE_HEALTHY);
+    assert_int_equal(n->last_seen_ms, seen);
+    assert_int_equal(n->heartbeats, beats);
+    assert_int_equal(n->sessions, 0);
+    assert_int_equal(w->nchanges, changes);
+}
+
+static void test_forget(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "down", 1);
+    make_healthy(w, "drain", 1);
+    make_healthy(w, "live", 1);
+    do_heartbeat(w, "down", 1);
+    struct hb_msg m = hb_msg_for("drain", 1);
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
+    uint64_t t0 = w->clock.now; /* both silent from here */
+
+    /* "live" keeps heartbeating; the other two fall silent */
+    size_t changes_before_forget = 0;
+    uint64_t epoch_after_down = 0;
+    while (w->clock.now + INTERVAL / 5 < t0 + FORGET) {
+        w->clock.now += INTERVAL / 5;
+        if (w->clock.now - registry_find(w->reg, "live")->last_seen_ms >= INTERVAL)
+            do_heartbeat(w, "live", 1);
+        registry_reap(w->reg);
+        if (w->clock.now >= t0 + FALL * INTERVAL && epoch_after_down == 0) {
+            epoch_after_down = registry_epoch(w->reg);
+            changes_before_forget = w->nchanges;
+        }
+    }
+    assert_int_equal(state_of(w, "down"), NODE_DOWN);
+    assert_int_equal(state_of(w, "drain"), NODE_DRAINING);
+    assert_int_equal(registry_size(w->reg), 3);
+
+    w->clock.now = t0 + FORGET;
+    registry_reap(w->reg);
+    assert_null(registry_find(w->reg, "down"));
+    assert_null(registry_find(w->reg, "drain"));
+    assert_int_equal(state_of(w, "live"), NODE_HEALTHY);
+    assert_int_equal(registry_size(w->reg), 1);
+    assert_string_equal(registry_at(w->reg, 0)->id, "live");
+    assert_int_equal(registry_count_state(w->reg, NODE_DOWN), 0);
+    assert_int_equal(registry_count_state(w->reg, NODE_DRAINING), 0);
+    /* forgetting nodes that were out of rotation is not a rotation change */
+    assert_int_equal(registry_epoch(w->reg), epoch_after_down);
+    assert_int_equal(w->nchanges, changes_before_forget);
+
+    /* a forgotten node is unknown, and may register afresh */
+    m = hb_msg_for("down", 1);
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_UNKNOWN);
+    do_register(w, "down", 1);
+    assert_int_equal(state_of(w, "down"), NODE_JOINING);
+}
+
+static void test_epoch_only_on_rotation_change(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "n1", 1);
+    do_register(w, "n2", 1);
+    assert_int_equal(registry_epoch(w->reg), 0);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1); /* joins */
+    assert_int_equal(registry_epoch(w->reg), 1);
+    do_heartbeat(w, "n2", 1); /* joins */
+    assert_int_equal(registry_epoch(w->reg), 2);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1); /* no change */
+    do_heartbeat(w, "n2", 1);
+    registry_reap(w->reg);
+    assert_int_equal(registry_epoch(w->reg), 2);
+
+    do_register(w, "n3", 1); /* joining: not in rotation */
+    assert_int_equal(registry_epoch(w->reg), 2);
+    w->clock.now += FALL * INTERVAL;
+    registry_reap(w->reg); /* n1, n2 leave; n3 joining -> down, no change */
+    assert_int_equal(registry_epoch(w->reg), 4);
+    assert_int_equal(registry_count_state(w->reg, NODE_DOWN), 3);
+
+    struct hb_msg m = hb_msg_for("n3", 1);
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK); /* down -> draining */
+    assert_int_equal(registry_epoch(w->reg), 4);
+}
+
+static void test_reap_looks_at_every_node(void **state)
+{
+    struct world *w = world_of(state);
+    char id[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        do_register(w, id, 1);
+    }
+    w->clock.now += INTERVAL;
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        do_heartbeat(w, id, 1);
+    }
+    assert_int_equal(registry_rotation_size(w->reg), 10);
+
+    /* even-numbered nodes stay live, odd ones fall silent: one pass after
+     * fall intervals must take every silent one down, wherever it sits */
+    for (int step = 0; step < FALL; step++) {
+        w->clock.now += INTERVAL;
+        for (int i = 0; i < 10; i += 2) {
+            snprintf(id, sizeof id, "n%d", i);
+            do_heartbeat(w, id, 1);
+        }
+    }
+    size_t before = w->nchanges;
+    registry_reap(w->reg);
+    assert_int_equal(w->nchanges, before + 5);
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        assert_int_equal(state_of(w, id), i % 2 ? NODE_DOWN : NODE_HEALTHY);
+    }
+    assert_int_equal(registry_rotation_size(w->reg), 5);
+    for (size_t i = 0; i < registry_rotation_size(w->reg); i++)
+        assert_int_equal(registry_rotation_at(w->reg, i)->state, NODE_HEALTHY);
+
+    /* same for suspect: every silent node in one pass */
+    w->clock.now += INTERVAL * 2;
+    registry_reap(w->reg);
+    assert_int_equal(registry_count_state(w->reg, NODE_SUSPECT), 5);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+}
+
+static void test_change_callback_sequence(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "a", 1);          /* no change */
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "a", 1);         /* 1: joining -> healthy */
+    w->clock.now += 2 * INTERVAL;
+    registry_reap(w->reg);           /* 2: healthy -> suspect */
+    do_heartbeat(w, "a", 1);         /* 3: suspect -> healthy */
+    do_heartbeat(w, "a", 1);         /* nothing */
+    struct hb_msg m = hb_msg_for("a", 1);
+    m.healthy = false;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK); /* 4: healthy -> down */
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK); /* nothing */
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);      /* 5: down -> draining */
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);      /* nothing */
+    do_register(w, "a", 2);          /* 6: draining -> joining */
+    w->clock.now += FALL * INTERVAL;
+    registry_reap(w->reg);           /* 7: joining -> down */
+
+    static const struct {
+        enum node_state from, to;
+        size_t rotation_after;
+    } want[] = {
+        {NODE_JOINING, NODE_HEALTHY, 1}, {NODE_HEALTHY, NODE_SUSPECT, 0},
+        {NODE_SUSPECT, NODE_HEALTHY, 1}, {NODE_HEALTHY, NODE_DOWN, 0},
+        {NODE_DOWN, NODE_DRAINING, 0},   {NODE_DRAINING, NODE_JOINING, 0},
+        {NODE_JOINING, NODE_DOWN, 0},
+    };
+    assert_int_equal(w->nchanges, sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < w->nchanges; i++) {
+        assert_string_equal(w->changes[i].id, "a");
+        assert_int_equal(w->changes[i].from, want[i].from);
+        assert_int_equal(w->changes[i].to, want[i].to);
+        assert_int_equal(w->changes[i].rotation_after, want[i].rotation_after);
+    }
+    assert_int_equal(w->changes[0].since, 1000 + INTERVAL);
+    assert_int_equal(w->changes[6].since, w->clock.now);
+}
+
+static void test_no_callback_is_fine(void **state)
+{
+    struct world *w = world_of(state);
+    registry_on_change(w->reg, NULL, NULL);
+    make_healthy(w, "n1", 1);
+    w->clock.now += FALL * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_int_equal(w->nchanges, 0);
+}
+
+static void test_clock_going_back_is_harmless(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    w->clock.now -= 500; /* a fake clock can; the real one cannot */
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+}
+
+/* Many nodes: the id index grows, survives removals (backward shift) and
+ * finds every node; pointers stay valid while the tables are reallocated. */
+static void test_many_nodes_index(void **state)
+{
+    (void)state;
+    enum { N = 10000 };
+    struct world *w = world_new(1, FALL);
+    registry_on_change(w->reg, NULL, NULL);
+    char id[32];
+    do_register(w, "first", 1);
+    const struct registry_node *first = registry_find(w->reg, "first");
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "node-%d", i);
+        do_register(w, id, (uint64_t)i + 1);
+    }
+    assert_ptr_equal(registry_find(w->reg, "first"), first);
+    assert_string_equal(first->id, "first");
+    assert_int_equal(registry_size(w->reg), N + 1);
+    assert_int_equal(registry_rotation_size(w->reg), N + 1);
+    assert_int_equal(registry_epoch(w->reg), N + 1);
+
+    /* every third node leaves, then is forgotten */
+    for (int i = 0; i < N; i += 3) {
+        snprintf(id, sizeof id, "node-%d", i);
+        struct hb_msg m = hb_msg_for(id, (uint64_t)i + 1);
+        assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
+    }
+    w->clock.now += FORGET;
+    for (int i = 0; i < N; i++) {
+        if (i % 3 == 0)
+            continue;
+        snprintf(id, sizeof id, "node-%d", i);
+        do_heartbeat(w, id, (uint64_t)i + 1);
+    }
+    do_heartbeat(w, "first", 1);
+    registry_reap(w->reg);
+
+    size_t kept = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "node-%d", i);
+        const struct registry_node *n = registry_find(w->reg, id);
+        if (i % 3 == 0) {
+            assert_null(n);
+        } else {
+            assert_non_null(n);
+            assert_string_equal(n->id, id);
+            assert_int_equal(n->boot_id, (uint64_t)i + 1);
+            assert_int_equal(n->state, NODE_HEALTHY);
+            kept++;
+        }
+    }
+    assert_int_equal(registry_size(w->reg), kept + 1);
+    assert_int_equal(registry_rotation_size(w->reg), kept + 1);
+    assert_int_equal(registry_count_state(w->reg, NODE_HEALTHY), kept + 1);
+    /* registry_at and rotation_at cover each node once */
+    for (size_t i = 0; i < registry_size(w->reg); i++)
+        assert_ptr_equal(registry_find(w->reg, registry_at(w->reg, i)->id), registry_at(w->reg, i));
+    for (size_t i = 0; i < registry_rotation_size(w->reg); i++)
+        assert_int_equal(registry_rotation_at(w->reg, i)->state, NODE_HEALTHY);
+
+    /* and they can come back */
+    for (int i = 0; i < N; i += 3) {
+        snprintf(id, sizeof id, "node-%d", i);
+        do_register(w, id, 5);
+    }
+    assert_int_equal(registry_size(w->reg), N + 1);
+    registry_free(w->reg);
+    test_free(w);
+}
+
+/* Rounds of joins and forgets against a plain array model: the index must
+ * agree with it after every round (backward-shift deletion in long runs). */
+static void test_index_churn(void **state)
+{
+    (void)state;
+    enum { IDS = 600, ROUNDS = 30 };
+    struct world *w = world_new(1, FALL);
+    registry_on_change(w->reg, NULL, NULL);
+    bool present[IDS] = {false};
+    uint64_t rng = 0x1234567;
+    char id[32];
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int i = 0; i < IDS; i++) {
+            rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+            int roll = (int)(rng >> 60); /* 0..15 */
+            snprintf(id, sizeof id, "c%d", i);
+            if (!present[i] && roll < 6) {
+                do_register(w, id, 1);
+                present[i] = true;
+            } else if (present[i] && roll < 5) {
+                struct hb_msg m = hb_msg_for(id, 1);
+                assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
+                present[i] = false; /* forgotten below */
+            }
+        }
+        w->clock.now += FORGET;
+        size_t want = 0;
+        for (int i = 0; i < IDS; i++) {
+            if (!present[i])
+                continue;
+            snprintf(id, sizeof id, "c%d", i);
+            do_heartbeat(w, id, 1);
+            want++;
+        }
+        registry_reap(w->reg);
+        assert_int_equal(registry_size(w->reg), want);
+        assert_int_equal(registry_rotation_size(w->reg), want);
+        for (int i = 0; i < IDS; i++) {
+            snprintf(id, sizeof id, "c%d", i);
+            const struct registry_node *n = registry_find(w->reg, id);
+            if (present[i]) {
+                assert_non_null(n);
+                assert_string_equal(n->id, id);
+            } else {
+                assert_null(n);
+            }
+        }
+    }
+    registry_free(w->reg);
+    test_free(w);
+}
+
+static void test_free_null(void **state)
+{
+    (void)state;
+    registry_free(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_state_names),
+        cmocka_unit_test_setup_teardown(test_register_new_node_joins, setup, teardown),
+        cmocka_unit_test(test_rise_one_is_healthy_at_register),
+        cmocka_unit_test(test_rise_needs_consecutive_heartbeats),
+        cmocka_unit_test_setup_teardown(test_fall_exactly_at_fall_intervals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_silence_goes_straight_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_falls_down, setup, teardown),
+        cmocka_unit_test(test_suspect_recovers_without_rise),
+        cmocka_unit_test_setup_teardown(test_down_needs_rise_to_return, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leave_drains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_draining_flag, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unhealthy_self_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unhealthy_while_joining, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reregister_new_boot_resets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reregister_same_boot_keeps_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joining_reregister_advances, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_epoch_only_on_rotation_change, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reap_looks_at_every_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_change_callback_sequence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_callback_is_fine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clock_going_back_is_harmless, setup, teardown),
+        cmocka_unit_test(test_many_nodes_index),
+        cmocka_unit_test(test_index_churn),
+        cmocka_unit_test(test_free_null),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
