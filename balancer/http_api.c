@@ -1,0 +1,514 @@
+/* http_api: the balancer's HTTP/JSON endpoints on libmicrohttpd in external
+ * epoll mode: routing, query validation, and the JSON bodies. */
+#include "http_api.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_msg.h"
+#include "log.h"
+#include "mono.h"
+
+#define PICK_KEY_MAX 256     /* bytes in ?key= */
+#define PICK_EXCLUDE_MAX 32  /* ids in ?exclude= */
+#define HTTP_CONN_LIMIT 1024
+#define HTTP_CONN_TIMEOUT_S 10
+#define HTTP_CONN_MEMORY (32 * 1024) /* per connection: the request line and headers must fit */
+#define HTTP_ALLOW "GET, HEAD"
+#define HTTP_LOG_PERIOD_MS 1000 /* at most one MHD warning line per period */
+
+struct http_api {
+    struct MHD_Daemon *daemon;
+    struct registry *reg;       /* borrowed */
+    struct picker *picker;      /* borrowed */
+    const struct hb_server *hb; /* borrowed, for the heartbeat counters */
+    enum picker_policy policy;
+    const char *version;        /* borrowed, static */
+    uint64_t started_ms;        /* registry clock at start, for uptime_ms */
+    int epoll_fd;               /* MHD's, polled by the caller */
+    uint16_t port;              /* bound port */
+    char last_error[256];       /* MHD's latest complaint, for start-up errors */
+    uint64_t log_last_ms;       /* when MHD's last complaint was logged; 0 = never */
+    uint64_t log_suppressed;    /* complaints not logged since */
+};
+
+/* Marks a request whose headers were seen on MHD's first call. */
+static char request_seen;
+
+/* Takes ownership of body. Sends it with the JSON headers; on out of memory
+ * a fixed 500 body goes instead. */
+static enum MHD_Result respond_json(struct MHD_Connection *conn, unsigned status, json_t *body,
+                                    const char *allow)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+
+    struct MHD_Response *resp = NULL;
+    if (text) {
+        /* A trailing newline keeps curl output readable. */
+        size_t len = strlen(text);
+        char *nl = realloc(text, len + 2);
+        if (nl) {
+            text = nl;
+            text[len++] = '\n';
+            text[len] = '\0';
+        }
+        resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+        if (!resp)
+            free(text); /* MHD takes the buffer only when it returns a response */
+    }
+    if (!resp) {
+        static const char oom[] = "{\"error\":\"internal\",\"message\":\"out of memory\"}\n";
+        status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom,
+                                               MHD_RESPMEM_PERSISTENT);
+        if (!resp)
+            return MHD_NO; /* closes the connection */
+    }
+    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") != MHD_YES ||
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") != MHD_YES ||
+        (allow && MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow) != MHD_YES)) {
+        MHD_destroy_response(resp);
+        return MHD_NO;
+    }
+    enum MHD_Result ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp); /* MHD keeps its own reference until sent */
+    return ret;
+}
+
+static enum MHD_Result respond_error(struct MHD_Connection *conn, unsigned status,
+                                     const char *code, const char *message, const char *allow)
+{
+    json_t *body = json_pack("{s:s, s:s}", "error", code, "message", message);
+    return respond_json(conn, status, body, allow);
+}
+
+/* ---- GET /v1/pick ---- */
+
+struct pick_query {
+    const char *key; /* borrowed from the connection; NULL = none */
+    char ids[PICK_EXCLUDE_MAX][HB_NODE_ID_MAX + 1];
+    const char *exclude[PICK_EXCLUDE_MAX];
+    size_t nexclude;
+    char error[160]; /* non-empty: the query is bad */
+};
+
+/* Splits one exclude= value into ids; empty items ("a,,b", "a,") are skipped. */
+static void pick_add_excludes(struct pick_query *q, const char *value, size_t len)
+{
+    size_t i = 0;
+    while (i < len && !q->error[0]) {
+        size_t start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        size_t idlen = i - start;
+        i++; /* past the comma */
+        if (idlen == 0)
+            continue;
+        if (q->nexclude == PICK_EXCLUDE_MAX) {
+            snprintf(q->error, sizeof q->error, "exclude lists more than %d ids",
+                     PICK_EXCLUDE_MAX);
+            return;
+        }
+        char *id = q->ids[q->nexclude];
+        if (idlen > HB_NODE_ID_MAX) {
+            snprintf(q->error, sizeof q->error, "exclude: node id longer than %d bytes",
+                     HB_NODE_ID_MAX);
+            return;
+        }
+        memcpy(id, value + start, idlen);
+        id[idlen] = '\0';
+        if (!hb_node_id_valid(id)) {
+            snprintf(q->error, sizeof q->error,
+                     "exclude: node ids match [A-Za-z0-9._-]{1,64}");
+            return;
+        }
+        q->exclude[q->nexclude] = id;
+        q->nexclude++;
+    }
+}
+
+static enum MHD_Result pick_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    (void)key_size;
+    struct pick_query *q = cls;
+    /* MHD has already percent-decoded; a decoded NUL would cut the text short. */
+    if (value && strlen(value) != value_size) {
+        snprintf(q->error, sizeof q->error, "query value holds a NUL byte");
+        return MHD_NO;
+    }
+    if (strcmp(key, "key") == 0) {
+        if (q->key)
+            snprintf(q->error, sizeof q->error, "key given more than once");
+        else if (!value || value_size == 0)
+            snprintf(q->error, sizeof q->error, "key must not be empty");
+        else if (value_size > PICK_KEY_MAX)
+            snprintf(q->error, sizeof q->error, "key longer than %d bytes", PICK_KEY_MAX);
+        else
+            q->key = value;
+    } else if (strcmp(key, "exclude") == 0) {
+        if (value)
+            pick_add_excludes(q, value, value_size);
+    }
+    /* Other arguments (cache busters and the like) are ignored. */
+    return q->error[0] ? MHD_NO : MHD_YES;
+}
+
+static enum MHD_Result serve_pick(struct http_api *a, struct MHD_Connection *conn)
+{
+    struct pick_query *q = calloc(1, sizeof *q);
+    if (!q)
+        return respond_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
+    MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, pick_arg, q);
+    if (q->error[0]) {
+        enum MHD_Result r = respond_error(conn, MHD_HTTP_BAD_REQUEST, "bad_query", q->error, NULL);
+        free(q);
+        return r;
+    }
+
+    const struct registry_node *n = picker_pick(a->picker, a->reg, q->key, q->exclude, q->nexclude);
+    const char *policy = q->key ? "rendezvous" : picker_policy_name(a->policy);
+    free(q);
+    if (!n)
+        return respond_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "no_healthy_node",
+                             "no healthy node in rotation", NULL);
+    json_t *body = json_pack("{s:s, s:s, s:I, s:s}", "id", n->id, "addr", n->addr, "epoch",
+                             (json_int_t)registry_epoch(a->reg), "policy", policy);
+    return respond_json(conn, MHD_HTTP_OK, body, NULL);
+}
+
+/* ---- GET /v1/nodes and /v1/health ---- */
+
+static int node_cmp(const void *x, const void *y)
+{
+    const struct registry_node *const *a = x;
+    const struct registry_node *const *b = y;
+    return strcmp((*a)->id, (*b)->id);
+}
+
+/* Nodes sorted by id, so the JSON reads the same from call to call. Caller
+ * frees the array (NULL with *n = 0 when empty; NULL with *n > 0 on OOM). */
+static const struct registry_node **sorted_nodes(const struct registry *r, bool rotation,
+                                                 size_t *n)
+{
+    *n = rotation ? registry_rotation_size(r) : registry_size(r);
+    if (*n == 0)
+        return NULL;
+    const struct registry_node **v = calloc(*n, sizeof *v);
+    if (!v)
+        return NULL;
+    for (size_t i = 0; i < *n; i++)
+        v[i] = rotation ? registry_rotation_at(r, i) : registry_at(r, i);
+    qsort(v, *n, sizeof *v, node_cmp);
+    return v;
+}
+
+static enum MHD_Result serve_nodes(struct http_api *a, struct MHD_Connection *conn)
+{
+    size_t n;
+    const struct registry_node **v = sorted_nodes(a->reg, true, &n);
+    json_t *list = json_array();
+    json_t *body = json_pack("{s:I, s:o}", "epoch", (json_int_t)registry_epoch(a->reg), "nodes",
+                             list);
+    bool ok = body && (n == 0 || v);
+    for (size_t i = 0; ok && i < n; i++) {
+        json_t *e = json_pack("{s:s, s:s, s:I, s:I}", "id", v[i]->id, "addr", v[i]->addr,
+                              "sessions", (json_int_t)v[i]->sessions, "capacity",
+                              (json_int_t)v[i]->capacity);
+        ok = e && json_array_append_new(list, e) == 0;
+    }
+    free(v);
+    if (!ok) {
+        json_decref(body);
+        body = NULL;
+    }
+    return respond_json(conn, MHD_HTTP_OK, body, NULL);
+}
+
+static uint64_t age(uint64_t now, uint64_t then)
+{
+    return now > then ? now - then : 0;
+}
+
+static json_t *node_health(const struct registry_node *n, uint64_t now)
+{
+    json_t *workers = json_array();
+    json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s, s:I, s:o}",
+                          "id", n->id, "addr", n->addr, "version", n->version, "state",
+                          node_state_name(n->state), "state_age_ms",
+                          (json_int_t)age(now, n->state_since_ms), "last_heartbeat_age_ms",
+                          (json_int_t)age(now, n->last_seen_ms), "capacity",
+                          (json_int_t)n->capacity, "sessions", (json_int_t)n->sessions,
+                          "accepted", (json_int_t)n->accepted, "msgs_per_sec", n->msgs_per_sec,
+                          "healthy", (int)n->reported_healthy, "reason", n->reason,
+                          "heartbeats", (json_int_t)n->heartbeats, "workers", workers);
+    if (!e)
+        return NULL;
+    uint32_t nw = n->nworkers < HB_MAX_WORKERS ? n->nworkers : HB_MAX_WORKERS;
+    for (uint32_t i = 0; i < nw; i++) {
+        json_t *w = json_pack("{s:I, s:I, s:I}", "ticks", (json_int_t)n->workers[i].ticks,
+                              "hs_ok", (json_int_t)n->workers[i].handshakes_ok, "hs_failed",
+                              (json_int_t)n->workers[i].handshakes_failed);
+        if (!w || json_array_append_new(workers, w) != 0) {
+            json_decref(e);
+            return NULL;
+        }
+    }
+    return e;
+}
+
+static json_t *heartbeat_counters(const struct hb_server *hb)
+{
+    struct hb_server_stats st;
+    hb_server_stats(hb, &st);
+    json_t *rejected = json_object();
+    json_t *o = json_pack("{s:I, s:I, s:o, s:{s:I, s:I}}", "received", (json_int_t)st.received,
+                          "dropped", (json_int_t)st.dropped, "rejected", rejected, "replies",
+                          "sent", (json_int_t)st.replies_sent, "dropped",
+                          (json_int_t)st.replies_failed);
+    for (int r = 0; o && r < HB_REJECT_COUNT; r++) {
+        if (json_object_set_new(rejected, hb_reject_name((enum hb_reject)r),
+                                json_integer((json_int_t)st.rejected[r])) != 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *conn)
+{
+    const struct registry_config *rc = registry_config(a->reg);
+    uint64_t now = registry_now(a->reg);
+
+    json_t *counts = json_object();
+    for (int s = 0; counts && s < NODE_STATE_COUNT; s++)
+        if (json_object_set_new(counts, node_state_name((enum node_state)s),
+                                json_integer((json_int_t)registry_count_state(
+                                    a->reg, (enum node_state)s))) != 0) {
+            json_decref(counts);
+            counts = NULL;
+        }
+
+    json_t *nodes = json_array();
+    json_t *body = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:o, s:o, s:o}", "version",
+                             a->version, "uptime_ms", (json_int_t)age(now, a->started_ms),
+                             "epoch", (json_int_t)registry_epoch(a->reg), "interval_ms",
+                             (json_int_t)rc->interval_ms, "fall", (json_int_t)rc->fall, "rise",
+                             (json_int_t)rc->rise, "policy", picker_policy_name(a->policy),
+                             "counts", counts, "heartbeats", heartbeat_counters(a->hb), "nodes",
+                             nodes);
+
+    size_t n;
+    const struct registry_node **v = sorted_nodes(a->reg, false, &n);
+    bool ok = body && (n == 0 || v);
+    for (size_t i = 0; ok && i < n; i++) {
+        json_t *e = node_health(v[i], now);
+        ok = e && json_array_append_new(nodes, e) == 0;
+    }
+    free(v);
+    if (!ok) {
+        json_decref(body);
+        body = NULL;
+    }
+    return respond_json(conn, MHD_HTTP_OK, body, NULL);
+}
+
+static enum MHD_Result serve_healthz(struct http_api *a, struct MHD_Connection *conn)
+{
+    (void)a;
+    return respond_json(conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"), NULL);
+}
+
+/* ---- routing ---- */
+
+typedef enum MHD_Result (*route_fn)(struct http_api *a, struct MHD_Connection *conn);
+
+static const struct route {
+    const char *path;
+    route_fn serve;
+} routes[] = {
+    {"/v1/pick", serve_pick},
+    {"/v1/nodes", serve_nodes},
+    {"/v1/health", serve_health},
+    {"/healthz", serve_healthz},
+};
+
+static enum MHD_Result dispatch(struct http_api *a, struct MHD_Connection *conn, const char *url,
+                                const char *method)
+{
+    const struct route *route = NULL;
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (strcmp(url, routes[i].path) == 0)
+            route = &routes[i];
+    if (!route)
+        return respond_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "no such path", NULL);
+    /* MHD leaves the body out of HEAD answers itself. */
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+        return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
+                             "only GET and HEAD are allowed here", HTTP_ALLOW);
+    return route->serve(a, conn);
+}
+
+/* True when the request announces a body. */
+static bool has_body(struct MHD_Connection *conn)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    return te != NULL || (cl != NULL && strspn(cl, "0") != strlen(cl));
+}
+
+/* No endpoint takes a body. A request without one is answered on MHD's
+ * second call (headers complete, empty body done), which keeps the
+ * connection alive. A request that announces a body is answered on the
+ * first call, before any of it is read: MHD then refuses to read the body
+ * and closes after the answer ("queued early"), so a client can never make
+ * us buffer unbounded data. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    (void)upload_data;
+    struct http_api *a = cls;
+    if (*con_cls == NULL && !has_body(conn)) {
+        *con_cls = &request_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size != 0)
+        return MHD_NO; /* a body nobody announced: drop the connection */
+    enum MHD_Result r = dispatch(a, conn, url, method);
+    if (log_enabled(LOG_LEVEL_DEBUG)) {
+        char clean[128];
+        size_t j = 0;
+        for (size_t i = 0; url[i] && j + 1 < sizeof clean; i++)
+            clean[j++] = (url[i] == '"' || (unsigned char)url[i] < 0x20) ? '?' : url[i];
+        clean[j] = '\0';
+        log_debug("http_request", "method=%.16s path=\"%s\" queued=%s", method, clean,
+                  r == MHD_YES ? "yes" : "no");
+    }
+    return r;
+}
+
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt,
+                                                              va_list ap)
+{
+    struct http_api *a = cls;
+    char line[256];
+    vsnprintf(line, sizeof line, fmt, ap);
+    for (char *p = line; *p; p++)
+        if (*p == '"' || (unsigned char)*p < 0x20)
+            *p = (*p == '\n') ? ' ' : '\'';
+    size_t len = strlen(line);
+    while (len && line[len - 1] == ' ')
+        line[--len] = '\0';
+    snprintf(a->last_error, sizeof a->last_error, "%s", line);
+
+    /* Most of these are one client's bad request: at most one line a
+     * second, so a misbehaving client cannot flood the log. */
+    uint64_t now = mono_now_ms();
+    if (a->log_last_ms != 0 && now - a->log_last_ms < HTTP_LOG_PERIOD_MS) {
+        a->log_suppressed++;
+        return;
+    }
+    log_warn("http_error", "detail=\"%s\" suppressed=%" PRIu64, line, a->log_suppressed);
+    a->log_last_ms = now;
+    a->log_suppressed = 0;
+}
+
+struct http_api *http_api_new(const struct http_api_config *cfg, struct registry *reg,
+                              struct picker *picker, const struct hb_server *hb, char *err,
+                              size_t errlen)
+{
+    struct http_api *a = calloc(1, sizeof *a);
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->reg = reg;
+    a->picker = picker;
+    a->hb = hb;
+    a->policy = cfg->policy;
+    a->version = cfg->version;
+    a->started_ms = registry_now(reg);
+
+    unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    uint16_t port = 0; /* MHD listens on cfg->addr; the port only shows in its messages */
+    if (cfg->addr->sa_family == AF_INET6) {
+        flags |= MHD_USE_IPv6;
+        port = ntohs(((const struct sockaddr_in6 *)(const void *)cfg->addr)->sin6_port);
+    } else if (cfg->addr->sa_family == AF_INET) {
+        port = ntohs(((const struct sockaddr_in *)(const void *)cfg->addr)->sin_port);
+    } else {
+        snprintf(err, errlen, "the HTTP address must be IPv4 or IPv6");
+        goto fail;
+    }
+    a->daemon = MHD_start_daemon(
+        flags, port, NULL, NULL, on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
+        MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)HTTP_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONN_LIMIT,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
+    if (!a->daemon) {
+        snprintf(err, errlen, "cannot start the HTTP server: %s",
+                 a->last_error[0] ? a->last_error : "libmicrohttpd refused the settings");
+        goto fail;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(a->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!info || info->epoll_fd < 0) {
+        snprintf(err, errlen, "libmicrohttpd has no epoll descriptor");
+        goto fail;
+    }
+    a->epoll_fd = info->epoll_fd;
+    info = MHD_get_daemon_info(a->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    a->port = info ? info->port : 0;
+    return a;
+
+fail:
+    http_api_free(a);
+    return NULL;
+}
+
+void http_api_free(struct http_api *a)
+{
+    if (!a)
+        return;
+    if (a->daemon)
+        MHD_stop_daemon(a->daemon);
+    free(a);
+}
+
+int http_api_fd(const struct http_api *a)
+{
+    return a->epoll_fd;
+}
+
+uint16_t http_api_port(const struct http_api *a)
+{
+    return a->port;
+}
+
+long http_api_timeout_ms(const struct http_api *a)
+{
+    MHD_UNSIGNED_LONG_LONG t = 0;
+    if (MHD_get_timeout(a->daemon, &t) != MHD_YES)
+        return -1;
+    return t > (MHD_UNSIGNED_LONG_LONG)LONG_MAX ? LONG_MAX : (long)t;
+}
+
+int http_api_run(struct http_api *a)
+{
+    return MHD_run(a->daemon) == MHD_YES ? 0 : -1;
+}

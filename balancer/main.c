@@ -1,0 +1,276 @@
+/* berth-balancer: settings, start-up, and the one loop that waits on the
+ * heartbeat socket, the HTTP server and signals, and runs the reap pass. */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "addr.h"
+#include "config.h"
+#include "hb_server.h"
+#include "http_api.h"
+#include "log.h"
+#include "mono.h"
+#include "picker.h"
+#include "registry.h"
+
+#define PROGRAM "berth-balancer"
+
+static const struct config_setting settings[] = {
+    {"http", CONFIG_STRING, "127.0.0.1:8080", 0, 0, NULL,
+     "HTTP API address, host:port ([v6]:port); port 0 picks a free one"},
+    {"heartbeat-bind", CONFIG_STRING, "tcp://127.0.0.1:7100", 0, 0, NULL,
+     "ZeroMQ endpoint the nodes' heartbeats arrive on"},
+    {"interval", CONFIG_DURATION, "250ms", 10, 60000, NULL,
+     "heartbeat interval, announced to every node"},
+    {"fall", CONFIG_INT, "3", 1, 100, NULL, "silent intervals before a node is down"},
+    {"rise", CONFIG_INT, "2", 1, 100, NULL, "heartbeats in a row before a node is healthy"},
+    {"forget-after", CONFIG_DURATION, "60s", 100, 86400000, NULL,
+     "a down or draining node silent this long is dropped"},
+    {"policy", CONFIG_ENUM, "least-loaded", 0, 0, "least-loaded|round-robin",
+     "how /v1/pick chooses without a key"},
+    {"log-level", CONFIG_ENUM, "info", 0, 0, "debug|info|warn|error", "lowest level logged"},
+};
+
+/* Quotes and control bytes from a node would break the key=value line. */
+static void sanitize(const char *in, char *out, size_t outlen)
+{
+    size_t j = 0;
+    for (size_t i = 0; in[i] && j + 1 < outlen; i++) {
+        unsigned char c = (unsigned char)in[i];
+        out[j++] = (c == '"' || c == '\\') ? '\'' : (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    out[j] = '\0';
+}
+
+static void on_node_change(void *ctx, const struct registry_node *n, enum node_state from,
+                           enum node_state to)
+{
+    (void)ctx;
+    char reason[HB_REASON_MAX + 1];
+    sanitize(n->reason, reason, sizeof reason);
+    log_info("node_state", "node_id=%s from=%s to=%s reason=\"%s\"", n->id, node_state_name(from),
+             node_state_name(to), reason);
+}
+
+/* Everything the loop owns, freed in one place. */
+struct balancer {
+    struct config *cfg;
+    struct registry *reg;
+    struct picker *picker;
+    void *zctx;
+    struct hb_server *hb;
+    struct http_api *api;
+    int sigfd;
+};
+
+static void balancer_release(struct balancer *b)
+{
+    http_api_free(b->api);
+    hb_server_free(b->hb);
+    if (b->zctx) {
+        int rc;
+        do {
+            rc = zmq_ctx_term(b->zctx);
+        } while (rc == -1 && zmq_errno() == EINTR);
+    }
+    picker_free(b->picker);
+    registry_free(b->reg);
+    if (b->sigfd >= 0)
+        close(b->sigfd);
+    config_free(b->cfg);
+}
+
+/* Waits on the heartbeat socket, HTTP and signals until SIGTERM/SIGINT.
+ * Returns the exit status. */
+static int balancer_run(struct balancer *b, uint32_t interval_ms)
+{
+    /* The registry wants a pass at least every interval/4; interval/5 leaves room. */
+    uint64_t reap_period = interval_ms / 5 ? interval_ms / 5 : 1;
+    uint64_t next_reap = mono_now_ms() + reap_period;
+
+    zmq_pollitem_t items[] = {
+        {hb_server_socket(b->hb), 0, ZMQ_POLLIN, 0},
+        {hb_server_monitor_socket(b->hb), 0, ZMQ_POLLIN, 0},
+        {NULL, http_api_fd(b->api), ZMQ_POLLIN, 0},
+        {NULL, b->sigfd, ZMQ_POLLIN, 0},
+    };
+    const int nitems = (int)(sizeof items / sizeof items[0]);
+
+    for (;;) {
+        uint64_t now = mono_now_ms();
+        long timeout = next_reap > now ? (long)(next_reap - now) : 0;
+        long http_timeout = http_api_timeout_ms(b->api);
+        if (http_timeout >= 0 && http_timeout < timeout)
+            timeout = http_timeout;
+
+        if (zmq_poll(items, nitems, timeout) == -1) {
+            if (zmq_errno() == EINTR)
+                continue;
+            log_error("poll_failed", "detail=\"%s\"", zmq_strerror(zmq_errno()));
+            return 1;
+        }
+
+        if (items[3].revents & ZMQ_POLLIN) {
+            struct signalfd_siginfo si;
+            ssize_t n = read(b->sigfd, &si, sizeof si);
+            if (n == (ssize_t)sizeof si) {
+                log_info("stop", "signal=%s", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+                return 0;
+            }
+            if (n == -1 && errno != EAGAIN && errno != EINTR) {
+                log_error("signalfd_failed", "detail=\"%s\"", strerror(errno));
+                return 1;
+            }
+        }
+
+        /* Both are non-blocking and cheap when idle; MHD must run after every
+         * poll whatever its descriptor reported. */
+        hb_server_drain(b->hb);
+        if (http_api_run(b->api) != 0)
+            log_warn("http_run_failed", NULL);
+
+        now = mono_now_ms();
+        if (now >= next_reap) {
+            registry_reap(b->reg);
+            next_reap = now + reap_period;
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct balancer b = {.sigfd = -1};
+    int status = 1;
+    char err[256];
+
+    b.cfg = config_new(PROGRAM, BERTH_VERSION,
+                       "the berth balancer: node heartbeats in, HTTP/JSON lookups out", settings,
+                       sizeof settings / sizeof settings[0]);
+    if (!b.cfg) {
+        fprintf(stderr, PROGRAM ": out of memory\n");
+        return 1;
+    }
+    switch (config_load(b.cfg, argc, argv, err, sizeof err)) {
+    case CONFIG_OK:
+        break;
+    case CONFIG_HELP:
+        config_usage(b.cfg, stdout);
+        config_free(b.cfg);
+        return 0;
+    case CONFIG_VERSION:
+        config_version_line(b.cfg, stdout);
+        config_free(b.cfg);
+        return 0;
+    case CONFIG_ERROR:
+    default:
+        fprintf(stderr, PROGRAM ": %s\n", err);
+        config_free(b.cfg);
+        return 2;
+    }
+
+    /* Validate everything before any side effect. */
+    status = 2;
+    if (config_npositional(b.cfg) > 0) {
+        fprintf(stderr, PROGRAM ": unexpected argument \"%s\"\n", config_positional(b.cfg, 0));
+        goto out;
+    }
+    enum log_level level;
+    if (log_level_parse(config_str(b.cfg, "log-level"), &level) != 0) {
+        fprintf(stderr, PROGRAM ": --log-level: bad value \"%s\"\n",
+                config_str(b.cfg, "log-level"));
+        goto out;
+    }
+    enum picker_policy policy;
+    if (picker_policy_parse(config_str(b.cfg, "policy"), &policy) != 0) {
+        fprintf(stderr, PROGRAM ": --policy: bad value \"%s\"\n", config_str(b.cfg, "policy"));
+        goto out;
+    }
+    struct addr http_addr;
+    char aerr[200];
+    if (addr_parse(config_str(b.cfg, "http"), true, &http_addr, aerr, sizeof aerr) != 0) {
+        fprintf(stderr, PROGRAM ": --http: %s\n", aerr);
+        goto out;
+    }
+    struct registry_config rcfg = {
+        .interval_ms = (uint32_t)config_int(b.cfg, "interval"),
+        .fall = (uint32_t)config_int(b.cfg, "fall"),
+        .rise = (uint32_t)config_int(b.cfg, "rise"),
+        .forget_ms = (uint32_t)config_int(b.cfg, "forget-after"),
+    };
+
+    log_setup(level, "balancer", NULL);
+    status = 1;
+
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof ss;
+    if (addr_resolve(&http_addr, SOCK_STREAM, &ss, &sslen, aerr, sizeof aerr) != 0) {
+        fprintf(stderr, PROGRAM ": --http: %s\n", aerr);
+        status = 2;
+        goto out;
+    }
+
+    /* Signals arrive through signalfd; blocked before libzmq starts its
+     * threads so none of them takes SIGTERM instead. A peer that closes
+     * mid-response must not kill the process. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        fprintf(stderr, PROGRAM ": cannot set up signals: %s\n", strerror(errno));
+        goto out;
+    }
+    b.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (b.sigfd < 0) {
+        fprintf(stderr, PROGRAM ": signalfd: %s\n", strerror(errno));
+        goto out;
+    }
+
+    b.reg = registry_new(&rcfg, NULL, NULL);
+    b.picker = picker_new(policy, 0);
+    b.zctx = zmq_ctx_new();
+    if (!b.reg || !b.picker || !b.zctx) {
+        fprintf(stderr, PROGRAM ": out of memory\n");
+        goto out;
+    }
+    registry_on_change(b.reg, on_node_change, NULL);
+
+    b.hb = hb_server_new(b.zctx, config_str(b.cfg, "heartbeat-bind"), b.reg, err, sizeof err);
+    if (!b.hb) {
+        fprintf(stderr, PROGRAM ": %s\n", err);
+        goto out;
+    }
+    struct http_api_config hcfg = {
+        .addr = (const struct sockaddr *)&ss,
+        .policy = policy,
+        .version = BERTH_VERSION,
+    };
+    b.api = http_api_new(&hcfg, b.reg, b.picker, b.hb, err, sizeof err);
+    if (!b.api) {
+        fprintf(stderr, PROGRAM ": --http %s: %s\n", config_str(b.cfg, "http"), err);
+        goto out;
+    }
+
+    struct addr bound = http_addr;
+    bound.port = http_api_port(b.api);
+    char http_text[ADDR_HOST_MAX + 16];
+    addr_format(&bound, http_text, sizeof http_text);
+    log_info("start",
+             "http=%s heartbeat=%s interval_ms=%" PRIu32 " fall=%" PRIu32 " rise=%" PRIu32
+             " forget_ms=%" PRIu32 " policy=%s version=%s",
+             http_text, hb_server_endpoint(b.hb), rcfg.interval_ms, rcfg.fall, rcfg.rise,
+             rcfg.forget_ms, picker_policy_name(policy), BERTH_VERSION);
+
+    status = balancer_run(&b, rcfg.interval_ms);
+    log_info("exit", "status=%d", status);
+
+out:
+    balancer_release(&b);
+    return status;
+}

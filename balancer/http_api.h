@@ -1,0 +1,40 @@
+/* http_api: the balancer's HTTP/JSON interface (GET /v1/pick, /v1/nodes,
+ * /v1/health, /healthz) on libmicrohttpd, run from the balancer's own loop
+ * through MHD's epoll descriptor. Single-threaded. */
+#ifndef BERTH_HTTP_API_H
+#define BERTH_HTTP_API_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "hb_server.h"
+#include "picker.h"
+#include "registry.h"
+
+struct http_api_config {
+    const struct sockaddr *addr; /* where to listen: a sockaddr_in or sockaddr_in6; port 0 = any */
+    enum picker_policy policy;   /* reported by /v1/pick and /v1/health */
+    const char *version;         /* reported by /v1/health; borrowed, static */
+};
+
+struct http_api;
+
+/* Starts the daemon (listening at once). reg, picker and hb are borrowed and
+ * must outlive the api. Returns NULL with the reason in err. */
+struct http_api *http_api_new(const struct http_api_config *cfg, struct registry *reg,
+                              struct picker *picker, const struct hb_server *hb, char *err,
+                              size_t errlen);
+/* Stops the daemon, closing every connection; NULL is a no-op. */
+void http_api_free(struct http_api *a);
+
+/* The descriptor to poll for reading (MHD's epoll fd). */
+int http_api_fd(const struct http_api *a);
+/* The port actually bound (useful with port 0). */
+uint16_t http_api_port(const struct http_api *a);
+/* Milliseconds until http_api_run must be called even without I/O, or -1
+ * when only I/O matters. */
+long http_api_timeout_ms(const struct http_api *a);
+/* Does all pending HTTP work without blocking. 0, or -1 on an MHD failure. */
+int http_api_run(struct http_api *a);
+
+#endif
