@@ -1,0 +1,547 @@
+/* berth-node: start-up (settings, TLS, listeners, worker threads), the main
+ * thread's loop (heartbeats over ZeroMQ, signals, the worker watchdog) and
+ * the drain on SIGTERM/SIGINT. */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "addr.h"
+#include "config.h"
+#include "frame.h"
+#include "hb_msg.h"
+#include "heartbeat.h"
+#include "log.h"
+#include "mono.h"
+#include "node_stats.h"
+#include "session.h"
+#include "tls_ctx.h"
+#include "watchdog.h"
+#include "worker.h"
+
+#define NODE_EXIT_USAGE 2
+#define NODE_LEAVE_LINGER_MS 200 /* time the final LEAVE gets to reach the balancer */
+
+static const struct config_setting node_settings[] = {
+    {"id", CONFIG_STRING, NULL, 0, 0, NULL,
+     "node id, [A-Za-z0-9._-]{1,64} (default: <hostname>-<port>)"},
+    {"listen", CONFIG_STRING, "127.0.0.1:7443", 0, 0, NULL, "TLS listen address, host:port"},
+    {"advertise", CONFIG_STRING, NULL, 0, 0, NULL,
+     "address clients dial, host:port (default: --listen; required with a wildcard --listen)"},
+    {"balancer", CONFIG_STRING, "tcp://127.0.0.1:7100", 0, 0, NULL,
+     "balancer heartbeat endpoint (ZeroMQ)"},
+    {"cert", CONFIG_STRING, NULL, 0, 0, NULL, "PEM certificate chain file (required)"},
+    {"key", CONFIG_STRING, NULL, 0, 0, NULL, "PEM private key file (required)"},
+    {"workers", CONFIG_INT, "0", 0, HB_MAX_WORKERS, NULL,
+     "worker threads (0: one per online CPU)"},
+    {"capacity", CONFIG_INT, "10000", 1, 100000000, NULL,
+     "sessions this node is sized for, told to the balancer"},
+    {"max-connections", CONFIG_INT, "10000", 1, 100000000, NULL,
+     "open client connections at most; more are closed at once"},
+    {"max-frame", CONFIG_SIZE, "1MiB", 1024, 256ll << 20, NULL, "largest frame payload accepted"},
+    {"handshake-timeout", CONFIG_DURATION, "10s", 100, 3600000, NULL,
+     "time a client has to finish the TLS handshake"},
+    {"idle-timeout", CONFIG_DURATION, "300s", 100, 86400000, NULL,
+     "a session silent this long gets ERROR TIMEOUT and is closed"},
+    {"drain-timeout", CONFIG_DURATION, "5s", 0, 600000, NULL,
+     "on SIGTERM, time sessions get to finish before the node exits"},
+    {"heartbeat-interval", CONFIG_DURATION, "250ms", 10, 60000, NULL,
+     "heartbeat period until the balancer says otherwise"},
+    {"max-output", CONFIG_SIZE, "4MiB", 65536, 1ll << 30, NULL,
+     "per-session unsent replies above which the node stops reading"},
+    {"log-level", CONFIG_ENUM, "info", 0, 0, "debug|info|warn|error", "log verbosity"},
+    {"debug-hooks", CONFIG_BOOL, "false", 0, 0, NULL,
+     "test hooks: SIGUSR2 stalls worker 0 for --debug-stall"},
+    {"debug-stall", CONFIG_DURATION, "5s", 1, 600000, NULL,
+     "how long SIGUSR2 stalls worker 0 (with --debug-hooks)"},
+};
+
+/* Everything the main loop and the heartbeat fill callback share. */
+struct node {
+    struct config *cfg;
+    SSL_CTX *ssl_ctx;
+    struct node_stats stats;
+    struct session_env env;
+    struct worker **workers;
+    unsigned nworkers;
+    struct watchdog *watchdog;
+    void *zctx;
+    struct heartbeat *hb;
+    int sig_fd;
+    int notify_fd;
+    bool draining;
+    uint64_t drain_start_ms;
+    uint64_t drain_deadline_ms;
+    uint64_t prev_requests;   /* for msgs_per_sec */
+    uint64_t prev_sample_ms;
+    char id[HB_NODE_ID_MAX + 1];
+    char listen[HB_ADDR_MAX + 1];
+    char advertise[HB_ADDR_MAX + 1];
+};
+
+/* Says why a required file cannot be used, the way a user can act on. */
+static int node_check_file(const char *flag, const char *path)
+{
+    if (!path || !*path) {
+        fprintf(stderr, "berth-node: --%s is required\n", flag);
+        return -1;
+    }
+    FILE *f = fopen(path, "r");
+    if (f) {
+        /* fopen accepts a directory; reading tells. */
+        (void)fgetc(f);
+        int e = ferror(f) ? errno : 0;
+        fclose(f);
+        if (e == 0)
+            return 0;
+        errno = e;
+    }
+    fprintf(stderr, "berth-node: --%s: cannot read %s: %s\n", flag, path, strerror(errno));
+    return -1;
+}
+
+static bool node_is_wildcard(const char *host)
+{
+    return host[0] == '\0' || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0 ||
+           strcmp(host, "*") == 0;
+}
+
+static void node_set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+    else
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+}
+
+/* <hostname>-<port>, with characters a node id cannot hold turned into '-'. */
+static void node_default_id(char *out, size_t len, uint16_t port)
+{
+    char host[256];
+    if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')
+        snprintf(host, sizeof(host), "node");
+    host[sizeof(host) - 1] = '\0';
+    char *dot = strchr(host, '.');
+    if (dot && dot != host)
+        *dot = '\0'; /* the short name is enough to tell nodes apart */
+    for (char *p = host; *p; p++) {
+        bool ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+                  *p == '.' || *p == '_' || *p == '-';
+        if (!ok)
+            *p = '-';
+    }
+    char suffix[8];
+    snprintf(suffix, sizeof(suffix), "-%u", port);
+    size_t room = len - 1 - strlen(suffix);
+    if (strlen(host) > room)
+        host[room] = '\0';
+    snprintf(out, len, "%s%s", host, suffix);
+}
+
+static void node_fill(void *arg, struct hb_msg *m, uint64_t now)
+{
+    struct node *n = arg;
+    uint64_t ticks[HB_MAX_WORKERS];
+    m->nworkers = n->nworkers;
+    for (unsigned i = 0; i < n->nworkers; i++) {
+        struct node_worker_stats *ws = &n->stats.workers[i];
+        ticks[i] = node_stats_get(&ws->ticks);
+        m->workers[i].ticks = ticks[i];
+        m->workers[i].handshakes_ok = node_stats_get(&ws->handshakes_ok);
+        m->workers[i].handshakes_failed = node_stats_get(&ws->handshakes_failed);
+    }
+    uint64_t sessions = node_stats_sessions(&n->stats);
+    m->sessions = sessions > UINT32_MAX ? UINT32_MAX : (uint32_t)sessions;
+    m->accepted = node_stats_accepted(&n->stats);
+
+    uint64_t requests = node_stats_requests(&n->stats);
+    if (n->prev_sample_ms != 0 && now > n->prev_sample_ms)
+        m->msgs_per_sec = (double)(requests - n->prev_requests) * 1000.0 /
+                          (double)(now - n->prev_sample_ms);
+    n->prev_requests = requests;
+    n->prev_sample_ms = now;
+
+    m->draining = n->draining;
+    if (n->draining) {
+        /* Drained workers leave their loops; that is not a stall. */
+        m->healthy = true;
+        m->reason[0] = '\0';
+    } else {
+        uint64_t stall = watchdog_stall_ms(heartbeat_interval_ms(n->hb));
+        m->healthy = watchdog_check(n->watchdog, ticks, now, stall, m->reason, sizeof(m->reason));
+    }
+}
+
+static void node_begin_drain(struct node *n, const char *signame, uint64_t now)
+{
+    if (n->draining) {
+        log_info("drain_in_progress", "signal=%s", signame);
+        return;
+    }
+    n->draining = true;
+    n->drain_start_ms = now;
+    uint64_t timeout = (uint64_t)config_int(n->cfg, "drain-timeout");
+    n->drain_deadline_ms = now + timeout;
+    log_info("drain_start", "signal=%s sessions=%" PRIu64 " timeout_ms=%" PRIu64, signame,
+             node_stats_sessions(&n->stats), timeout);
+    heartbeat_leave(n->hb, now);
+    for (unsigned i = 0; i < n->nworkers; i++)
+        worker_drain(n->workers[i]);
+}
+
+static void node_on_signal(struct node *n, uint64_t now)
+{
+    for (;;) {
+        struct signalfd_siginfo si;
+        ssize_t r = read(n->sig_fd, &si, sizeof(si));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r != (ssize_t)sizeof(si))
+            return; /* EAGAIN: all read */
+        switch (si.ssi_signo) {
+        case SIGTERM:
+            node_begin_drain(n, "SIGTERM", now);
+            break;
+        case SIGINT:
+            node_begin_drain(n, "SIGINT", now);
+            break;
+        case SIGUSR2:
+            if (config_bool(n->cfg, "debug-hooks")) {
+                uint64_t ms = (uint64_t)config_int(n->cfg, "debug-stall");
+                log_info("debug_stall_requested", "worker=0 stall_ms=%" PRIu64, ms);
+                worker_debug_stall(n->workers[0], ms);
+            } else {
+                log_info("signal_ignored", "signal=SIGUSR2 reason=\"--debug-hooks is off\"");
+            }
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static bool node_all_finished(const struct node *n)
+{
+    for (unsigned i = 0; i < n->nworkers; i++)
+        if (!worker_finished(n->workers[i]))
+            return false;
+    return true;
+}
+
+/* The main loop: returns when the drain is over (or at a fatal error, -1). */
+static int node_run(struct node *n)
+{
+    for (;;) {
+        uint64_t now = mono_now_ms();
+        zmq_pollitem_t items[3];
+        int ni = 0, hb_i = -1;
+        void *sock = heartbeat_socket(n->hb);
+        memset(items, 0, sizeof(items));
+        if (sock) {
+            hb_i = ni;
+            items[ni].socket = sock;
+            items[ni++].events = ZMQ_POLLIN;
+        }
+        int sig_i = ni;
+        items[ni].fd = n->sig_fd;
+        items[ni++].events = ZMQ_POLLIN;
+        int notify_i = ni;
+        items[ni].fd = n->notify_fd;
+        items[ni++].events = ZMQ_POLLIN;
+
+        long timeout = heartbeat_timeout_ms(n->hb, now);
+        if (n->draining) {
+            long left = n->drain_deadline_ms > now ? (long)(n->drain_deadline_ms - now) : 0;
+            if (left < timeout)
+                timeout = left;
+        }
+        int rc = zmq_poll(items, ni, timeout);
+        if (rc < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            log_error("poll_failed", "error=\"%s\"", zmq_strerror(zmq_errno()));
+            return -1;
+        }
+        now = mono_now_ms();
+        if (hb_i >= 0 && (items[hb_i].revents & ZMQ_POLLIN))
+            heartbeat_on_readable(n->hb, now);
+        if (items[sig_i].revents & ZMQ_POLLIN)
+            node_on_signal(n, now);
+        if (items[notify_i].revents & ZMQ_POLLIN) {
+            uint64_t v;
+            while (read(n->notify_fd, &v, sizeof(v)) < 0 && errno == EINTR)
+                ;
+        }
+        heartbeat_tick(n->hb, now);
+
+        if (n->draining) {
+            if (node_all_finished(n))
+                return 0;
+            if (now >= n->drain_deadline_ms) {
+                log_warn("drain_timeout", "sessions=%" PRIu64, node_stats_sessions(&n->stats));
+                return 0;
+            }
+        } else if (node_all_finished(n)) {
+            log_error("worker_exited", "reason=\"a worker loop ended unexpectedly\"");
+            return -1;
+        }
+    }
+}
+
+static void node_free(struct node *n)
+{
+    for (unsigned i = 0; n->workers && i < n->nworkers; i++)
+        if (n->workers[i])
+            worker_stop(n->workers[i]);
+    for (unsigned i = 0; n->workers && i < n->nworkers; i++)
+        worker_free(n->workers[i]);
+    free(n->workers);
+    heartbeat_free(n->hb, NODE_LEAVE_LINGER_MS);
+    if (n->zctx) {
+        int rc;
+        do
+            rc = zmq_ctx_term(n->zctx);
+        while (rc != 0 && zmq_errno() == EINTR);
+    }
+    watchdog_free(n->watchdog);
+    free(n->stats.workers);
+    SSL_CTX_free(n->ssl_ctx);
+    if (n->sig_fd >= 0)
+        close(n->sig_fd);
+    if (n->notify_fd >= 0)
+        close(n->notify_fd);
+    config_free(n->cfg);
+}
+
+/* Settings, TLS, listeners, heartbeat channel; 0, or the exit code. */
+static int node_setup(struct node *n, int argc, char **argv)
+{
+    char err[512];
+    n->cfg = config_new("berth-node", BERTH_VERSION,
+                        "a TLS listener node that heartbeats to a berth balancer",
+                        node_settings, sizeof(node_settings) / sizeof(node_settings[0]));
+    if (!n->cfg) {
+        fprintf(stderr, "berth-node: out of memory\n");
+        return 1;
+    }
+    switch (config_load(n->cfg, argc, argv, err, sizeof(err))) {
+    case CONFIG_OK:
+        break;
+    case CONFIG_HELP:
+        config_usage(n->cfg, stdout);
+        return -1;
+    case CONFIG_VERSION:
+        config_version_line(n->cfg, stdout);
+        return -1;
+    case CONFIG_ERROR:
+    default:
+        fprintf(stderr, "berth-node: %s\n", err);
+        return NODE_EXIT_USAGE;
+    }
+    if (config_npositional(n->cfg) > 0) {
+        fprintf(stderr, "berth-node: unexpected argument \"%s\" (see --help)\n",
+                config_positional(n->cfg, 0));
+        return NODE_EXIT_USAGE;
+    }
+    enum log_level level;
+    if (log_level_parse(config_str(n->cfg, "log-level"), &level) != 0) {
+        fprintf(stderr, "berth-node: --log-level: bad value \"%s\"\n",
+                config_str(n->cfg, "log-level"));
+        return NODE_EXIT_USAGE;
+    }
+
+    /* Addresses first: every usage error before anything is bound. */
+    struct addr listen_addr, adv_addr;
+    const char *listen_text = config_str(n->cfg, "listen");
+    if (addr_parse(listen_text, true, &listen_addr, err, sizeof(err)) != 0) {
+        fprintf(stderr, "berth-node: --listen %s: %s\n", listen_text, err);
+        return NODE_EXIT_USAGE;
+    }
+    const char *adv_text = config_str(n->cfg, "advertise");
+    bool have_adv = adv_text && *adv_text;
+    if (have_adv) {
+        if (addr_parse(adv_text, false, &adv_addr, err, sizeof(err)) != 0) {
+            fprintf(stderr, "berth-node: --advertise %s: %s\n", adv_text, err);
+            return NODE_EXIT_USAGE;
+        }
+        if (node_is_wildcard(adv_addr.host)) {
+            fprintf(stderr, "berth-node: --advertise %s: a wildcard address cannot be dialled\n",
+                    adv_text);
+            return NODE_EXIT_USAGE;
+        }
+    } else if (node_is_wildcard(listen_addr.host)) {
+        fprintf(stderr, "berth-node: --listen %s is a wildcard address: set --advertise to the "
+                        "host:port clients should dial\n", listen_text);
+        return NODE_EXIT_USAGE;
+    }
+    const char *id_text = config_str(n->cfg, "id");
+    if (id_text && *id_text && !hb_node_id_valid(id_text)) {
+        fprintf(stderr, "berth-node: --id \"%s\": must match [A-Za-z0-9._-]{1,64}\n", id_text);
+        return NODE_EXIT_USAGE;
+    }
+    const char *cert = config_str(n->cfg, "cert"), *key = config_str(n->cfg, "key");
+    if (node_check_file("cert", cert) != 0 || node_check_file("key", key) != 0)
+        return NODE_EXIT_USAGE;
+    n->ssl_ctx = tls_ctx_server_new(cert, key, err, sizeof(err));
+    if (!n->ssl_ctx) {
+        fprintf(stderr, "berth-node: %s\n", err);
+        return NODE_EXIT_USAGE;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sslen = sizeof(ss);
+    if (addr_resolve(&listen_addr, SOCK_STREAM, &ss, &sslen, err, sizeof(err)) != 0) {
+        fprintf(stderr, "berth-node: --listen %s: %s\n", listen_text, err);
+        return NODE_EXIT_USAGE;
+    }
+
+    /* Workers inherit this mask: signals reach only the signalfd. SIGPIPE
+     * is ignored so a write to a closed socket is just an error. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGUSR2);
+    if (pthread_sigmask(SIG_BLOCK, &mask, NULL) != 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        fprintf(stderr, "berth-node: cannot set the signal mask\n");
+        return 1;
+    }
+    n->sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    n->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (n->sig_fd < 0 || n->notify_fd < 0) {
+        fprintf(stderr, "berth-node: signalfd/eventfd: %s\n", strerror(errno));
+        return 1;
+    }
+
+    long nw = config_int(n->cfg, "workers");
+    if (nw == 0) {
+        nw = sysconf(_SC_NPROCESSORS_ONLN);
+        if (nw < 1)
+            nw = 1;
+        if (nw > HB_MAX_WORKERS)
+            nw = HB_MAX_WORKERS;
+    }
+    n->nworkers = (unsigned)nw;
+    n->stats.nworkers = n->nworkers;
+    size_t stats_size = n->nworkers * sizeof(struct node_worker_stats);
+    n->stats.workers = aligned_alloc(alignof(struct node_worker_stats), stats_size);
+    n->workers = calloc(n->nworkers, sizeof(*n->workers));
+    n->watchdog = watchdog_new(n->nworkers, mono_now_ms());
+    if (!n->stats.workers || !n->workers || !n->watchdog) {
+        fprintf(stderr, "berth-node: out of memory\n");
+        return 1;
+    }
+    memset(n->stats.workers, 0, stats_size);
+    atomic_init(&n->stats.connections, 0);
+
+    n->env.start_ms = mono_now_ms();
+    n->env.max_frame = (uint32_t)config_int(n->cfg, "max-frame");
+    n->env.idle_timeout_ms = (uint32_t)config_int(n->cfg, "idle-timeout");
+    n->env.handshake_timeout_ms = (uint32_t)config_int(n->cfg, "handshake-timeout");
+    n->env.max_connections = (uint32_t)config_int(n->cfg, "max-connections");
+    n->env.max_output = (size_t)config_int(n->cfg, "max-output");
+    n->env.stats = &n->stats;
+    n->env.node_id = n->id;
+    n->env.advertise = n->advertise;
+
+    for (unsigned i = 0; i < n->nworkers; i++) {
+        struct worker_config wc = {
+            .index = i,
+            .listen = (const struct sockaddr *)&ss,
+            .listen_len = sslen,
+            .ssl_ctx = n->ssl_ctx,
+            .env = &n->env,
+            .stats = &n->stats.workers[i],
+            .notify_fd = n->notify_fd,
+        };
+        n->workers[i] = worker_new(&wc, err, sizeof(err));
+        if (!n->workers[i]) {
+            fprintf(stderr, "berth-node: --listen %s: %s\n", listen_text, err);
+            return 1;
+        }
+        if (i == 0 && listen_addr.port == 0) {
+            /* Port 0: the kernel chose for worker 0; the others join it. */
+            listen_addr.port = worker_port(n->workers[0]);
+            node_set_port(&ss, listen_addr.port);
+        }
+    }
+    addr_format(&listen_addr, n->listen, sizeof(n->listen));
+    addr_format(have_adv ? &adv_addr : &listen_addr, n->advertise, sizeof(n->advertise));
+    if (id_text && *id_text)
+        snprintf(n->id, sizeof(n->id), "%s", id_text);
+    else
+        node_default_id(n->id, sizeof(n->id), listen_addr.port);
+
+    log_setup(level, "node", n->id);
+
+    uint64_t boot = 0;
+    ssize_t got;
+    do
+        got = getrandom(&boot, sizeof(boot), 0);
+    while (got < 0 && errno == EINTR);
+    if (got != (ssize_t)sizeof(boot)) {
+        fprintf(stderr, "berth-node: getrandom: %s\n", got < 0 ? strerror(errno) : "short read");
+        return 1;
+    }
+
+    n->zctx = zmq_ctx_new();
+    if (!n->zctx) {
+        fprintf(stderr, "berth-node: zmq_ctx_new: %s\n", zmq_strerror(zmq_errno()));
+        return 1;
+    }
+    struct heartbeat_config hc = {
+        .endpoint = config_str(n->cfg, "balancer"),
+        .node_id = n->id,
+        .addr = n->advertise,
+        .capacity = (uint32_t)config_int(n->cfg, "capacity"),
+        .interval_ms = (uint32_t)config_int(n->cfg, "heartbeat-interval"),
+        .boot_id = boot,
+    };
+    n->hb = heartbeat_new(n->zctx, &hc, node_fill, n, mono_now_ms(), err, sizeof(err));
+    if (!n->hb) {
+        fprintf(stderr, "berth-node: %s\n", err);
+        return NODE_EXIT_USAGE;
+    }
+    for (unsigned i = 0; i < n->nworkers; i++) {
+        if (worker_start(n->workers[i], err, sizeof(err)) != 0) {
+            fprintf(stderr, "berth-node: %s\n", err);
+            return 1;
+        }
+    }
+    log_info("start", "listen=%s advertise=%s workers=%u balancer=%s version=%s boot=%016" PRIx64
+             " max_connections=%u max_frame=%u",
+             n->listen, n->advertise, n->nworkers, hc.endpoint, BERTH_VERSION, boot,
+             n->env.max_connections, n->env.max_frame);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct node n;
+    memset(&n, 0, sizeof(n));
+    n.sig_fd = n.notify_fd = -1;
+
+    int rc = node_setup(&n, argc, argv);
+    if (rc != 0) {
+        node_free(&n);
+        return rc < 0 ? 0 : rc;
+    }
+    rc = node_run(&n);
+    /* Sessions still open here are cut by the workers' stop. */
+    uint64_t left = node_stats_sessions(&n.stats);
+    bool drained = n.draining;
+    uint64_t drain_start = n.drain_start_ms;
+    node_free(&n);
+    if (drained)
+        log_info("drain_done", "elapsed_ms=%" PRIu64 " sessions_cut=%" PRIu64,
+                 mono_now_ms() - drain_start, left);
+    return rc == 0 ? 0 : 1;
+}

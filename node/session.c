@@ -1,0 +1,578 @@
+/* session: one client connection: its TLS transport, buffers, counters and
+ * timers, and the node protocol (HELLO first, replies in request order,
+ * ERROR closes the session). The protocol part runs without I/O too. */
+#include "session.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+
+#include "frame.h"
+#include "log.h"
+
+#define SESSION_READ_CHUNK 16384u /* one TLS record */
+#define SESSION_PUMP_MAX 64       /* rounds per session_handle, for fairness */
+#define SESSION_KEEP_BUF 4096u    /* an empty buffer larger than this is released */
+
+struct session {
+    const struct session_env *env; /* node settings, borrowed */
+    struct node_worker_stats *ws;  /* this worker's counters, borrowed */
+    struct tls_conn *tls;          /* transport, owned; NULL for protocol-only use */
+    enum session_state state;
+    uint64_t id;
+    char peer[SESSION_PEER_MAX + 1];
+    char client[FRAME_NAME_MAX + 1]; /* name from HELLO */
+    bool hello_seen;
+    bool draining;    /* node shutdown: read nothing more, then BYE */
+    bool peer_closed; /* EOF or close_notify: read nothing more */
+    bool rerun;       /* the last session_handle stopped on its budget */
+    uint32_t hs_wait; /* epoll events the handshake's last TLS_AGAIN asked for */
+    uint32_t read_wait;  /* ... the last read's TLS_AGAIN (0: plain EPOLLIN) */
+    uint32_t write_wait; /* ... the last write's TLS_AGAIN (0: plain EPOLLOUT) */
+    struct buf in;    /* client bytes not yet parsed */
+    struct buf out;   /* replies not yet written */
+    uint64_t requests, bytes_in, bytes_out;
+    uint64_t created_ms, last_active_ms, closing_ms;
+    const char *reason; /* why it closes; static string */
+};
+
+/* Reads land here first, so an idle session holds no 16 KiB buffer. */
+static _Thread_local uint8_t session_scratch[SESSION_READ_CHUNK];
+
+struct session *session_new(const struct session_env *env, struct node_worker_stats *ws,
+                            uint64_t id, const char *peer, struct tls_conn *tls, uint64_t now_ms)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (!s) {
+        tls_conn_free(tls);
+        return NULL;
+    }
+    s->env = env;
+    s->ws = ws;
+    s->tls = tls;
+    s->state = tls ? SESSION_HANDSHAKE : SESSION_OPEN;
+    s->id = id;
+    snprintf(s->peer, sizeof(s->peer), "%s", peer ? peer : "");
+    buf_init(&s->in);
+    buf_init(&s->out);
+    s->created_ms = now_ms;
+    s->last_active_ms = now_ms;
+    return s;
+}
+
+void session_free(struct session *s)
+{
+    if (!s)
+        return;
+    tls_conn_free(s->tls);
+    buf_release(&s->in);
+    buf_release(&s->out);
+    free(s);
+}
+
+uint64_t session_id(const struct session *s) { return s->id; }
+enum session_state session_state(const struct session *s) { return s->state; }
+int session_fd(const struct session *s) { return s->tls ? tls_conn_fd(s->tls) : -1; }
+const char *session_close_reason(const struct session *s) { return s->reason ? s->reason : ""; }
+struct buf *session_output(struct session *s) { return &s->out; }
+bool session_needs_rerun(const struct session *s) { return s->rerun; }
+
+static void session_closed(struct session *s, const char *reason, uint64_t now)
+{
+    if (s->state == SESSION_CLOSED)
+        return;
+    if (!s->reason)
+        s->reason = reason;
+    s->state = SESSION_CLOSED;
+    log_debug("session_close",
+              "session=%" PRIu64 " peer=%s client=\"%s\" reason=%s requests=%" PRIu64
+              " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " age_ms=%" PRIu64,
+              s->id, s->peer, s->client, s->reason, s->requests, s->bytes_in, s->bytes_out,
+              now - s->created_ms);
+}
+
+/* A final frame is queued: stop reading and parsing, flush, then close. */
+static void session_closing(struct session *s, const char *reason, uint64_t now)
+{
+    if (s->state != SESSION_OPEN)
+        return;
+    s->reason = reason;
+    s->state = SESSION_CLOSING;
+    s->closing_ms = now;
+}
+
+/* Keeps small buffers for reuse, gives big ones back once empty. */
+static void session_trim(struct buf *b)
+{
+    if (buf_size(b) > 0)
+        return;
+    if (b->cap > SESSION_KEEP_BUF)
+        buf_release(b);
+    else
+        buf_clear(b);
+}
+
+static void session_error(struct session *s, uint64_t request_id, enum frame_error code,
+                          const char *text, uint64_t now)
+{
+    log_debug("protocol_error", "session=%" PRIu64 " peer=%s request=%" PRIu64 " code=%s",
+              s->id, s->peer, request_id, frame_error_name(code));
+    if (frame_append_error(&s->out, request_id, code, text) != 0) {
+        session_closed(s, "out_of_memory", now);
+        return;
+    }
+    session_closing(s, "protocol_error", now);
+}
+
+/* INFO_REPLY body; caller frees. NULL on out of memory. */
+static char *session_info_json(const struct session *s, uint64_t now)
+{
+    const struct session_env *env = s->env;
+    const char *proto = NULL, *cipher = NULL;
+    if (s->tls) {
+        proto = tls_conn_protocol(s->tls);
+        cipher = tls_conn_cipher(s->tls);
+    }
+    json_t *j = json_pack(
+        "{s:s, s:s, s:s, s:I, s:I, s:I, s:I,"
+        " s:{s:I, s:s, s:s, s:I, s:I, s:I, s:I},"
+        " s:{s:I, s:I, s:I, s:I},"
+        " s:{s:s?, s:s?}}",
+        "node", env->node_id, "version", BERTH_VERSION, "addr", env->advertise,
+        "uptime_ms", (json_int_t)(now - env->start_ms),
+        "sessions", (json_int_t)node_stats_sessions(env->stats),
+        "accepted", (json_int_t)node_stats_accepted(env->stats),
+        "workers", (json_int_t)env->stats->nworkers,
+        "session",
+        "id", (json_int_t)s->id, "peer", s->peer, "client", s->client,
+        "requests", (json_int_t)s->requests, "bytes_in", (json_int_t)s->bytes_in,
+        "bytes_out", (json_int_t)s->bytes_out, "age_ms", (json_int_t)(now - s->created_ms),
+        "limits",
+        "max_frame", (json_int_t)env->max_frame,
+        "idle_timeout_ms", (json_int_t)env->idle_timeout_ms,
+        "handshake_timeout_ms", (json_int_t)env->handshake_timeout_ms,
+        "max_connections", (json_int_t)env->max_connections,
+        "tls", "protocol", proto, "cipher", cipher);
+    if (!j)
+        return NULL;
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return text;
+}
+
+static bool session_on_hello(struct session *s, const struct frame *f, uint64_t now)
+{
+    uint64_t rid = f->h.request_id;
+    struct frame_hello hello;
+    if (s->hello_seen) {
+        session_error(s, rid, FRAME_ERR_UNEXPECTED, "HELLO already received", now);
+        return false;
+    }
+    if (frame_parse_hello(f, &hello) != 0) {
+        session_error(s, rid, FRAME_ERR_MALFORMED, "HELLO body does not parse", now);
+        return false;
+    }
+    /* A client speaking later versions too offers its highest; the session
+     * runs at ours (WELCOME says so). Version 0 does not exist. */
+    if (hello.version < FRAME_VERSION) {
+        session_error(s, rid, FRAME_ERR_BAD_VERSION, "this node speaks protocol version 1", now);
+        return false;
+    }
+    if (s->draining) {
+        session_error(s, rid, FRAME_ERR_SHUTTING_DOWN, NULL, now);
+        return false;
+    }
+    snprintf(s->client, sizeof(s->client), "%s", hello.name);
+    s->hello_seen = true;
+
+    struct frame_welcome w;
+    memset(&w, 0, sizeof(w));
+    w.version = FRAME_VERSION;
+    w.session_id = s->id;
+    w.max_payload = s->env->max_frame;
+    w.idle_timeout_ms = s->env->idle_timeout_ms;
+    snprintf(w.node_id, sizeof(w.node_id), "%s", s->env->node_id);
+    if (frame_append_welcome(&s->out, rid, &w) != 0) {
+        session_error(s, rid, FRAME_ERR_INTERNAL, NULL, now);
+        return false;
+    }
+    return true;
+}
+
+static bool session_on_send(struct session *s, const struct frame *f, uint64_t now)
+{
+    uint64_t rid = f->h.request_id;
+    struct frame_send req;
+    if (frame_parse_send(f, &req) != 0) {
+        session_error(s, rid, FRAME_ERR_MALFORMED, "SEND body does not parse", now);
+        return false;
+    }
+    uint8_t md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    static const uint8_t empty = 0;
+    if (EVP_Digest(req.len ? req.data : &empty, req.len, md, &mdlen, EVP_sha256(), NULL) != 1 ||
+        mdlen != FRAME_SHA256_LEN) {
+        session_error(s, rid, FRAME_ERR_INTERNAL, "SHA-256 failed", now);
+        return false;
+    }
+    if (frame_append_ack(&s->out, rid, req.message_id, md) != 0) {
+        session_error(s, rid, FRAME_ERR_INTERNAL, NULL, now);
+        return false;
+    }
+    return true;
+}
+
+static bool session_on_info(struct session *s, const struct frame *f, uint64_t now)
+{
+    char *text = session_info_json(s, now);
+    bool ok = text && frame_append(&s->out, FRAME_INFO_REPLY, f->h.request_id, text,
+                                   strlen(text)) == 0;
+    free(text);
+    if (!ok)
+        session_error(s, f->h.request_id, FRAME_ERR_INTERNAL, NULL, now);
+    return ok;
+}
+
+/* Answers one decoded request into the output; an ERROR reply instead
+ * when the request is refused. */
+static void session_on_frame(struct session *s, const struct frame *f, uint64_t now)
+{
+    uint64_t rid = f->h.request_id;
+    uint8_t type = f->h.type;
+    bool ok = false;
+
+    if (!s->hello_seen && type != FRAME_HELLO) {
+        session_error(s, rid, FRAME_ERR_NOT_READY, "HELLO must come first", now);
+        return;
+    }
+    switch (type) {
+    case FRAME_HELLO:
+        ok = session_on_hello(s, f, now);
+        break;
+    case FRAME_PING:
+        ok = frame_append(&s->out, FRAME_PONG, rid, f->payload, f->h.length) == 0;
+        break;
+    case FRAME_ECHO:
+        ok = frame_append(&s->out, FRAME_ECHO_REPLY, rid, f->payload, f->h.length) == 0;
+        break;
+    case FRAME_SEND:
+        ok = session_on_send(s, f, now);
+        break;
+    case FRAME_INFO:
+        ok = session_on_info(s, f, now);
+        break;
+    case FRAME_BYE:
+        ok = frame_append(&s->out, FRAME_BYE, rid, NULL, 0) == 0;
+        if (ok)
+            session_closing(s, "bye", now);
+        break;
+    case FRAME_WELCOME:
+    case FRAME_PONG:
+    case FRAME_ECHO_REPLY:
+    case FRAME_ACK:
+    case FRAME_INFO_REPLY:
+    case FRAME_ERROR:
+        session_error(s, rid, FRAME_ERR_UNEXPECTED, "replies are not requests", now);
+        return;
+    default:
+        /* frame_decode refuses unknown types; kept for a future type. */
+        session_error(s, rid, FRAME_ERR_UNKNOWN_TYPE, NULL, now);
+        return;
+    }
+    if (!ok) {
+        /* A handler that refused has queued its ERROR already. */
+        if (s->state == SESSION_OPEN)
+            session_error(s, rid, FRAME_ERR_INTERNAL, NULL, now);
+        return;
+    }
+    s->requests++;
+    node_stats_add(&s->ws->requests, 1);
+}
+
+/* Answers every complete frame in the input while the output is below
+ * --max-output. Returns true if anything changed. */
+static bool session_process(struct session *s, uint64_t now)
+{
+    bool progress = false;
+    while (s->state == SESSION_OPEN && buf_size(&s->out) < s->env->max_output) {
+        struct frame f;
+        enum frame_error err = FRAME_ERR_NONE;
+        memset(&f, 0, sizeof(f));
+        size_t avail = buf_size(&s->in);
+        long n = avail ? frame_decode(buf_head(&s->in), avail, s->env->max_frame, &f, &err) : 0;
+        if (n < 0) {
+            /* The header alone condemns the frame: nothing more is buffered. */
+            session_error(s, f.h.request_id, err == FRAME_ERR_NONE ? FRAME_ERR_MALFORMED : err,
+                          NULL, now);
+            return true;
+        }
+        if (n == 0) {
+            /* Every complete request is answered; what remains is partial. */
+            if (s->draining && !s->hello_seen) {
+                session_error(s, 0, FRAME_ERR_SHUTTING_DOWN, NULL, now);
+                return true;
+            }
+            if (s->draining) {
+                if (frame_append(&s->out, FRAME_BYE, 0, NULL, 0) != 0)
+                    session_closed(s, "out_of_memory", now);
+                else
+                    session_closing(s, "drain", now);
+                return true;
+            }
+            if (s->peer_closed) {
+                session_closing(s, "peer_closed", now);
+                return true;
+            }
+            break;
+        }
+        s->last_active_ms = now;
+        session_on_frame(s, &f, now);
+        buf_consume(&s->in, (size_t)n);
+        progress = true;
+    }
+    session_trim(&s->in);
+    return progress;
+}
+
+int session_feed(struct session *s, const void *data, size_t len, uint64_t now_ms)
+{
+    if (s->state != SESSION_OPEN)
+        return 0; /* closing: further input is ignored */
+    if (len > 0) {
+        if (buf_append(&s->in, data, len) != 0) {
+            session_closed(s, "out_of_memory", now_ms);
+            return -1;
+        }
+        s->bytes_in += len;
+    }
+    session_process(s, now_ms);
+    return 0;
+}
+
+static bool session_can_read(const struct session *s)
+{
+    return s->state == SESSION_OPEN && !s->draining && !s->peer_closed &&
+           buf_size(&s->out) < s->env->max_output;
+}
+
+/* One TLS read into the input. Returns true if bytes arrived or the state
+ * changed. */
+static bool session_read(struct session *s, uint64_t now)
+{
+    size_t n = 0;
+    enum tls_status st = tls_conn_read(s->tls, session_scratch, sizeof(session_scratch), &n);
+    switch (st) {
+    case TLS_DONE:
+        s->read_wait = 0;
+        if (n == 0)
+            return false;
+        if (buf_append(&s->in, session_scratch, n) != 0) {
+            session_closed(s, "out_of_memory", now);
+            return true;
+        }
+        s->bytes_in += n;
+        return true;
+    case TLS_AGAIN:
+        s->read_wait = tls_conn_events(s->tls);
+        return false;
+    case TLS_CLOSED:
+        s->read_wait = 0;
+        s->peer_closed = true;
+        return true;
+    case TLS_ERROR:
+    default:
+        log_debug("session_error", "session=%" PRIu64 " peer=%s op=read error=\"%s\"", s->id,
+                  s->peer, tls_conn_error(s->tls));
+        session_closed(s, "tls_error", now);
+        return true;
+    }
+}
+
+/* Writes as much of the output as the socket takes. Returns true if bytes
+ * left or the state changed. */
+static bool session_flush(struct session *s, uint64_t now)
+{
+    bool progress = false;
+    while (buf_size(&s->out) > 0) {
+        size_t n = 0;
+        enum tls_status st = tls_conn_write(s->tls, buf_head(&s->out), buf_size(&s->out), &n);
+        if (st == TLS_DONE && n > 0) {
+            buf_consume(&s->out, n);
+            s->bytes_out += n;
+            s->last_active_ms = now;
+            s->write_wait = 0;
+            progress = true;
+            continue;
+        }
+        if (st == TLS_DONE || st == TLS_AGAIN) {
+            s->write_wait = st == TLS_AGAIN ? tls_conn_events(s->tls) : 0;
+            break;
+        }
+        log_debug("session_error", "session=%" PRIu64 " peer=%s op=write error=\"%s\"", s->id,
+                  s->peer, st == TLS_CLOSED ? "peer closed" : tls_conn_error(s->tls));
+        session_closed(s, st == TLS_CLOSED ? "peer_closed" : "tls_error", now);
+        return true;
+    }
+    session_trim(&s->out);
+    return progress;
+}
+
+static void session_handshake(struct session *s, uint64_t now)
+{
+    enum tls_status st = tls_conn_handshake(s->tls);
+    switch (st) {
+    case TLS_DONE:
+        s->state = SESSION_OPEN;
+        s->hs_wait = 0;
+        s->last_active_ms = now;
+        node_stats_add(&s->ws->handshakes_ok, 1);
+        log_debug("session_open", "session=%" PRIu64 " peer=%s protocol=%s cipher=%s", s->id,
+                  s->peer, tls_conn_protocol(s->tls), tls_conn_cipher(s->tls));
+        break;
+    case TLS_AGAIN:
+        s->hs_wait = tls_conn_events(s->tls);
+        break;
+    case TLS_CLOSED:
+    case TLS_ERROR:
+    default:
+        node_stats_add(&s->ws->handshakes_failed, 1);
+        log_debug("handshake_failed", "session=%" PRIu64 " peer=%s error=\"%s\"", s->id, s->peer,
+                  st == TLS_CLOSED ? "peer closed" : tls_conn_error(s->tls));
+        session_closed(s, "handshake_failed", now);
+        break;
+    }
+}
+
+void session_handle(struct session *s, uint32_t events, uint64_t now_ms)
+{
+    s->rerun = false;
+    if (!s->tls || s->state == SESSION_CLOSED)
+        return;
+    if (s->state == SESSION_HANDSHAKE) {
+        session_handshake(s, now_ms);
+        if (s->state != SESSION_OPEN)
+            return;
+        /* The client may have sent its first frames with its Finished. */
+    }
+    bool any = false;
+    int round;
+    for (round = 0; round < SESSION_PUMP_MAX; round++) {
+        bool progress = session_flush(s, now_ms);
+        if (s->state == SESSION_CLOSED)
+            return;
+        progress |= session_process(s, now_ms);
+        /* Read only after the replies so far are written or queued: with
+         * the output above --max-output this is where reading stops. Bytes
+         * OpenSSL already decrypted are read here too, since the loop runs
+         * until a read says TLS_AGAIN. */
+        if (session_can_read(s))
+            progress |= session_read(s, now_ms);
+        if (s->state == SESSION_CLOSED)
+            return;
+        if (s->state == SESSION_CLOSING && buf_size(&s->out) == 0) {
+            tls_conn_shutdown(s->tls);
+            session_closed(s, s->reason, now_ms);
+            return;
+        }
+        any |= progress;
+        if (!progress)
+            break;
+    }
+    if (round == SESSION_PUMP_MAX) {
+        s->rerun = true;
+        return;
+    }
+    /* A hung-up or failed socket that let nothing move: give up on it, or
+     * level-triggered epoll reports it forever. */
+    if (!any && (events & (EPOLLERR | EPOLLHUP)))
+        session_closed(s, "hangup", now_ms);
+}
+
+uint32_t session_events(const struct session *s)
+{
+    if (!s->tls)
+        return 0;
+    switch (s->state) {
+    case SESSION_HANDSHAKE:
+        return s->hs_wait ? s->hs_wait : EPOLLIN;
+    case SESSION_OPEN:
+    case SESSION_CLOSING: {
+        uint32_t ev = 0;
+        if (session_can_read(s))
+            ev |= s->read_wait ? s->read_wait : EPOLLIN;
+        if (buf_size(&s->out) > 0)
+            ev |= s->write_wait ? s->write_wait : EPOLLOUT;
+        return ev;
+    }
+    case SESSION_CLOSED:
+    default:
+        return 0;
+    }
+}
+
+void session_sweep(struct session *s, uint64_t now_ms)
+{
+    switch (s->state) {
+    case SESSION_HANDSHAKE:
+        if (now_ms - s->created_ms >= s->env->handshake_timeout_ms) {
+            node_stats_add(&s->ws->handshakes_failed, 1);
+            log_debug("handshake_failed", "session=%" PRIu64 " peer=%s error=timeout", s->id,
+                      s->peer);
+            session_closed(s, "handshake_timeout", now_ms);
+        }
+        break;
+    case SESSION_OPEN: {
+        /* The handshake timeout covers the HELLO too, from the accept. */
+        const char *why = NULL;
+        if (!s->hello_seen && now_ms - s->created_ms >= s->env->handshake_timeout_ms)
+            why = "hello_timeout";
+        else if (now_ms - s->last_active_ms >= s->env->idle_timeout_ms)
+            why = "idle_timeout";
+        if (!why)
+            break;
+        log_debug("session_timeout", "session=%" PRIu64 " peer=%s reason=%s", s->id, s->peer, why);
+        /* Best effort: the ERROR goes out if the socket takes it soon. */
+        if (frame_append_error(&s->out, 0, FRAME_ERR_TIMEOUT,
+                               strcmp(why, "idle_timeout") == 0 ? "idle timeout"
+                                                                : "no HELLO in time") != 0) {
+            session_closed(s, "out_of_memory", now_ms);
+            break;
+        }
+        session_closing(s, why, now_ms);
+        session_handle(s, 0, now_ms);
+        break;
+    }
+    case SESSION_CLOSING:
+        if (now_ms - s->closing_ms >= SESSION_CLOSE_LINGER_MS)
+            session_closed(s, "flush_timeout", now_ms);
+        break;
+    case SESSION_CLOSED:
+    default:
+        break;
+    }
+}
+
+void session_drain(struct session *s, uint64_t now_ms)
+{
+    switch (s->state) {
+    case SESSION_HANDSHAKE:
+        session_closed(s, "drain", now_ms);
+        break;
+    case SESSION_OPEN:
+        s->draining = true;
+        if (s->tls)
+            session_handle(s, 0, now_ms);
+        else
+            session_process(s, now_ms);
+        break;
+    case SESSION_CLOSING:
+    case SESSION_CLOSED:
+    default:
+        break;
+    }
+}

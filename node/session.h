@@ -1,0 +1,86 @@
+/* session: one client connection on a node: its TLS connection, input and
+ * output buffers, counters and timers, and the node protocol
+ * (docs/PROTOCOL.md) spoken over it. Owned by one worker thread. */
+#ifndef BERTH_SESSION_H
+#define BERTH_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "node_stats.h"
+#include "tls_conn.h"
+
+#define SESSION_PEER_MAX 263       /* "[v6 address]:port" */
+#define SESSION_CLOSE_LINGER_MS 5000 /* how long a closing session may take to flush */
+
+/* What sessions share, read-only once workers run. */
+struct session_env {
+    const char *node_id;
+    const char *advertise;          /* host:port clients dial */
+    uint64_t start_ms;              /* node start, mono clock */
+    uint32_t max_frame;             /* --max-frame: payload limit */
+    uint32_t idle_timeout_ms;
+    uint32_t handshake_timeout_ms;
+    uint32_t max_connections;
+    size_t max_output;              /* --max-output: stop reading above this */
+    struct node_stats *stats;       /* node-wide counters for INFO */
+};
+
+enum session_state {
+    SESSION_HANDSHAKE, /* TLS handshake in progress */
+    SESSION_OPEN,      /* established; the protocol runs (HELLO not necessarily seen) */
+    SESSION_CLOSING,   /* a final frame (ERROR, BYE) is queued: flush, then close */
+    SESSION_CLOSED,    /* done: the owner removes and frees it */
+};
+
+struct session;
+
+/* Creates a session. Takes ownership of tls (freed by session_free). With
+ * tls NULL the session has no transport and starts OPEN: bytes go in through
+ * session_feed and replies accumulate in session_output (protocol tests).
+ * env and ws are borrowed and must outlive the session. peer is copied.
+ * Returns NULL on out of memory (tls is then freed). */
+struct session *session_new(const struct session_env *env, struct node_worker_stats *ws,
+                            uint64_t id, const char *peer, struct tls_conn *tls, uint64_t now_ms);
+/* Frees everything, closing the socket. NULL is a no-op. */
+void session_free(struct session *s);
+
+uint64_t session_id(const struct session *s);
+enum session_state session_state(const struct session *s);
+/* The socket, or -1 without a transport. */
+int session_fd(const struct session *s);
+/* Why the session closed or is closing ("bye", "peer_closed", ...); static string. */
+const char *session_close_reason(const struct session *s);
+
+/* Protocol without I/O: appends len bytes of client plaintext to the input
+ * and answers every complete frame into the output, in order, until the
+ * output exceeds --max-output. session_feed(s, NULL, 0, now) resumes after
+ * output was consumed. Returns 0, or -1 on out of memory (session closed). */
+int session_feed(struct session *s, const void *data, size_t len, uint64_t now_ms);
+/* The replies not yet written; the caller may consume from it (tests). */
+struct buf *session_output(struct session *s);
+
+/* Does the I/O the events allow (handshake, read, process, write); events
+ * are epoll bits, 0 to just make progress (session_needs_rerun). May change
+ * the state to SESSION_CLOSED, after which the owner frees the session. */
+void session_handle(struct session *s, uint32_t events, uint64_t now_ms);
+/* The epoll events the session waits for now (EPOLLIN/EPOLLOUT). */
+uint32_t session_events(const struct session *s);
+/* True when session_handle stopped with work left that no epoll event will
+ * announce (a per-call budget was reached): call it again soon. */
+bool session_needs_rerun(const struct session *s);
+
+/* Handles the timers: handshake timeout (close), HELLO not in within the
+ * handshake timeout or no complete request for the idle timeout (ERROR
+ * timeout, then close), a closing session that cannot flush (close). */
+void session_sweep(struct session *s, uint64_t now_ms);
+
+/* Node shutdown: a session mid-handshake closes at once; an established one
+ * stops reading, answers the requests it already received, then sends BYE
+ * with request id 0 (ERROR shutting_down if it never said HELLO) and closes
+ * after flushing. */
+void session_drain(struct session *s, uint64_t now_ms);
+
+#endif

@@ -1,0 +1,850 @@
+/* Unit tests for node/session.c: the protocol state machine fed bytes
+ * directly (no sockets, fake clock), then the real TLS path over a
+ * socketpair with a throwaway certificate. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "buf.h"
+#include "frame.h"
+#include "session.h"
+#include "tls_conn.h"
+#include "tls_ctx.h"
+
+#define T0 1000000u /* fake clock start */
+
+struct fx {
+    struct node_worker_stats ws[2];
+    struct node_stats stats;
+    struct session_env env;
+    struct session *s;
+    struct buf req;   /* frames the test is about to send */
+    struct buf last;  /* copy of the last reply's payload */
+    uint64_t now;
+};
+
+static int fx_setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->stats.nworkers = 2;
+    f->stats.workers = f->ws;
+    f->env.node_id = "n1";
+    f->env.advertise = "127.0.0.1:7443";
+    f->env.start_ms = T0 - 5000;
+    f->env.max_frame = 1024;
+    f->env.idle_timeout_ms = 30000;
+    f->env.handshake_timeout_ms = 10000;
+    f->env.max_connections = 100;
+    f->env.max_output = 1u << 20;
+    f->env.stats = &f->stats;
+    f->now = T0;
+    buf_init(&f->req);
+    buf_init(&f->last);
+    f->s = session_new(&f->env, &f->ws[0], 42, "127.0.0.1:5555", NULL, f->now);
+    assert_non_null(f->s);
+    *state = f;
+    return 0;
+}
+
+static int fx_teardown(void **state)
+{
+    struct fx *f = *state;
+    session_free(f->s);
+    buf_release(&f->req);
+    buf_release(&f->last);
+    free(f);
+    return 0;
+}
+
+/* Sends everything queued in f->req to the session at once. */
+static void fx_send(struct fx *f)
+{
+    assert_int_equal(session_feed(f->s, buf_head(&f->req), buf_size(&f->req), f->now), 0);
+    buf_clear(&f->req);
+}
+
+static size_t fx_pending(struct fx *f) { return buf_size(session_output(f->s)); }
+
+/* Takes the next reply, checks its type and request id, keeps its payload
+ * in f->last and returns the frame (payload pointing into f->last). */
+static struct frame fx_take(struct fx *f, uint8_t type, uint64_t rid)
+{
+    struct buf *out = session_output(f->s);
+    struct frame fr;
+    enum frame_error err = FRAME_ERR_NONE;
+    assert_true(buf_size(out) >= FRAME_HEADER_SIZE);
+    long n = frame_decode(buf_head(out), buf_size(out), UINT32_MAX, &fr, &err);
+    assert_true(n > 0);
+    assert_int_equal(fr.h.type, type);
+    assert_int_equal(fr.h.request_id, rid);
+    buf_clear(&f->last);
+    assert_int_equal(buf_append(&f->last, fr.payload, fr.h.length), 0);
+    fr.payload = fr.h.length ? buf_head(&f->last) : NULL;
+    buf_consume(out, (size_t)n);
+    return fr;
+}
+
+static void fx_take_error(struct fx *f, uint64_t rid, enum frame_error code)
+{
+    struct frame fr = fx_take(f, FRAME_ERROR, rid);
+    struct frame_error_body eb;
+    assert_int_equal(frame_parse_error(&fr, &eb), 0);
+    assert_int_equal(eb.code, code);
+}
+
+static void fx_hello(struct fx *f)
+{
+    assert_int_equal(frame_append_hello(&f->req, 1, FRAME_VERSION, "tester"), 0);
+    fx_send(f);
+    struct frame fr = fx_take(f, FRAME_WELCOME, 1);
+    struct frame_welcome w;
+    assert_int_equal(frame_parse_welcome(&fr, &w), 0);
+    assert_int_equal(w.version, FRAME_VERSION);
+    assert_int_equal(w.session_id, 42);
+    assert_int_equal(w.max_payload, 1024);
+    assert_int_equal(w.idle_timeout_ms, 30000);
+    assert_string_equal(w.node_id, "n1");
+}
+
+/* A header with arbitrary fields, for frames the encoder refuses to build. */
+static void fx_raw_header(struct fx *f, uint32_t len, uint8_t version, uint8_t type,
+                          uint16_t flags, uint64_t rid)
+{
+    uint8_t h[FRAME_HEADER_SIZE];
+    h[0] = (uint8_t)(len >> 24);
+    h[1] = (uint8_t)(len >> 16);
+    h[2] = (uint8_t)(len >> 8);
+    h[3] = (uint8_t)len;
+    h[4] = version;
+    h[5] = type;
+    h[6] = (uint8_t)(flags >> 8);
+    h[7] = (uint8_t)flags;
+    for (int i = 0; i < 8; i++)
+        h[8 + i] = (uint8_t)(rid >> (56 - 8 * i));
+    assert_int_equal(buf_append(&f->req, h, sizeof(h)), 0);
+}
+
+static void test_hello_welcome(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    assert_int_equal(fx_pending(f), 0);
+    assert_int_equal(session_state(f->s), SESSION_OPEN);
+    assert_int_equal(node_stats_get(&f->ws[0].requests), 1);
+}
+
+static void test_request_before_hello(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(frame_append(&f->req, FRAME_PING, 7, "x", 1), 0);
+    fx_send(f);
+    fx_take_error(f, 7, FRAME_ERR_NOT_READY);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+    /* Nothing more is answered once the session is closing. */
+    assert_int_equal(frame_append_hello(&f->req, 8, FRAME_VERSION, "late"), 0);
+    fx_send(f);
+    assert_int_equal(fx_pending(f), 0);
+}
+
+static void test_pipelined_in_order(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(frame_append_hello(&f->req, 1, FRAME_VERSION, "pipe"), 0);
+    assert_int_equal(frame_append(&f->req, FRAME_PING, 2, "abc", 3), 0);
+    assert_int_equal(frame_append(&f->req, FRAME_ECHO, 3, "hello", 5), 0);
+    assert_int_equal(frame_append(&f->req, FRAME_INFO, 4, NULL, 0), 0);
+    assert_int_equal(frame_append(&f->req, FRAME_PING, 5, NULL, 0), 0);
+    fx_send(f);
+
+    fx_take(f, FRAME_WELCOME, 1);
+    struct frame fr = fx_take(f, FRAME_PONG, 2);
+    assert_int_equal(fr.h.length, 3);
+    assert_memory_equal(fr.payload, "abc", 3);
+    fr = fx_take(f, FRAME_ECHO_REPLY, 3);
+    assert_int_equal(fr.h.length, 5);
+    assert_memory_equal(fr.payload, "hello", 5);
+
+    fr = fx_take(f, FRAME_INFO_REPLY, 4);
+    json_error_t jerr;
+    json_t *j = json_loadb((const char *)fr.payload, fr.h.length, 0, &jerr);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "node")), "n1");
+    assert_string_equal(json_string_value(json_object_get(j, "addr")), "127.0.0.1:7443");
+    assert_int_equal(json_integer_value(json_object_get(j, "uptime_ms")), 5000);
+    assert_int_equal(json_integer_value(json_object_get(j, "workers")), 2);
+    json_t *sj = json_object_get(j, "session");
+    assert_int_equal(json_integer_value(json_object_get(sj, "id")), 42);
+    assert_string_equal(json_string_value(json_object_get(sj, "client")), "pipe");
+    assert_string_equal(json_string_value(json_object_get(sj, "peer")), "127.0.0.1:5555");
+    assert_int_equal(json_integer_value(json_object_get(sj, "requests")), 3);
+    json_t *lj = json_object_get(j, "limits");
+    assert_int_equal(json_integer_value(json_object_get(lj, "max_frame")), 1024);
+    assert_int_equal(json_integer_value(json_object_get(lj, "max_connections")), 100);
+    assert_true(json_is_null(json_object_get(json_object_get(j, "tls"), "protocol")));
+    json_decref(j);
+
+    fx_take(f, FRAME_PONG, 5);
+    assert_int_equal(fx_pending(f), 0);
+    assert_int_equal(node_stats_get(&f->ws[0].requests), 5);
+}
+
+static void test_byte_at_a_time(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(frame_append_hello(&f->req, 1, FRAME_VERSION, "slow"), 0);
+    assert_int_equal(frame_append(&f->req, FRAME_ECHO, 2, "0123456789", 10), 0);
+    assert_int_equal(frame_append_send(&f->req, 3, 99, "abc", 3), 0);
+    size_t n = buf_size(&f->req);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(session_feed(f->s, buf_head(&f->req) + i, 1, f->now), 0);
+    buf_clear(&f->req);
+    fx_take(f, FRAME_WELCOME, 1);
+    struct frame fr = fx_take(f, FRAME_ECHO_REPLY, 2);
+    assert_memory_equal(fr.payload, "0123456789", 10);
+    fx_take(f, FRAME_ACK, 3);
+    assert_int_equal(fx_pending(f), 0);
+}
+
+static void test_send_ack_sha256(void **state)
+{
+    struct fx *f = *state;
+    /* FIPS 180-2 test vector: SHA-256("abc"). */
+    static const uint8_t abc[FRAME_SHA256_LEN] = {
+        0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+        0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};
+    static const uint8_t empty[FRAME_SHA256_LEN] = {
+        0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+        0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55};
+    fx_hello(f);
+    assert_int_equal(frame_append_send(&f->req, 10, 0x1122334455667788ull, "abc", 3), 0);
+    assert_int_equal(frame_append_send(&f->req, 11, 5, NULL, 0), 0);
+    fx_send(f);
+    struct frame_ack ack;
+    struct frame fr = fx_take(f, FRAME_ACK, 10);
+    assert_int_equal(frame_parse_ack(&fr, &ack), 0);
+    assert_int_equal(ack.message_id, 0x1122334455667788ull);
+    assert_memory_equal(ack.sha256, abc, FRAME_SHA256_LEN);
+    fr = fx_take(f, FRAME_ACK, 11);
+    assert_int_equal(frame_parse_ack(&fr, &ack), 0);
+    assert_int_equal(ack.message_id, 5);
+    assert_memory_equal(ack.sha256, empty, FRAME_SHA256_LEN);
+}
+
+static void test_oversized_header(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    /* Only the header arrives: the verdict must not wait for 1 GiB. */
+    fx_raw_header(f, 1u << 30, FRAME_VERSION, FRAME_ECHO, 0, 77);
+    fx_send(f);
+    fx_take_error(f, 77, FRAME_ERR_TOO_LARGE);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+    /* The payload that follows is ignored, not buffered. */
+    uint8_t junk[512];
+    memset(junk, 'j', sizeof(junk));
+    assert_int_equal(session_feed(f->s, junk, sizeof(junk), f->now), 0);
+    assert_int_equal(fx_pending(f), 0);
+}
+
+static void test_unknown_type(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    fx_raw_header(f, 0, FRAME_VERSION, 0x42, 0, 9);
+    fx_send(f);
+    fx_take_error(f, 9, FRAME_ERR_UNKNOWN_TYPE);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+}
+
+static void test_bad_version_body(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(frame_append_hello(&f->req, 3, 0, "zero"), 0);
+    fx_send(f);
+    fx_take_error(f, 3, FRAME_ERR_BAD_VERSION);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+}
+
+static void test_later_version_negotiated(void **state)
+{
+    struct fx *f = *state;
+    /* A client that also speaks version 2 offers it; the session runs at 1. */
+    assert_int_equal(frame_append_hello(&f->req, 3, 2, "future"), 0);
+    fx_send(f);
+    struct frame fr = fx_take(f, FRAME_WELCOME, 3);
+    struct frame_welcome w;
+    assert_int_equal(frame_parse_welcome(&fr, &w), 0);
+    assert_int_equal(w.version, 1);
+    assert_int_equal(session_state(f->s), SESSION_OPEN);
+}
+
+static void test_drain_before_hello(void **state)
+{
+    struct fx *f = *state;
+    session_drain(f->s, f->now);
+    fx_take_error(f, 0, FRAME_ERR_SHUTTING_DOWN);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+}
+
+static void test_drain_partial_hello(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(frame_append_hello(&f->req, 5, FRAME_VERSION, "halfway"), 0);
+    assert_int_equal(session_feed(f->s, buf_head(&f->req), buf_size(&f->req) - 3, f->now), 0);
+    buf_clear(&f->req);
+    session_drain(f->s, f->now);
+    fx_take_error(f, 0, FRAME_ERR_SHUTTING_DOWN);
+    assert_int_equal(fx_pending(f), 0);
+}
+
+static void test_hello_timeout(void **state)
+{
+    struct fx *f = *state;
+    /* TLS is up (no transport here) but HELLO never comes. */
+    session_sweep(f->s, T0 + 9999);
+    assert_int_equal(session_state(f->s), SESSION_OPEN);
+    session_sweep(f->s, T0 + 10000);
+    fx_take_error(f, 0, FRAME_ERR_TIMEOUT);
+    assert_string_equal(session_close_reason(f->s), "hello_timeout");
+}
+
+static void test_partial_bytes_are_not_activity(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    /* A trickle of bytes that never completes a request does not keep the
+     * session alive. */
+    assert_int_equal(frame_append(&f->req, FRAME_ECHO, 2, "slowloris", 9), 0);
+    for (size_t i = 0; i + 1 < buf_size(&f->req); i++)
+        assert_int_equal(session_feed(f->s, buf_head(&f->req) + i, 1, T0 + 1000 * (i + 1)), 0);
+    buf_clear(&f->req);
+    session_sweep(f->s, T0 + 30000);
+    fx_take_error(f, 0, FRAME_ERR_TIMEOUT);
+}
+
+static void test_bad_version_header(void **state)
+{
+    struct fx *f = *state;
+    fx_raw_header(f, 0, 2, FRAME_PING, 0, 4);
+    fx_send(f);
+    fx_take_error(f, 4, FRAME_ERR_BAD_VERSION);
+}
+
+static void test_second_hello(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    assert_int_equal(frame_append_hello(&f->req, 2, FRAME_VERSION, "again"), 0);
+    fx_send(f);
+    fx_take_error(f, 2, FRAME_ERR_UNEXPECTED);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+}
+
+static void test_reply_type_from_client(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    assert_int_equal(frame_append(&f->req, FRAME_PONG, 6, NULL, 0), 0);
+    fx_send(f);
+    fx_take_error(f, 6, FRAME_ERR_UNEXPECTED);
+}
+
+static void test_malformed(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    /* SEND shorter than its message id; and a second test: bad flags. */
+    fx_raw_header(f, 4, FRAME_VERSION, FRAME_SEND, 0, 12);
+    assert_int_equal(buf_append(&f->req, "abcd", 4), 0);
+    fx_send(f);
+    fx_take_error(f, 12, FRAME_ERR_MALFORMED);
+}
+
+static void test_bad_flags(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    fx_raw_header(f, 0, FRAME_VERSION, FRAME_PING, 1, 13);
+    fx_send(f);
+    fx_take_error(f, 13, FRAME_ERR_MALFORMED);
+}
+
+static void test_malformed_hello(void **state)
+{
+    struct fx *f = *state;
+    /* Name length byte says 10, only 2 bytes follow. */
+    fx_raw_header(f, 5, FRAME_VERSION, FRAME_HELLO, 0, 1);
+    static const uint8_t body[5] = {0, 1, 10, 'a', 'b'};
+    assert_int_equal(buf_append(&f->req, body, sizeof(body)), 0);
+    fx_send(f);
+    fx_take_error(f, 1, FRAME_ERR_MALFORMED);
+}
+
+static void test_truncated_waits(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    assert_int_equal(frame_append(&f->req, FRAME_ECHO, 2, "truncated", 9), 0);
+    /* All but the last byte: no answer yet, no error. */
+    assert_int_equal(session_feed(f->s, buf_head(&f->req), buf_size(&f->req) - 1, f->now), 0);
+    assert_int_equal(fx_pending(f), 0);
+    assert_int_equal(session_state(f->s), SESSION_OPEN);
+    assert_int_equal(session_feed(f->s, buf_head(&f->req) + buf_size(&f->req) - 1, 1, f->now), 0);
+    buf_clear(&f->req);
+    fx_take(f, FRAME_ECHO_REPLY, 2);
+}
+
+static void test_bye(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    assert_int_equal(frame_append(&f->req, FRAME_BYE, 9, NULL, 0), 0);
+    assert_int_equal(frame_append(&f->req, FRAME_PING, 10, NULL, 0), 0);
+    fx_send(f);
+    fx_take(f, FRAME_BYE, 9);
+    assert_int_equal(fx_pending(f), 0); /* the PING after BYE is not answered */
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+    assert_string_equal(session_close_reason(f->s), "bye");
+}
+
+static void test_backpressure(void **state)
+{
+    struct fx *f = *state;
+    f->env.max_output = 4096;
+    fx_hello(f);
+    char payload[1000];
+    memset(payload, 'p', sizeof(payload));
+    for (uint64_t i = 0; i < 10; i++)
+        assert_int_equal(frame_append(&f->req, FRAME_ECHO, 100 + i, payload, sizeof(payload)), 0);
+    fx_send(f);
+    /* Parsing stops once the output is above the limit. */
+    size_t first = fx_pending(f);
+    assert_true(first >= 4096);
+    assert_true(first < 4096 + sizeof(payload) + FRAME_HEADER_SIZE);
+    uint64_t next = 100;
+    for (int round = 0; round < 20 && next < 110; round++) {
+        while (fx_pending(f) > 0)
+            fx_take(f, FRAME_ECHO_REPLY, next++);
+        assert_int_equal(session_feed(f->s, NULL, 0, f->now), 0); /* resume */
+    }
+    assert_int_equal(next, 110);
+    assert_int_equal(fx_pending(f), 0);
+}
+
+static void test_drain(void **state)
+{
+    struct fx *f = *state;
+    f->env.max_output = 4096;
+    fx_hello(f);
+    char payload[1000];
+    memset(payload, 'd', sizeof(payload));
+    for (uint64_t i = 0; i < 6; i++)
+        assert_int_equal(frame_append(&f->req, FRAME_ECHO, 200 + i, payload, sizeof(payload)), 0);
+    /* And half a frame, which drain leaves unanswered. */
+    assert_int_equal(frame_append(&f->req, FRAME_PING, 300, "half", 4), 0);
+    assert_int_equal(session_feed(f->s, buf_head(&f->req), buf_size(&f->req) - 2, f->now), 0);
+    buf_clear(&f->req);
+    session_drain(f->s, f->now);
+    uint64_t next = 200;
+    for (int round = 0; round < 20 && session_state(f->s) == SESSION_OPEN; round++) {
+        while (fx_pending(f) > 0)
+            fx_take(f, FRAME_ECHO_REPLY, next++);
+        assert_int_equal(session_feed(f->s, NULL, 0, f->now), 0);
+    }
+    while (next < 206)
+        fx_take(f, FRAME_ECHO_REPLY, next++);
+    fx_take(f, FRAME_BYE, 0);
+    assert_int_equal(fx_pending(f), 0);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+    assert_string_equal(session_close_reason(f->s), "drain");
+}
+
+static void test_idle_timeout(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    session_sweep(f->s, f->now + 29999);
+    assert_int_equal(session_state(f->s), SESSION_OPEN);
+    assert_int_equal(fx_pending(f), 0);
+    /* Activity moves the deadline. */
+    f->now += 20000;
+    assert_int_equal(frame_append(&f->req, FRAME_PING, 2, NULL, 0), 0);
+    fx_send(f);
+    fx_take(f, FRAME_PONG, 2);
+    session_sweep(f->s, T0 + 30000);
+    assert_int_equal(session_state(f->s), SESSION_OPEN);
+    session_sweep(f->s, f->now + 30000);
+    fx_take_error(f, 0, FRAME_ERR_TIMEOUT);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+    /* A closing session that cannot flush is dropped after the linger. */
+    session_sweep(f->s, f->now + 30000 + SESSION_CLOSE_LINGER_MS);
+    assert_int_equal(session_state(f->s), SESSION_CLOSED);
+}
+
+/* ---- TLS over a socketpair ---------------------------------------------- */
+
+struct tlsfx {
+    struct node_worker_stats ws[1];
+    struct node_stats stats;
+    struct session_env env;
+    char dir[64], cert[96], key[96];
+    SSL_CTX *sctx, *cctx;
+    struct session *s;
+    struct tls_conn *cl;
+    struct buf in; /* what the client read */
+};
+
+static void write_cert(const char *cert, const char *key)
+{
+    EVP_PKEY *pk = EVP_EC_gen("P-256");
+    assert_non_null(pk);
+    X509 *x = X509_new();
+    assert_non_null(x);
+    assert_int_equal(X509_set_version(x, 2), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), 1), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(x), -60));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(x), 3600));
+    assert_int_equal(X509_set_pubkey(x, pk), 1);
+    X509_NAME *name = X509_get_subject_name(x);
+    assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                                (const unsigned char *)"localhost", -1, -1, 0), 1);
+    assert_int_equal(X509_set_issuer_name(x, name), 1);
+    assert_true(X509_sign(x, pk, EVP_sha256()) > 0);
+    FILE *fc = fopen(cert, "w"), *fk = fopen(key, "w");
+    assert_non_null(fc);
+    assert_non_null(fk);
+    assert_int_equal(PEM_write_X509(fc, x), 1);
+    assert_int_equal(PEM_write_PrivateKey(fk, pk, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(fc);
+    fclose(fk);
+    X509_free(x);
+    EVP_PKEY_free(pk);
+}
+
+static int tls_setup(void **state)
+{
+    struct tlsfx *t = calloc(1, sizeof(*t));
+    assert_non_null(t);
+    snprintf(t->dir, sizeof(t->dir), "/tmp/berth-test-session-XXXXXX");
+    assert_non_null(mkdtemp(t->dir));
+    snprintf(t->cert, sizeof(t->cert), "%s/cert.pem", t->dir);
+    snprintf(t->key, sizeof(t->key), "%s/key.pem", t->dir);
+    write_cert(t->cert, t->key);
+    char err[256];
+    t->sctx = tls_ctx_server_new(t->cert, t->key, err, sizeof(err));
+    if (!t->sctx)
+        fail_msg("tls_ctx_server_new: %s", err);
+    t->cctx = tls_ctx_client_new(NULL, false, err, sizeof(err));
+    if (!t->cctx)
+        fail_msg("tls_ctx_client_new: %s", err);
+
+    t->stats.nworkers = 1;
+    t->stats.workers = t->ws;
+    t->env.node_id = "tls-node";
+    t->env.advertise = "127.0.0.1:7443";
+    t->env.start_ms = T0;
+    t->env.max_frame = 1u << 20;
+    t->env.idle_timeout_ms = 30000;
+    t->env.handshake_timeout_ms = 10000;
+    t->env.max_connections = 10;
+    t->env.max_output = 65536;
+    t->env.stats = &t->stats;
+
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+    struct tls_conn *srv = tls_conn_new_server(t->sctx, sv[0]);
+    assert_non_null(srv);
+    t->s = session_new(&t->env, &t->ws[0], 7, "unix", srv, T0);
+    assert_non_null(t->s);
+    t->cl = tls_conn_new_client(t->cctx, sv[1], NULL, err, sizeof(err));
+    if (!t->cl)
+        fail_msg("tls_conn_new_client: %s", err);
+    buf_init(&t->in);
+    *state = t;
+    return 0;
+}
+
+static int tls_teardown(void **state)
+{
+    struct tlsfx *t = *state;
+    session_free(t->s);
+    tls_conn_free(t->cl);
+    SSL_CTX_free(t->sctx);
+    SSL_CTX_free(t->cctx);
+    buf_release(&t->in);
+    unlink(t->cert);
+    unlink(t->key);
+    rmdir(t->dir);
+    free(t);
+    return 0;
+}
+
+static void tls_handshake_both(struct tlsfx *t)
+{
+    bool client_done = false;
+    for (int i = 0; i < 100 && !(client_done && session_state(t->s) == SESSION_OPEN); i++) {
+        if (!client_done) {
+            enum tls_status st = tls_conn_handshake(t->cl);
+            assert_true(st == TLS_DONE || st == TLS_AGAIN);
+            client_done = st == TLS_DONE;
+        }
+        session_handle(t->s, EPOLLIN | EPOLLOUT, T0);
+    }
+    assert_true(client_done);
+    assert_int_equal(session_state(t->s), SESSION_OPEN);
+    assert_int_equal(node_stats_get(&t->ws[0].handshakes_ok), 1);
+}
+
+/* Client reads whatever is there into t->in; returns TLS status of the last read. */
+static enum tls_status tls_client_read(struct tlsfx *t)
+{
+    for (;;) {
+        uint8_t tmp[16384];
+        size_t n = 0;
+        enum tls_status st = tls_conn_read(t->cl, tmp, sizeof(tmp), &n);
+        if (st != TLS_DONE)
+            return st;
+        assert_int_equal(buf_append(&t->in, tmp, n), 0);
+    }
+}
+
+/* Next complete reply from what the client read, or false. */
+static bool tls_next(struct tlsfx *t, struct frame *fr, long *len)
+{
+    enum frame_error err;
+    if (buf_size(&t->in) == 0)
+        return false;
+    long n = frame_decode(buf_head(&t->in), buf_size(&t->in), UINT32_MAX, fr, &err);
+    assert_true(n >= 0);
+    *len = n;
+    return n > 0;
+}
+
+static void test_tls_session(void **state)
+{
+    struct tlsfx *t = *state;
+    tls_handshake_both(t);
+
+    struct buf req;
+    buf_init(&req);
+    assert_int_equal(frame_append_hello(&req, 1, FRAME_VERSION, "tls-client"), 0);
+    for (uint64_t i = 0; i < 20; i++)
+        assert_int_equal(frame_append(&req, FRAME_ECHO, 2 + i, "pipelined", 9), 0);
+    assert_int_equal(frame_append(&req, FRAME_INFO, 22, NULL, 0), 0);
+    size_t n = 0;
+    assert_int_equal(tls_conn_write(t->cl, buf_head(&req), buf_size(&req), &n), TLS_DONE);
+    assert_int_equal(n, buf_size(&req));
+    buf_release(&req);
+
+    uint64_t want = 1;
+    for (int i = 0; i < 100 && want <= 22; i++) {
+        session_handle(t->s, EPOLLIN, T0 + 1);
+        assert_int_equal(tls_client_read(t), TLS_AGAIN);
+        struct frame fr;
+        long len;
+        while (tls_next(t, &fr, &len)) {
+            assert_int_equal(fr.h.request_id, want);
+            if (want == 1) {
+                assert_int_equal(fr.h.type, FRAME_WELCOME);
+            } else if (want == 22) {
+                assert_int_equal(fr.h.type, FRAME_INFO_REPLY);
+                json_t *j = json_loadb((const char *)fr.payload, fr.h.length, 0, NULL);
+                assert_non_null(j);
+                json_t *tj = json_object_get(j, "tls");
+                assert_string_equal(json_string_value(json_object_get(tj, "protocol")), "TLSv1.3");
+                assert_non_null(json_string_value(json_object_get(tj, "cipher")));
+                assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "session"),
+                                                                    "requests")), 21);
+                json_decref(j);
+            } else {
+                assert_int_equal(fr.h.type, FRAME_ECHO_REPLY);
+                assert_memory_equal(fr.payload, "pipelined", 9);
+            }
+            buf_consume(&t->in, (size_t)len);
+            want++;
+        }
+    }
+    assert_int_equal(want, 23);
+    /* Idle again: waiting for input only. */
+    assert_int_equal(session_events(t->s), EPOLLIN);
+}
+
+static void test_tls_backpressure(void **state)
+{
+    struct tlsfx *t = *state;
+    tls_handshake_both(t);
+
+    /* 64 ECHOs of 64 KiB: far more than the socket buffers and --max-output. */
+    enum { COUNT = 64, SIZE = 65536 };
+    struct buf req;
+    buf_init(&req);
+    assert_int_equal(frame_append_hello(&req, 1, FRAME_VERSION, "bp"), 0);
+    uint8_t *payload = malloc(SIZE);
+    assert_non_null(payload);
+    for (uint64_t i = 0; i < COUNT; i++) {
+        memset(payload, (int)('a' + i % 26), SIZE);
+        assert_int_equal(frame_append(&req, FRAME_ECHO, 2 + i, payload, SIZE), 0);
+    }
+    free(payload);
+
+    /* The client writes without reading until it cannot write any more. */
+    bool blocked = false;
+    for (int i = 0; i < 10000 && buf_size(&req) > 0 && !blocked; i++) {
+        size_t n = 0;
+        enum tls_status st = tls_conn_write(t->cl, buf_head(&req), buf_size(&req), &n);
+        if (st == TLS_DONE) {
+            buf_consume(&req, n);
+        } else {
+            assert_int_equal(st, TLS_AGAIN);
+            session_handle(t->s, EPOLLIN | EPOLLOUT, T0);
+            size_t again = 0;
+            st = tls_conn_write(t->cl, buf_head(&req), buf_size(&req), &again);
+            if (st == TLS_DONE)
+                buf_consume(&req, again);
+            else
+                blocked = !(session_events(t->s) & EPOLLIN);
+        }
+    }
+    /* The session stopped reading: output above the limit, waiting to write. */
+    assert_true(blocked);
+    uint32_t ev = session_events(t->s);
+    assert_false(ev & EPOLLIN);
+    assert_true(ev & EPOLLOUT);
+    assert_true(buf_size(session_output(t->s)) >= t->env.max_output);
+
+    /* Now the client reads; every reply arrives, in order. */
+    uint64_t want = 1;
+    for (int i = 0; i < 100000 && want <= COUNT + 1; i++) {
+        if (buf_size(&req) > 0) {
+            size_t n = 0;
+            if (tls_conn_write(t->cl, buf_head(&req), buf_size(&req), &n) == TLS_DONE)
+                buf_consume(&req, n);
+        }
+        session_handle(t->s, EPOLLIN | EPOLLOUT, T0);
+        assert_int_equal(tls_client_read(t), TLS_AGAIN);
+        struct frame fr;
+        long len;
+        while (tls_next(t, &fr, &len)) {
+            assert_int_equal(fr.h.request_id, want);
+            if (want > 1) {
+                assert_int_equal(fr.h.type, FRAME_ECHO_REPLY);
+                assert_int_equal(fr.h.length, SIZE);
+                assert_int_equal(fr.payload[SIZE - 1], 'a' + (want - 2) % 26);
+            }
+            buf_consume(&t->in, (size_t)len);
+            want++;
+        }
+    }
+    assert_int_equal(want, COUNT + 2);
+    buf_release(&req);
+}
+
+static void test_tls_drain(void **state)
+{
+    struct tlsfx *t = *state;
+    tls_handshake_both(t);
+    struct buf req;
+    buf_init(&req);
+    assert_int_equal(frame_append_hello(&req, 1, FRAME_VERSION, "drain"), 0);
+    assert_int_equal(frame_append(&req, FRAME_PING, 2, NULL, 0), 0);
+    size_t n = 0;
+    assert_int_equal(tls_conn_write(t->cl, buf_head(&req), buf_size(&req), &n), TLS_DONE);
+    buf_release(&req);
+    /* The requests sit in the socket; drain still answers what is received. */
+    session_handle(t->s, EPOLLIN, T0);
+    session_drain(t->s, T0);
+    for (int i = 0; i < 10 && session_state(t->s) != SESSION_CLOSED; i++)
+        session_handle(t->s, EPOLLOUT, T0);
+    assert_int_equal(session_state(t->s), SESSION_CLOSED);
+    assert_int_equal(tls_client_read(t), TLS_CLOSED);
+    struct frame fr;
+    long len;
+    assert_true(tls_next(t, &fr, &len));
+    assert_int_equal(fr.h.type, FRAME_WELCOME);
+    buf_consume(&t->in, (size_t)len);
+    assert_true(tls_next(t, &fr, &len));
+    assert_int_equal(fr.h.type, FRAME_PONG);
+    assert_int_equal(fr.h.request_id, 2);
+    buf_consume(&t->in, (size_t)len);
+    assert_true(tls_next(t, &fr, &len));
+    assert_int_equal(fr.h.type, FRAME_BYE);
+    assert_int_equal(fr.h.request_id, 0);
+}
+
+static void test_tls_handshake_garbage(void **state)
+{
+    struct tlsfx *t = *state;
+    /* Not TLS at all: the handshake fails and the session closes. */
+    int fd = tls_conn_fd(t->cl);
+    static const char junk[] = "GET / HTTP/1.0\r\n\r\n";
+    assert_int_equal(write(fd, junk, sizeof(junk) - 1), (ssize_t)(sizeof(junk) - 1));
+    for (int i = 0; i < 10 && session_state(t->s) != SESSION_CLOSED; i++)
+        session_handle(t->s, EPOLLIN, T0);
+    assert_int_equal(session_state(t->s), SESSION_CLOSED);
+    assert_int_equal(node_stats_get(&t->ws[0].handshakes_failed), 1);
+}
+
+static void test_tls_handshake_timeout(void **state)
+{
+    struct tlsfx *t = *state;
+    session_handle(t->s, EPOLLIN, T0);
+    assert_int_equal(session_state(t->s), SESSION_HANDSHAKE);
+    session_sweep(t->s, T0 + 9999);
+    assert_int_equal(session_state(t->s), SESSION_HANDSHAKE);
+    session_sweep(t->s, T0 + 10000);
+    assert_int_equal(session_state(t->s), SESSION_CLOSED);
+    assert_string_equal(session_close_reason(t->s), "handshake_timeout");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_hello_welcome, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_request_before_hello, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_pipelined_in_order, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_byte_at_a_time, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_send_ack_sha256, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_header, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_type, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_version_body, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_version_header, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_later_version_negotiated, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_drain_before_hello, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_drain_partial_hello, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_hello_timeout, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_partial_bytes_are_not_activity, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_second_hello, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_type_from_client, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_flags, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_hello, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_truncated_waits, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_bye, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_drain, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_session, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_backpressure, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_drain, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_handshake_garbage, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_handshake_timeout, tls_setup, tls_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
