@@ -1,0 +1,271 @@
+/* tls_conn: one TLS connection on a non-blocking socket, and the mapping of
+ * OpenSSL's outcomes (WANT_READ/WANT_WRITE, close_notify, EOF, failure) onto
+ * the few statuses an event loop needs. */
+#include "tls_conn.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
+#include "tls_ctx.h"
+
+#define TLS_CONN_ERR_MAX 512
+
+struct tls_conn {
+    SSL *ssl;      /* owned */
+    int fd;        /* owned, non-blocking */
+    bool client;   /* client side: verify details go into handshake errors */
+    bool fatal;    /* a fatal error happened: SSL_shutdown must not be called */
+    uint32_t events;             /* what the last TLS_AGAIN waits for */
+    char err[TLS_CONN_ERR_MAX];  /* last error text */
+};
+
+enum tls_conn_op { TLS_OP_HANDSHAKE, TLS_OP_READ, TLS_OP_WRITE };
+
+static const char *const tls_conn_op_names[] = {
+    [TLS_OP_HANDSHAKE] = "handshake",
+    [TLS_OP_READ] = "read",
+    [TLS_OP_WRITE] = "write",
+};
+
+static struct tls_conn *tls_conn_new(SSL_CTX *ctx, int fd, bool client, char *err, size_t errlen)
+{
+    ERR_clear_error();
+    struct tls_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory");
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    c->client = client;
+    c->ssl = SSL_new(ctx);
+    if (!c->ssl) {
+        tls_ctx_error(err, errlen, "SSL_new failed");
+        goto fail;
+    }
+    if (SSL_set_fd(c->ssl, fd) != 1) {
+        tls_ctx_error(err, errlen, "SSL_set_fd failed");
+        goto fail;
+    }
+    if (client)
+        SSL_set_connect_state(c->ssl);
+    else
+        SSL_set_accept_state(c->ssl);
+    return c;
+
+fail:
+    tls_conn_free(c);
+    return NULL;
+}
+
+struct tls_conn *tls_conn_new_server(SSL_CTX *ctx, int fd)
+{
+    return tls_conn_new(ctx, fd, false, NULL, 0);
+}
+
+struct tls_conn *tls_conn_new_client(SSL_CTX *ctx, int fd, const char *host, char *err,
+                                     size_t errlen)
+{
+    struct tls_conn *c = tls_conn_new(ctx, fd, true, err, errlen);
+    if (!c)
+        return NULL;
+    if (host && *host) {
+        if (tls_ctx_expect_host(c->ssl, host, err, errlen) != 0) {
+            tls_conn_free(c);
+            return NULL;
+        }
+    } else if (SSL_CTX_get_verify_mode(ctx) & SSL_VERIFY_PEER) {
+        /* A verified chain for an unchecked name proves nothing. */
+        if (err && errlen)
+            snprintf(err, errlen, "a verifying TLS client needs the host name to check");
+        tls_conn_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void tls_conn_free(struct tls_conn *c)
+{
+    if (!c)
+        return;
+    SSL_free(c->ssl);
+    if (c->fd >= 0)
+        close(c->fd);
+    free(c);
+}
+
+static void tls_conn_errf(struct tls_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void tls_conn_errf(struct tls_conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof(c->err), fmt, ap);
+    va_end(ap);
+}
+
+/* Maps a failed SSL_* call (ret <= 0) to a status, recording why. */
+static enum tls_status tls_conn_fail(struct tls_conn *c, int ret, enum tls_conn_op op)
+{
+    int saved_errno = errno;
+    int e = SSL_get_error(c->ssl, ret);
+    const char *opname = tls_conn_op_names[op];
+    c->events = 0;
+
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        /* Also for a write: TLS may need the peer's bytes (a key update)
+         * before it can send; the caller waits for readable. */
+        c->events = EPOLLIN;
+        return TLS_AGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        /* Also for a read: OpenSSL may need to flush (an alert, a handshake
+         * message) before it can read on. */
+        c->events = EPOLLOUT;
+        return TLS_AGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        tls_conn_errf(c, "%s: peer sent close_notify", opname);
+        return TLS_CLOSED;
+    case SSL_ERROR_SYSCALL:
+        c->fatal = true;
+        if (ERR_peek_error() == 0) {
+            /* The peer vanished: EOF without close_notify, or a reset. */
+            if (saved_errno == 0 || saved_errno == ECONNRESET || saved_errno == EPIPE) {
+                tls_conn_errf(c, "%s: peer closed the connection%s", opname,
+                              saved_errno ? " (reset)" : "");
+                return TLS_CLOSED;
+            }
+            tls_conn_errf(c, "%s: %s", opname, strerror(saved_errno));
+            return TLS_ERROR;
+        }
+        break;
+    case SSL_ERROR_SSL: {
+        c->fatal = true;
+        unsigned long first = ERR_peek_error();
+        /* OpenSSL 3 reports an EOF without close_notify this way. */
+        if (ERR_GET_LIB(first) == ERR_LIB_SSL &&
+            ERR_GET_REASON(first) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            ERR_clear_error();
+            tls_conn_errf(c, "%s: peer closed the connection without close_notify", opname);
+            return TLS_CLOSED;
+        }
+        break;
+    }
+    default:
+        c->fatal = true;
+        break;
+    }
+
+    char what[256];
+    if (op == TLS_OP_HANDSHAKE && c->client) {
+        long vr = SSL_get_verify_result(c->ssl);
+        if (vr != X509_V_OK) {
+            snprintf(what, sizeof(what), "handshake: certificate verify failed: %s",
+                     X509_verify_cert_error_string(vr));
+            tls_ctx_error(c->err, sizeof(c->err), what);
+            return TLS_ERROR;
+        }
+    }
+    snprintf(what, sizeof(what), "%s failed", opname);
+    tls_ctx_error(c->err, sizeof(c->err), what);
+    return TLS_ERROR;
+}
+
+enum tls_status tls_conn_handshake(struct tls_conn *c)
+{
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->events = 0;
+        return TLS_DONE;
+    }
+    return tls_conn_fail(c, r, TLS_OP_HANDSHAKE);
+}
+
+enum tls_status tls_conn_read(struct tls_conn *c, void *p, size_t len, size_t *n)
+{
+    *n = 0;
+    if (len == 0)
+        return TLS_DONE;
+    ERR_clear_error();
+    errno = 0;
+    size_t got = 0;
+    int r = SSL_read_ex(c->ssl, p, len, &got);
+    if (r == 1) {
+        c->events = 0;
+        *n = got;
+        return TLS_DONE;
+    }
+    return tls_conn_fail(c, r, TLS_OP_READ);
+}
+
+enum tls_status tls_conn_write(struct tls_conn *c, const void *p, size_t len, size_t *n)
+{
+    *n = 0;
+    if (len == 0)
+        return TLS_DONE;
+    ERR_clear_error();
+    errno = 0;
+    size_t put = 0;
+    int r = SSL_write_ex(c->ssl, p, len, &put);
+    if (r == 1) {
+        c->events = 0;
+        *n = put;
+        return TLS_DONE;
+    }
+    return tls_conn_fail(c, r, TLS_OP_WRITE);
+}
+
+void tls_conn_shutdown(struct tls_conn *c)
+{
+    /* After a fatal error OpenSSL forbids SSL_shutdown; and before the
+     * handshake there is no session to close. */
+    if (c->fatal || !SSL_is_init_finished(c->ssl))
+        return;
+    ERR_clear_error();
+    /* One attempt: close_notify is best effort, we never wait for the
+     * peer's reply, so WANT_READ/WANT_WRITE are not worth retrying. */
+    (void)SSL_shutdown(c->ssl);
+    ERR_clear_error();
+}
+
+uint32_t tls_conn_events(const struct tls_conn *c)
+{
+    return c->events;
+}
+
+bool tls_conn_has_pending(const struct tls_conn *c)
+{
+    return SSL_pending(c->ssl) > 0;
+}
+
+int tls_conn_fd(const struct tls_conn *c)
+{
+    return c->fd;
+}
+
+const char *tls_conn_protocol(const struct tls_conn *c)
+{
+    return SSL_get_version(c->ssl);
+}
+
+const char *tls_conn_cipher(const struct tls_conn *c)
+{
+    return SSL_get_cipher_name(c->ssl);
+}
+
+const char *tls_conn_error(const struct tls_conn *c)
+{
+    return c->err;
+}
