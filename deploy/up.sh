@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# up: the one command that brings up a local berth cluster: builds, makes
+# development certificates, starts one balancer and three nodes in the
+# background and waits until all three are healthy.
+#
+#   deploy/up.sh          build, then (re)start balancer + node1..node3
+#   deploy/up.sh down     stop them (SIGTERM, SIGKILL after a bound)
+#   deploy/up.sh status   show what runs
+#
+# Everything lives in ./run (relative to the repository): certs/, *.log, *.pid.
+# Environment overrides:
+#   BERTH_UP_HTTP_PORT   balancer HTTP port            (8080)
+#   BERTH_UP_HB_PORT     balancer heartbeat port       (7100)
+#   BERTH_UP_NODE_PORTS  the three node TLS ports      ("7001 7002 7003")
+#   BERTH_UP_BUILD_DIR   CMake build directory         (build)
+#   BERTH_UP_WAIT        seconds to wait for health    (30)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$PWD
+run=$root/run
+build=${BERTH_UP_BUILD_DIR:-build}
+http_port=${BERTH_UP_HTTP_PORT:-8080}
+hb_port=${BERTH_UP_HB_PORT:-7100}
+read -r -a node_ports <<<"${BERTH_UP_NODE_PORTS:-7001 7002 7003}"
+wait_s=${BERTH_UP_WAIT:-30}
+stop_bound_s=10
+health_url=http://127.0.0.1:$http_port/v1/health
+
+die() { echo "up: $*" >&2; exit 1; }
+say() { echo "up: $*"; }
+
+for p in "$http_port" "$hb_port" "${node_ports[@]}"; do
+  [[ $p =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "bad port '$p'"
+done
+[ ${#node_ports[@]} -eq 3 ] || die "BERTH_UP_NODE_PORTS must list three ports, got '${node_ports[*]}'"
+[[ $wait_s =~ ^[0-9]+$ ]] || die "BERTH_UP_WAIT must be whole seconds, got '$wait_s'"
+
+# Processes started by us: one pid file per process name in ./run.
+names=(balancer node1 node2 node3)
+
+alive() { # pid file -> true when its process runs
+  local pid
+  [ -s "$1" ] || return 1
+  pid=$(cat "$1")
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+}
+
+down() {
+  local name pidf pid pids=() deadline
+  for name in node3 node2 node1 balancer; do
+    pidf=$run/$name.pid
+    if alive "$pidf"; then
+      pid=$(cat "$pidf")
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+      say "sent SIGTERM to $name (pid $pid)"
+    fi
+  done
+  deadline=$((SECONDS + stop_bound_s))
+  for pid in "${pids[@]+"${pids[@]}"}"; do
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      say "pid $pid still runs after ${stop_bound_s}s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  for name in "${names[@]}"; do rm -f "$run/$name.pid"; done
+  [ ${#pids[@]} -gt 0 ] && say "stopped" || say "nothing was running"
+}
+
+tail_logs() {
+  local name
+  for name in "${names[@]}"; do
+    if [ -f "$run/$name.log" ]; then
+      echo "----- last lines of run/$name.log -----" >&2
+      tail -n 20 "$run/$name.log" >&2
+    fi
+  done
+}
+
+# Prints "healthy-count" from the health JSON on stdin (python3 is a build dep).
+healthy_count() {
+  python3 -c 'import json,sys
+try: print(int(json.load(sys.stdin)["counts"]["healthy"]))
+except Exception: print(-1)'
+}
+
+status() {
+  local name
+  for name in "${names[@]}"; do
+    if alive "$run/$name.pid"; then say "$name running (pid $(cat "$run/$name.pid"))"
+    else say "$name not running"; fi
+  done
+  curl -fsS --max-time 2 "$health_url" 2>/dev/null && echo || say "no answer from $health_url"
+}
+
+case ${1:-up} in
+  down) down; exit 0 ;;
+  status) status; exit 0 ;;
+  up) ;;
+  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown command '$1' (up, down, status)" ;;
+esac
+
+# Build. Dependencies are installed only when something is missing.
+if ! command -v cmake >/dev/null || ! command -v pkg-config >/dev/null || ! command -v curl >/dev/null ||
+   ! command -v python3 >/dev/null ||
+   ! pkg-config --exists openssl libzmq jansson libmicrohttpd libcurl cmocka 2>/dev/null; then
+  say "build dependencies missing: running deploy/install-deps.sh"
+  deploy/install-deps.sh
+fi
+say "building in $build"
+cmake -S . -B "$build" >/dev/null || die "cmake configure failed"
+cmake --build "$build" -j"$(nproc)" >/dev/null || die "build failed (run: cmake --build $build)"
+balancer_bin=$build/balancer/berth-balancer
+node_bin=$build/node/berth-node
+for b in "$balancer_bin" "$node_bin" "$build/shared/berth"; do
+  [ -x "$b" ] || die "$b was not built"
+done
+
+mkdir -p "$run"
+deploy/gen-certs.sh "$run/certs"
+
+# A fresh start: stop whatever an earlier `up` left running.
+for name in "${names[@]}"; do
+  if alive "$run/$name.pid"; then say "stopping the cluster an earlier run left"; down; break; fi
+done
+
+# start NAME COMMAND...: in the background, in its own session so that a
+# Ctrl-C in this shell does not reach it; output to run/NAME.log.
+start() {
+  local name=$1; shift
+  setsid "$@" >"$run/$name.log" 2>&1 </dev/null &
+  echo $! >"$run/$name.pid"
+  say "started $name (pid $!), log run/$name.log"
+}
+
+start balancer "$balancer_bin" --http "127.0.0.1:$http_port" --heartbeat-bind "tcp://127.0.0.1:$hb_port"
+i=1
+for port in "${node_ports[@]}"; do
+  start "node$i" "$node_bin" --id "node$i" --listen "127.0.0.1:$port" \
+    --balancer "tcp://127.0.0.1:$hb_port" --cert "$run/certs/node.pem" --key "$run/certs/node.key"
+  i=$((i + 1))
+done
+
+# Bounded wait for three healthy nodes.
+deadline=$((SECONDS + wait_s))
+healthy=-1
+while [ $SECONDS -lt $deadline ]; do
+  for name in "${names[@]}"; do
+    alive "$run/$name.pid" || { tail_logs; die "$name exited during start-up (see run/$name.log)"; }
+  done
+  body=$(curl -fsS --max-time 2 "$health_url" 2>/dev/null) || body=
+  healthy=$(printf '%s' "$body" | healthy_count)
+  [ "$healthy" = 3 ] && break
+  sleep 0.2
+done
+if [ "$healthy" != 3 ]; then
+  tail_logs
+  if [ "$healthy" = -1 ]; then shown="no usable answer"; else shown="$healthy healthy nodes"; fi
+  die "after ${wait_s}s $health_url shows $shown, not 3 healthy nodes (deploy/up.sh down stops what started)"
+fi
+
+balancer_flag=
+[ "$http_port" = 8080 ] || balancer_flag=" --balancer http://127.0.0.1:$http_port"
+cat <<MSG
+up: berth is up: 1 balancer, 3 healthy nodes
+  health:  $health_url
+  try:     echo hello | ./$build/shared/berth send --ca run/certs/ca.pem$balancer_flag
+  stop:    deploy/up.sh down
+MSG
