@@ -1,0 +1,628 @@
+/* berth: the command-line client. Asks the balancer for a node (lookup),
+ * talks to it (client), and turns the results into lines on stdout and
+ * "berth: ..." messages on stderr. Exit: 0 ok, 1 failure, 2 usage. */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "addr.h"
+#include "buf.h"
+#include "client.h"
+#include "config.h"
+#include "log.h"
+#include "lookup.h"
+
+#define PROGRAM "berth"
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+#define CLI_ERR_MAX 1024
+/* --whole reads stdin into memory; no node takes a frame near this. */
+#define CLI_WHOLE_MAX (64u << 20)
+
+static const struct config_setting settings[] = {
+    {"balancer", CONFIG_STRING, "http://127.0.0.1:8080", 0, 0, NULL,
+     "the balancer's HTTP API, asked which node to use"},
+    {"node", CONFIG_STRING, NULL, 0, 0, NULL,
+     "host:port of a node to use directly, without asking the balancer"},
+    {"ca", CONFIG_STRING, NULL, 0, 0, NULL,
+     "CA certificate file the node's certificate must chain to (empty: system store)"},
+    {"insecure", CONFIG_BOOL, "false", 0, 0, NULL, "do not verify the node's certificate"},
+    {"key", CONFIG_STRING, NULL, 0, 0, NULL,
+     "affinity key: the same key keeps its node while that node is healthy"},
+    {"name", CONFIG_STRING, "berth-cli", 0, 0, NULL, "client name sent in HELLO (node logs)"},
+    {"timeout", CONFIG_DURATION, "5s", 1, 3600000, NULL,
+     "bound on each wait: balancer request, connect, each reply"},
+    {"retries", CONFIG_INT, "3", 0, 100, NULL,
+     "other nodes to try when connecting to the picked one fails"},
+    {"count", CONFIG_INT, "1", 1, 1000000, NULL, "ping: how many PINGs"},
+    {"whole", CONFIG_BOOL, "false", 0, 0, NULL,
+     "send: all of stdin is one message (default: one message per line)"},
+    {"log-level", CONFIG_ENUM, "warn", 0, 0, "debug|info|warn|error",
+     "lowest level of the debug trace on stderr"},
+};
+
+static const char commands_help[] =
+    "commands:\n"
+    "  berth pick    ask the balancer for a node: prints \"<id> <host:port>\"\n"
+    "  berth ping    PING the node (--count times), print the round trip\n"
+    "  berth info    print the node's INFO JSON\n"
+    "  berth send    send stdin to the node, one message per line (or --whole),\n"
+    "                print one \"ack id=... bytes=... sha256=... node=...\" line per message\n"
+    "  berth help    this text\n\n";
+
+/* Everything a command needs, from the settings. */
+struct cli {
+    struct config *cfg;
+    struct lookup *lookup;     /* NULL with --node */
+    struct client_options copt;
+    const char *node_addr;     /* --node, or NULL */
+    const char *key;           /* --key, or NULL */
+    long retries;
+    char exclude_buf[101][LOOKUP_ID_MAX + 1]; /* nodes that failed us, for /v1/pick */
+    const char *exclude[101];
+    size_t nexclude;
+    char err[CLI_ERR_MAX];     /* the failure to report */
+};
+
+/* snprintf that may truncate on purpose: error texts are cut, not lost. */
+static void cli_setf(char *dst, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void cli_setf(char *dst, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst, n, fmt, ap);
+    va_end(ap);
+}
+
+static void cli_exclude(struct cli *cli, const char *id)
+{
+    if (!id || !*id || cli->nexclude >= sizeof(cli->exclude) / sizeof(cli->exclude[0]))
+        return;
+    for (size_t i = 0; i < cli->nexclude; i++)
+        if (strcmp(cli->exclude[i], id) == 0)
+            return;
+    snprintf(cli->exclude_buf[cli->nexclude], sizeof(cli->exclude_buf[0]), "%s", id);
+    cli->exclude[cli->nexclude] = cli->exclude_buf[cli->nexclude];
+    cli->nexclude++;
+}
+
+/* Picks a node and connects, asking the balancer again (excluding the nodes
+ * that failed) up to --retries times. NULL with cli->err set. */
+static struct client *cli_connect(struct cli *cli)
+{
+    char err[CLI_ERR_MAX];
+    enum client_fail fail = CLIENT_FAIL_NONE;
+
+    if (cli->node_addr) {
+        cli->copt.expect_id = NULL;
+        struct client *c = client_connect(&cli->copt, cli->node_addr, &fail, err, sizeof(err));
+        if (!c)
+            cli_setf(cli->err, sizeof(cli->err), "%s", err);
+        return c;
+    }
+
+    char last[CLI_ERR_MAX] = "";
+    for (long attempt = 0; attempt <= cli->retries; attempt++) {
+        struct lookup_node n;
+        if (lookup_pick(cli->lookup, cli->key, cli->exclude, cli->nexclude, &n, err,
+                        sizeof(err)) != 0) {
+            if (last[0])
+                cli_setf(cli->err, sizeof(cli->err), "%s; then %s", last, err);
+            else
+                cli_setf(cli->err, sizeof(cli->err), "%s", err);
+            return NULL;
+        }
+        log_debug("picked", "node_id=%s addr=%s epoch=%" PRIu64 " attempt=%ld", n.id, n.addr,
+                  n.epoch, attempt);
+        cli->copt.expect_id = n.id;
+        struct client *c = client_connect(&cli->copt, n.addr, &fail, err, sizeof(err));
+        cli->copt.expect_id = NULL;
+        if (c) {
+            log_debug("connected", "node_id=%s addr=%s tls=%s session=%" PRIu64
+                      " max_payload=%" PRIu32,
+                      client_node_id(c), n.addr, client_tls_protocol(c), client_session_id(c),
+                      client_max_payload(c));
+            return c;
+        }
+        log_debug("connect_failed", "node_id=%s addr=%s reason=\"%s\"", n.id, n.addr, err);
+        cli_setf(last, sizeof(last), "%s", err);
+        if (fail == CLIENT_FAIL_SETUP) /* a bad CA file fails on every node */
+            break;
+        cli_exclude(cli, n.id);
+        if (attempt == cli->retries)
+            cli_setf(last, sizeof(last), "%s (gave up after %ld attempts)", err, attempt + 1);
+    }
+    cli_setf(cli->err, sizeof(cli->err), "%s", last);
+    return NULL;
+}
+
+static int cmd_pick(struct cli *cli)
+{
+    struct lookup_node n;
+    if (lookup_pick(cli->lookup, cli->key, NULL, 0, &n, cli->err, sizeof(cli->err)) != 0)
+        return EXIT_RUNTIME;
+    printf("%s %s\n", n.id, n.addr);
+    return 0;
+}
+
+/* Ends a session politely; a failure here changes nothing for the user. */
+static void cli_close(struct client *c)
+{
+    if (c && client_bye(c) != 0)
+        log_debug("bye_failed", "reason=\"%s\"", client_error(c));
+    client_free(c);
+}
+
+static int cmd_ping(struct cli *cli)
+{
+    struct client *c = cli_connect(cli);
+    if (!c)
+        return EXIT_RUNTIME;
+    long long count = config_int(cli->cfg, "count");
+    for (long long i = 0; i < count; i++) {
+        double rtt = 0;
+        if (client_ping(c, &rtt) != 0) {
+            cli_setf(cli->err, sizeof(cli->err), "%s", client_error(c));
+            client_free(c);
+            return EXIT_RUNTIME;
+        }
+        printf("pong from %s (%s): %.2f ms\n", client_node_id(c), client_addr(c), rtt);
+        fflush(stdout);
+    }
+    cli_close(c);
+    return 0;
+}
+
+static int cmd_info(struct cli *cli)
+{
+    struct client *c = cli_connect(cli);
+    if (!c)
+        return EXIT_RUNTIME;
+    char *text = NULL;
+    if (client_info(c, &text) != 0) {
+        cli_setf(cli->err, sizeof(cli->err), "%s", client_error(c));
+        client_free(c);
+        return EXIT_RUNTIME;
+    }
+    json_error_t jerr;
+    json_t *info = json_loads(text, 0, &jerr);
+    int rc = 0;
+    if (!info) {
+        cli_setf(cli->err, sizeof(cli->err), "node %s: INFO_REPLY is not JSON: %s",
+                 client_node_id(c), jerr.text);
+        rc = EXIT_RUNTIME;
+    } else {
+        char *pretty = json_dumps(info, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        if (!pretty) {
+            cli_setf(cli->err, sizeof(cli->err), "out of memory");
+            rc = EXIT_RUNTIME;
+        } else {
+            printf("%s\n", pretty);
+            free(pretty);
+        }
+        json_decref(info);
+    }
+    free(text);
+    cli_close(c);
+    return rc;
+}
+
+/* --- send */
+
+/* A message sent and not yet acknowledged; kept for a resend elsewhere if
+ * the node drains. */
+struct cli_msg {
+    uint64_t id;
+    uint8_t *data;
+    size_t len;
+};
+
+struct cli_sender {
+    struct cli *cli;
+    struct client *c;
+    struct cli_msg ring[CLIENT_WINDOW_MAX]; /* in flight, oldest at head */
+    size_t head, count;
+    uint64_t next_id;  /* message ids from 1 */
+    uint64_t acked;
+    long moves;        /* reconnections after a drain */
+};
+
+static struct cli_msg *sender_at(struct cli_sender *s, size_t i)
+{
+    return &s->ring[(s->head + i) % CLIENT_WINDOW_MAX];
+}
+
+/* The session failed. If the node was draining, reconnect elsewhere and
+ * resend what it did not acknowledge (PROTOCOL.md section 8); else 1. */
+static int sender_recover(struct cli_sender *s)
+{
+    struct cli *cli = s->cli;
+    cli_setf(cli->err, sizeof(cli->err), "%s", client_error(s->c));
+    if (!client_draining(s->c) || cli->node_addr || s->moves >= cli->retries)
+        return -1;
+    s->moves++;
+    log_debug("node_draining", "node_id=%s unacked=%zu", client_node_id(s->c), s->count);
+    cli_exclude(cli, client_node_id(s->c));
+    client_free(s->c);
+    s->c = cli_connect(cli);
+    if (!s->c)
+        return -1;
+    for (size_t i = 0; i < s->count; i++) {
+        struct cli_msg *m = sender_at(s, i);
+        if (client_send_start(s->c, m->id, m->data, m->len) != 0) {
+            cli_setf(cli->err, sizeof(cli->err), "%s", client_error(s->c));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Waits for the oldest message's ACK and prints it. 0 or -1. */
+static int sender_collect(struct cli_sender *s)
+{
+    struct frame_ack ack;
+    while (client_send_finish(s->c, &ack) != 0) {
+        if (sender_recover(s) != 0)
+            return -1;
+    }
+    struct cli_msg *m = sender_at(s, 0);
+    char hex[2 * FRAME_SHA256_LEN + 1];
+    client_sha256_hex(ack.sha256, hex);
+    printf("ack id=%" PRIu64 " bytes=%zu sha256=%s node=%s\n", m->id, m->len, hex,
+           client_node_id(s->c));
+    free(m->data);
+    m->data = NULL;
+    s->head = (s->head + 1) % CLIENT_WINDOW_MAX;
+    s->count--;
+    s->acked++;
+    return 0;
+}
+
+static int sender_collect_all(struct cli_sender *s)
+{
+    while (s->count > 0)
+        if (sender_collect(s) != 0)
+            return -1;
+    fflush(stdout);
+    return 0;
+}
+
+/* Queues one message (the sender copies data). 0 or -1. */
+static int sender_send(struct cli_sender *s, const void *data, size_t len)
+{
+    if (s->count == CLIENT_WINDOW_MAX && sender_collect(s) != 0)
+        return -1;
+    struct cli_msg *m = sender_at(s, s->count);
+    m->id = s->next_id++;
+    m->len = len;
+    m->data = malloc(len ? len : 1);
+    if (!m->data) {
+        cli_setf(s->cli->err, sizeof(s->cli->err), "out of memory");
+        return -1;
+    }
+    if (len)
+        memcpy(m->data, data, len);
+    s->count++;
+    if (client_send_start(s->c, m->id, m->data, m->len) == 0)
+        return 0;
+    /* A local refusal (too large) leaves the session usable but ends the run. */
+    cli_setf(s->cli->err, sizeof(s->cli->err), "%s", client_error(s->c));
+    if (client_in_flight(s->c) < s->count) { /* it was never queued */
+        free(m->data);
+        m->data = NULL;
+        s->count--;
+        s->next_id--;
+    }
+    return -1;
+}
+
+static void sender_release(struct cli_sender *s)
+{
+    for (size_t i = 0; i < s->count; i++)
+        free(sender_at(s, i)->data);
+    s->count = 0;
+}
+
+/* Reads more of stdin into in. Before blocking, collects the ACKs already
+ * due (so an interactive user sees them) and keeps the session alive with
+ * PING while the user is quiet. 1 read, 0 end of input, -1 failure. */
+static int sender_read_stdin(struct cli_sender *s, struct buf *in)
+{
+    struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+    int r;
+    while ((r = poll(&p, 1, 0)) == 0) {
+        if (s->count && sender_collect_all(s) != 0)
+            return -1;
+        fflush(stdout);
+        uint32_t idle = client_idle_timeout_ms(s->c);
+        int wait_ms = idle >= 2 ? (int)(idle / 2 > 600000 ? 600000 : idle / 2) : 1000;
+        r = poll(&p, 1, wait_ms);
+        if (r > 0)
+            break;
+        if (r == 0) {
+            double rtt;
+            if (client_ping(s->c, &rtt) != 0) {
+                cli_setf(s->cli->err, sizeof(s->cli->err), "%s", client_error(s->c));
+                return -1;
+            }
+        } else if (errno != EINTR) {
+            break;
+        }
+    }
+    if (buf_reserve(in, 65536) != 0) {
+        cli_setf(s->cli->err, sizeof(s->cli->err), "out of memory");
+        return -1;
+    }
+    for (;;) {
+        ssize_t n = read(STDIN_FILENO, buf_tail(in), 65536);
+        if (n > 0) {
+            buf_commit(in, (size_t)n);
+            return 1;
+        }
+        if (n == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        cli_setf(s->cli->err, sizeof(s->cli->err), "reading stdin: %s", strerror(errno));
+        return -1;
+    }
+}
+
+static int send_lines(struct cli_sender *s)
+{
+    struct buf in;
+    buf_init(&in);
+    size_t scanned = 0; /* bytes of in already known to hold no newline */
+    bool eof = false;
+    int rc = -1;
+    size_t limit = client_max_payload(s->c) >= 8 ? client_max_payload(s->c) - 8 : 0;
+    for (;;) {
+        const uint8_t *head = buf_head(&in);
+        size_t size = buf_size(&in);
+        const uint8_t *nl = size > scanned ? memchr(head + scanned, '\n', size - scanned) : NULL;
+        if (nl || (eof && size > 0)) {
+            size_t len = nl ? (size_t)(nl - head) : size;
+            if (sender_send(s, head, len) != 0)
+                goto out;
+            buf_consume(&in, nl ? len + 1 : len);
+            scanned = 0;
+            continue;
+        }
+        if (eof)
+            break;
+        scanned = size;
+        if (size > limit) {
+            cli_setf(s->cli->err, sizeof(s->cli->err),
+                     "line %" PRIu64 " is longer than the node's limit of %zu bytes per message",
+                     s->next_id, limit);
+            goto out;
+        }
+        int r = sender_read_stdin(s, &in);
+        if (r < 0)
+            goto out;
+        if (r == 0)
+            eof = true;
+    }
+    rc = sender_collect_all(s);
+out:
+    buf_release(&in);
+    return rc;
+}
+
+/* Reads all of stdin (before connecting, so a slow writer cannot run into
+ * the node's idle timeout). 0 or -1 with err. */
+static int read_all_stdin(struct buf *in, char *err, size_t errlen)
+{
+    for (;;) {
+        if (buf_size(in) > CLI_WHOLE_MAX) {
+            snprintf(err, errlen, "stdin is larger than %u bytes", CLI_WHOLE_MAX);
+            return -1;
+        }
+        if (buf_reserve(in, 65536) != 0) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        ssize_t n = read(STDIN_FILENO, buf_tail(in), 65536);
+        if (n > 0) {
+            buf_commit(in, (size_t)n);
+        } else if (n == 0) {
+            return 0;
+        } else if (errno != EINTR) {
+            snprintf(err, errlen, "reading stdin: %s", strerror(errno));
+            return -1;
+        }
+    }
+}
+
+static int cmd_send(struct cli *cli)
+{
+    bool whole = config_bool(cli->cfg, "whole");
+    struct buf all;
+    buf_init(&all);
+    if (whole && read_all_stdin(&all, cli->err, sizeof(cli->err)) != 0) {
+        buf_release(&all);
+        return EXIT_RUNTIME;
+    }
+
+    struct cli_sender s = {.cli = cli, .next_id = 1};
+    s.c = cli_connect(cli);
+    if (!s.c) {
+        buf_release(&all);
+        return EXIT_RUNTIME;
+    }
+    int rc;
+    if (whole) {
+        /* buf_head is NULL for an empty stdin: send an empty message. */
+        static const uint8_t empty[1];
+        rc = sender_send(&s, buf_size(&all) ? buf_head(&all) : empty, buf_size(&all));
+        if (rc == 0)
+            rc = sender_collect_all(&s);
+    } else {
+        rc = send_lines(&s);
+    }
+    fflush(stdout);
+    buf_release(&all);
+    if (rc != 0) {
+        char tail[128];
+        snprintf(tail, sizeof(tail), "; %" PRIu64 " message%s acked, %zu sent without an ACK",
+                 s.acked, s.acked == 1 ? "" : "s", s.count);
+        size_t used = strlen(cli->err);
+        if (used + 1 < sizeof(cli->err))
+            snprintf(cli->err + used, sizeof(cli->err) - used, "%s", tail);
+        sender_release(&s);
+        client_free(s.c);
+        return EXIT_RUNTIME;
+    }
+    cli_close(s.c);
+    return 0;
+}
+
+static void usage_hint(void)
+{
+    fprintf(stderr, "run '" PROGRAM " --help' for usage\n");
+}
+
+int main(int argc, char **argv)
+{
+    char err[CLI_ERR_MAX];
+    /* A node that closes while we write must become an error, not a
+     * silent death by SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+    /* libcurl's global setup, before anything else could start a thread. */
+    if (lookup_global_init(err, sizeof(err)) != 0) {
+        fprintf(stderr, PROGRAM ": %s\n", err);
+        return EXIT_RUNTIME;
+    }
+
+    struct cli *cli = calloc(1, sizeof(*cli));
+    if (!cli) {
+        fprintf(stderr, PROGRAM ": out of memory\n");
+        return EXIT_RUNTIME;
+    }
+    int status = EXIT_USAGE;
+    cli->cfg = config_new(PROGRAM, BERTH_VERSION,
+                          "the berth client: pick a node, ping it, read its info, send messages",
+                          settings, sizeof(settings) / sizeof(settings[0]));
+    if (!cli->cfg) {
+        fprintf(stderr, PROGRAM ": out of memory\n");
+        free(cli);
+        return EXIT_RUNTIME;
+    }
+    switch (config_load(cli->cfg, argc, argv, err, sizeof(err))) {
+    case CONFIG_OK:
+        break;
+    case CONFIG_HELP:
+        fputs(commands_help, stdout);
+        config_usage(cli->cfg, stdout);
+        status = 0;
+        goto out;
+    case CONFIG_VERSION:
+        config_version_line(cli->cfg, stdout);
+        status = 0;
+        goto out;
+    case CONFIG_ERROR:
+    default:
+        fprintf(stderr, PROGRAM ": %s\n", err);
+        usage_hint();
+        goto out;
+    }
+
+    if (config_npositional(cli->cfg) == 0) {
+        fprintf(stderr, PROGRAM ": no command given (pick, ping, info or send)\n");
+        usage_hint();
+        goto out;
+    }
+    const char *cmd = config_positional(cli->cfg, 0);
+    if (strcmp(cmd, "help") == 0) {
+        fputs(commands_help, stdout);
+        config_usage(cli->cfg, stdout);
+        status = 0;
+        goto out;
+    }
+    int (*run)(struct cli *) = NULL;
+    if (strcmp(cmd, "pick") == 0)
+        run = cmd_pick;
+    else if (strcmp(cmd, "ping") == 0)
+        run = cmd_ping;
+    else if (strcmp(cmd, "info") == 0)
+        run = cmd_info;
+    else if (strcmp(cmd, "send") == 0)
+        run = cmd_send;
+    if (!run) {
+        fprintf(stderr, PROGRAM ": unknown command \"%s\" (pick, ping, info or send)\n", cmd);
+        usage_hint();
+        goto out;
+    }
+    if (config_npositional(cli->cfg) > 1) {
+        fprintf(stderr, PROGRAM ": unexpected argument \"%s\"\n", config_positional(cli->cfg, 1));
+        usage_hint();
+        goto out;
+    }
+
+    enum log_level level;
+    if (log_level_parse(config_str(cli->cfg, "log-level"), &level) != 0) {
+        fprintf(stderr, PROGRAM ": --log-level: bad value \"%s\"\n",
+                config_str(cli->cfg, "log-level"));
+        goto out;
+    }
+    log_setup(level, "cli", NULL);
+
+    const char *node = config_str(cli->cfg, "node");
+    cli->node_addr = node[0] ? node : NULL;
+    if (cli->node_addr) {
+        struct addr a;
+        if (addr_parse(cli->node_addr, false, &a, err, sizeof(err)) != 0) {
+            fprintf(stderr, PROGRAM ": --node: %s\n", err);
+            goto out;
+        }
+        if (run == cmd_pick) {
+            fprintf(stderr, PROGRAM ": pick asks the balancer; it takes no --node\n");
+            goto out;
+        }
+    }
+    const char *key = config_str(cli->cfg, "key");
+    cli->key = key[0] ? key : NULL;
+    cli->retries = (long)config_int(cli->cfg, "retries");
+    long timeout_ms = (long)config_int(cli->cfg, "timeout");
+    const char *name = config_str(cli->cfg, "name");
+    if (name[0] == '\0' || strlen(name) > FRAME_NAME_MAX) {
+        fprintf(stderr, PROGRAM ": --name: must be 1..%d bytes\n", FRAME_NAME_MAX);
+        goto out;
+    }
+    bool insecure = config_bool(cli->cfg, "insecure");
+    cli->copt = (struct client_options){
+        .ca_file = config_str(cli->cfg, "ca"),
+        .verify = !insecure,
+        .name = name,
+        .timeout_ms = timeout_ms,
+    };
+    if (!cli->node_addr) {
+        cli->lookup = lookup_new(config_str(cli->cfg, "balancer"), timeout_ms, err, sizeof(err));
+        if (!cli->lookup) {
+            fprintf(stderr, PROGRAM ": --balancer: %s\n", err);
+            goto out;
+        }
+    }
+    if (insecure && run != cmd_pick)
+        fprintf(stderr, PROGRAM ": warning: --insecure: the node's certificate is not verified\n");
+
+    status = run(cli);
+    if (status != 0)
+        fprintf(stderr, PROGRAM ": %s\n", cli->err);
+
+out:
+    fflush(stdout);
+    lookup_free(cli->lookup);
+    config_free(cli->cfg);
+    free(cli);
+    return status;
+}

@@ -1,0 +1,66 @@
+/* lookup: asks a berth-balancer over HTTP (libcurl) which node to use
+ * (GET /v1/pick, docs/DESIGN.md) and parses its JSON answers (jansson). */
+#ifndef BERTH_LOOKUP_H
+#define BERTH_LOOKUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LOOKUP_ID_MAX 64    /* node ids are [A-Za-z0-9._-]{1,64} */
+#define LOOKUP_ADDR_MAX 261 /* "[" + 253-byte host + "]:" + 5-digit port */
+/* Largest answer body read from the balancer; /v1/health of a big cluster
+ * stays far below it, and a runaway server cannot exhaust our memory. */
+#define LOOKUP_BODY_MAX (8u << 20)
+
+/* One node as /v1/pick names it. */
+struct lookup_node {
+    char id[LOOKUP_ID_MAX + 1];     /* NUL-terminated, validated */
+    char addr[LOOKUP_ADDR_MAX + 1]; /* "host:port", validated with addr_parse */
+    uint64_t epoch;                 /* the balancer's membership epoch */
+};
+
+struct lookup;
+
+/* libcurl's process-wide setup. Call it once at program start, before any
+ * thread exists (the CLI does, first thing in main). lookup_new also calls
+ * it, guarded by pthread_once, for programs that forget; that is only safe
+ * while no other thread uses libcurl or OpenSSL. 0, or -1 with err. */
+int lookup_global_init(char *err, size_t errlen);
+
+/* balancer_url: "http://host:port" (https also works), with or without a
+ * trailing slash; copied. timeout_ms bounds each whole request (connect
+ * included); > 0. Returns a new lookup, or NULL with the reason in err. */
+struct lookup *lookup_new(const char *balancer_url, long timeout_ms, char *err, size_t errlen);
+/* NULL is a no-op. */
+void lookup_free(struct lookup *l);
+
+/* GET /v1/pick[?key=K][&exclude=a,b]: key may be NULL (no affinity);
+ * exclude holds nexclude node ids to skip (may be NULL when 0). Both are
+ * URL-escaped here. Returns 0 with *out filled, or -1 with err naming the
+ * balancer and the cause: transport failure, HTTP error status (with the
+ * body's "error" and "message"), a body that is not JSON, or a missing or
+ * invalid field. Example: "balancer http://127.0.0.1:8080: 503
+ * no_healthy_node: no healthy node in rotation". */
+int lookup_pick(struct lookup *l, const char *key, const char *const *exclude, size_t nexclude,
+                struct lookup_node *out, char *err, size_t errlen);
+
+/* GET <path> (e.g. "/v1/health"; must start with '/'). On a 2xx answer
+ * whose body is a JSON object returns 0 and *body (NUL-terminated, caller
+ * frees with free). Otherwise -1 with err as for lookup_pick, *body NULL. */
+int lookup_get_json(struct lookup *l, const char *path, char **body, char *err, size_t errlen);
+
+/* The parser behind lookup_pick, with no I/O: body[0..len) is what the
+ * balancer answered with HTTP status `status`. 0 with *out filled, or -1
+ * with the cause in err (without the "balancer <url>: " prefix), e.g.
+ * "503 no_healthy_node: no healthy node in rotation" or
+ * "bad /v1/pick answer: \"addr\": missing or not a string". */
+int lookup_parse_pick(const char *body, size_t len, long status, struct lookup_node *out,
+                      char *err, size_t errlen);
+
+/* Turns a non-2xx answer into "<status> <error>: <message>" (or
+ * "HTTP <status>" when the body is not the documented error object);
+ * control characters in the server's text are replaced. Always fills err. */
+void lookup_format_http_error(const char *body, size_t len, long status, char *err,
+                              size_t errlen);
+
+#endif

@@ -1,0 +1,701 @@
+/* Unit tests for shared/client.c: the reply checks on encoded frames (wrong
+ * request id or type, ERROR frames, drain BYE, damaged ACKs, bad WELCOME),
+ * then whole sessions against a scripted fake node: a thread serving TLS on
+ * 127.0.0.1 with a certificate made here. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "buf.h"
+#include "client.h"
+#include "frame.h"
+#include "tls_ctx.h"
+
+/* ---- reply checks on encoded frames ---- */
+
+/* Holds one encoded frame and its decoded view. */
+struct encoded {
+    struct buf b;
+    struct frame f;
+};
+
+static void decode(struct encoded *e)
+{
+    enum frame_error fe;
+    long n = frame_decode(buf_head(&e->b), buf_size(&e->b), FRAME_DEFAULT_MAX_PAYLOAD, &e->f, &fe);
+    assert_true(n > 0);
+    assert_int_equal((size_t)n, buf_size(&e->b));
+}
+
+static void sha256(const void *p, size_t n, uint8_t out[32])
+{
+    unsigned int len = 0;
+    assert_int_equal(EVP_Digest(p, n, out, &len, EVP_sha256(), NULL), 1);
+}
+
+static void test_check_reply(void **state)
+{
+    (void)state;
+    char err[512];
+    struct encoded e;
+    buf_init(&e.b);
+
+    assert_int_equal(frame_append(&e.b, FRAME_PONG, 5, "x", 1), 0);
+    decode(&e);
+    assert_int_equal(client_check_reply(&e.f, FRAME_PONG, 5, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_OK);
+    assert_int_equal(client_check_reply(&e.f, FRAME_PONG, 6, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+    assert_string_equal(err, "node n1: protocol error: expected PONG for request 6, got PONG for "
+                             "request 5");
+    assert_int_equal(client_check_reply(&e.f, FRAME_ACK, 5, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+    assert_non_null(strstr(err, "expected ACK"));
+
+    /* ERROR answers whatever was pending, whatever its request id. */
+    buf_clear(&e.b);
+    assert_int_equal(frame_append_error(&e.b, 0, FRAME_ERR_NOT_READY, "send HELLO first"), 0);
+    decode(&e);
+    assert_int_equal(client_check_reply(&e.f, FRAME_PONG, 9, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_ERROR);
+    assert_string_equal(err, "node n1: error 4 not_ready: send HELLO first");
+
+    /* Control characters in the node's text are replaced; no text: the table's. */
+    buf_clear(&e.b);
+    uint8_t body[] = {0, 7, 'a', '\n', 0x1b, 'b'};
+    assert_int_equal(frame_append(&e.b, FRAME_ERROR, 3, body, sizeof(body)), 0);
+    decode(&e);
+    assert_int_equal(client_check_reply(&e.f, FRAME_PONG, 3, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_ERROR);
+    assert_string_equal(err, "node n1: error 7 shutting_down: a??b");
+    buf_clear(&e.b);
+    uint8_t bare[] = {0, 200};
+    assert_int_equal(frame_append(&e.b, FRAME_ERROR, 3, bare, sizeof(bare)), 0);
+    decode(&e);
+    assert_int_equal(client_check_reply(&e.f, FRAME_PONG, 3, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_ERROR);
+    assert_non_null(strstr(err, "error 200 unknown"));
+
+    /* BYE with request id 0: the node drains. BYE with our id answers our BYE. */
+    buf_clear(&e.b);
+    assert_int_equal(frame_append(&e.b, FRAME_BYE, 0, NULL, 0), 0);
+    decode(&e);
+    assert_int_equal(client_check_reply(&e.f, FRAME_ACK, 4, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_DRAIN);
+    assert_non_null(strstr(err, "draining"));
+    buf_clear(&e.b);
+    assert_int_equal(frame_append(&e.b, FRAME_BYE, 4, NULL, 0), 0);
+    decode(&e);
+    assert_int_equal(client_check_reply(&e.f, FRAME_BYE, 4, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_OK);
+
+    /* A request type from the node is a protocol error. */
+    buf_clear(&e.b);
+    assert_int_equal(frame_append(&e.b, FRAME_PING, 4, NULL, 0), 0);
+    decode(&e);
+    assert_int_equal(client_check_reply(&e.f, FRAME_PONG, 4, "node n1", err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+    buf_release(&e.b);
+}
+
+static void test_check_ack(void **state)
+{
+    (void)state;
+    char err[512];
+    struct encoded e;
+    buf_init(&e.b);
+    uint8_t sha[32], other[32];
+    sha256("hello", 5, sha);
+    sha256("hellO", 5, other);
+
+    assert_int_equal(frame_append_ack(&e.b, 2, 42, sha), 0);
+    decode(&e);
+    struct frame_ack ack;
+    assert_int_equal(client_check_ack(&e.f, 2, 42, sha, "node n1", &ack, err, sizeof(err)),
+                     CLIENT_REPLY_OK);
+    assert_int_equal(ack.message_id, 42);
+    char hex[65];
+    client_sha256_hex(ack.sha256, hex);
+    assert_string_equal(hex, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+
+    /* Wrong message id, wrong digest, wrong request id. */
+    assert_int_equal(client_check_ack(&e.f, 2, 43, sha, "node n1", &ack, err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+    assert_non_null(strstr(err, "names message 42, expected 43"));
+    assert_int_equal(client_check_ack(&e.f, 2, 42, other, "node n1", NULL, err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+    assert_non_null(strstr(err, "message 42 arrived damaged"));
+    assert_non_null(strstr(err, "2cf24dba"));
+    assert_int_equal(client_check_ack(&e.f, 3, 42, sha, "node n1", NULL, err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+
+    /* A longer ACK is fine: bodies may grow in later versions. */
+    buf_clear(&e.b);
+    uint8_t longer[48] = {0};
+    longer[7] = 42;
+    memcpy(longer + 8, sha, 32);
+    assert_int_equal(frame_append(&e.b, FRAME_ACK, 2, longer, sizeof(longer)), 0);
+    decode(&e);
+    assert_int_equal(client_check_ack(&e.f, 2, 42, sha, "node n1", NULL, err, sizeof(err)),
+                     CLIENT_REPLY_OK);
+    buf_release(&e.b);
+}
+
+static void test_check_welcome(void **state)
+{
+    (void)state;
+    char err[512];
+    struct encoded e;
+    buf_init(&e.b);
+    struct frame_welcome w = {.version = 1, .session_id = 12345, .max_payload = 1 << 20,
+                              .idle_timeout_ms = 30000};
+    snprintf(w.node_id, sizeof(w.node_id), "n1");
+    assert_int_equal(frame_append_welcome(&e.b, 1, &w), 0);
+    decode(&e);
+    struct frame_welcome got;
+    assert_int_equal(client_check_welcome(&e.f, 1, "node x", &got, err, sizeof(err)),
+                     CLIENT_REPLY_OK);
+    assert_string_equal(got.node_id, "n1");
+    assert_int_equal(got.session_id, 12345);
+    assert_int_equal(client_check_welcome(&e.f, 2, "node x", &got, err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+
+    /* Another protocol version. */
+    buf_clear(&e.b);
+    w.version = 2;
+    assert_int_equal(frame_append_welcome(&e.b, 1, &w), 0);
+    decode(&e);
+    assert_int_equal(client_check_welcome(&e.f, 1, "node x", &got, err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+    assert_non_null(strstr(err, "version 2"));
+
+    /* A bad node id byte inside an otherwise well-sized body. */
+    buf_clear(&e.b);
+    uint8_t body[21] = {0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x10, 0, 0, 0, 0, 0x75, 0x30, 2, 'n', ' '};
+    assert_int_equal(frame_append(&e.b, FRAME_WELCOME, 1, body, sizeof(body)), 0);
+    decode(&e);
+    assert_int_equal(client_check_welcome(&e.f, 1, "node x", &got, err, sizeof(err)),
+                     CLIENT_REPLY_PROTOCOL);
+    assert_non_null(strstr(err, "malformed WELCOME"));
+    buf_release(&e.b);
+}
+
+/* ---- a scripted fake node ---- */
+
+static char dir[64], ca_pem[128], leaf_pem[128], leaf_key[128];
+
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
+    assert_non_null(ext);
+    assert_int_equal(X509_add_ext(cert, ext, -1), 1);
+    X509_EXTENSION_free(ext);
+}
+
+static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, long serial)
+{
+    X509 *cert = X509_new();
+    assert_non_null(cert);
+    assert_int_equal(X509_set_version(cert, 2), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(cert), serial), 1);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(cert), -3600));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(cert), 86400));
+    assert_int_equal(X509_set_pubkey(cert, key), 1);
+    X509_NAME *name = X509_get_subject_name(cert);
+    assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                                                (const unsigned char *)cn, -1, -1, 0), 1);
+    X509 *signer = issuer ? issuer : cert;
+    assert_int_equal(X509_set_issuer_name(cert, X509_get_subject_name(signer)), 1);
+    add_ext(cert, signer, NID_subject_key_identifier, "hash");
+    add_ext(cert, signer, NID_authority_key_identifier, "keyid:always");
+    if (!issuer) {
+        add_ext(cert, signer, NID_basic_constraints, "critical,CA:TRUE");
+        add_ext(cert, signer, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else {
+        add_ext(cert, signer, NID_basic_constraints, "critical,CA:FALSE");
+        add_ext(cert, signer, NID_ext_key_usage, "serverAuth");
+        add_ext(cert, signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
+    }
+    assert_true(X509_sign(cert, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
+    return cert;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    snprintf(dir, sizeof(dir), "/tmp/berth-client-test-XXXXXX");
+    if (!mkdtemp(dir))
+        return -1;
+    snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", dir);
+    snprintf(leaf_pem, sizeof(leaf_pem), "%s/leaf.pem", dir);
+    snprintf(leaf_key, sizeof(leaf_key), "%s/leaf.key", dir);
+    EVP_PKEY *ca_k = EVP_EC_gen("P-256");
+    EVP_PKEY *leaf_k = EVP_EC_gen("P-256");
+    if (!ca_k || !leaf_k)
+        return -1;
+    X509 *ca = make_cert(ca_k, "berth client test CA", NULL, NULL, 1);
+    X509 *leaf = make_cert(leaf_k, "localhost", ca, ca_k, 2);
+    FILE *f = fopen(ca_pem, "w");
+    int ok = f && PEM_write_X509(f, ca) == 1;
+    if (f)
+        fclose(f);
+    f = fopen(leaf_pem, "w");
+    ok = ok && f && PEM_write_X509(f, leaf) == 1;
+    if (f)
+        fclose(f);
+    f = fopen(leaf_key, "w");
+    ok = ok && f && PEM_write_PrivateKey(f, leaf_k, NULL, NULL, 0, NULL, NULL) == 1;
+    if (f)
+        fclose(f);
+    X509_free(ca);
+    X509_free(leaf);
+    EVP_PKEY_free(ca_k);
+    EVP_PKEY_free(leaf_k);
+    return ok ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    unlink(ca_pem);
+    unlink(leaf_pem);
+    unlink(leaf_key);
+    rmdir(dir);
+    return 0;
+}
+
+enum node_mode {
+    NODE_GOOD,
+    NODE_BAD_SHA,       /* ACKs carry a wrong digest */
+    NODE_WRONG_ID,      /* PONG with another request id */
+    NODE_ERROR_PING,    /* ERROR not_ready to PING */
+    NODE_DRAIN_SEND,    /* BYE 0 instead of the 3rd ACK */
+    NODE_SILENT_PING,   /* never answers PING */
+    NODE_REFUSE_HELLO,  /* ERROR shutting_down to HELLO */
+    NODE_SMALL_LIMIT,   /* WELCOME max_payload 100 */
+};
+
+struct fake_node {
+    enum node_mode mode;
+    int listen_fd;
+    int port;
+    SSL_CTX *ctx;
+    pthread_t thread;
+    int requests;       /* frames handled */
+};
+
+static int ssl_write_all(SSL *ssl, const struct buf *b)
+{
+    size_t off = 0;
+    while (off < buf_size(b)) {
+        size_t n = 0;
+        if (SSL_write_ex(ssl, buf_head(b) + off, buf_size(b) - off, &n) != 1)
+            return -1;
+        off += n;
+    }
+    return 0;
+}
+
+/* Answers one request according to the mode; 1 to stop serving. */
+static int fake_answer(struct fake_node *node, const struct frame *f, struct buf *out, int *sends)
+{
+    uint64_t rid = f->h.request_id;
+    switch (f->h.type) {
+    case FRAME_HELLO: {
+        if (node->mode == NODE_REFUSE_HELLO) {
+            frame_append_error(out, rid, FRAME_ERR_SHUTTING_DOWN, "node is draining");
+            return 1;
+        }
+        struct frame_welcome w = {.version = 1, .session_id = 77,
+                                  .max_payload = node->mode == NODE_SMALL_LIMIT ? 100 : 1 << 20,
+                                  .idle_timeout_ms = 30000};
+        snprintf(w.node_id, sizeof(w.node_id), "n1");
+        frame_append_welcome(out, rid, &w);
+        return 0;
+    }
+    case FRAME_PING:
+        if (node->mode == NODE_SILENT_PING)
+            return 0;
+        if (node->mode == NODE_ERROR_PING) {
+            frame_append_error(out, rid, FRAME_ERR_NOT_READY, NULL);
+            return 1;
+        }
+        frame_append(out, FRAME_PONG, node->mode == NODE_WRONG_ID ? rid + 1 : rid, f->payload,
+                     f->h.length);
+        return 0;
+    case FRAME_ECHO:
+        frame_append(out, FRAME_ECHO_REPLY, rid, f->payload, f->h.length);
+        return 0;
+    case FRAME_INFO: {
+        const char *json = "{\"node\":\"n1\",\"sessions\":1}";
+        frame_append(out, FRAME_INFO_REPLY, rid, json, strlen(json));
+        return 0;
+    }
+    case FRAME_SEND: {
+        struct frame_send s;
+        if (frame_parse_send(f, &s) != 0) {
+            frame_append_error(out, rid, FRAME_ERR_MALFORMED, NULL);
+            return 1;
+        }
+        if (node->mode == NODE_DRAIN_SEND && ++*sends == 3) {
+            frame_append(out, FRAME_BYE, 0, NULL, 0);
+            return 1;
+        }
+        uint8_t sha[32];
+        sha256(s.data, s.len, sha);
+        if (node->mode == NODE_BAD_SHA)
+            sha[0] ^= 1;
+        frame_append_ack(out, rid, s.message_id, sha);
+        return 0;
+    }
+    case FRAME_BYE:
+        frame_append(out, FRAME_BYE, rid, NULL, 0);
+        return 1;
+    default:
+        frame_append_error(out, rid, FRAME_ERR_UNEXPECTED, NULL);
+        return 1;
+    }
+}
+
+static void *fake_node_run(void *arg)
+{
+    struct fake_node *node = arg;
+    int fd = accept(node->listen_fd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    SSL *ssl = SSL_new(node->ctx);
+    struct buf in, out;
+    buf_init(&in);
+    buf_init(&out);
+    int sends = 0;
+    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_accept(ssl) != 1)
+        goto done;
+    for (int stop = 0; !stop;) {
+        struct frame f;
+        enum frame_error fe;
+        long n = frame_decode(buf_head(&in), buf_size(&in), 2u << 20, &f, &fe);
+        if (n < 0)
+            break;
+        if (n == 0) {
+            size_t got = 0;
+            if (buf_reserve(&in, 65536) != 0 || SSL_read_ex(ssl, buf_tail(&in), 65536, &got) != 1)
+                break;
+            buf_commit(&in, got);
+            continue;
+        }
+        node->requests++;
+        stop = fake_answer(node, &f, &out, &sends);
+        buf_consume(&in, (size_t)n);
+        if (ssl_write_all(ssl, &out) != 0)
+            break;
+        buf_clear(&out);
+    }
+    SSL_shutdown(ssl);
+done:
+    SSL_free(ssl);
+    close(fd);
+    buf_release(&in);
+    buf_release(&out);
+    return NULL;
+}
+
+static void fake_node_start(struct fake_node *node, enum node_mode mode)
+{
+    memset(node, 0, sizeof(*node));
+    node->mode = mode;
+    char err[512];
+    node->ctx = tls_ctx_server_new(leaf_pem, leaf_key, err, sizeof(err));
+    if (!node->ctx)
+        fail_msg("tls_ctx_server_new: %s", err);
+    node->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(node->listen_fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(node->listen_fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(node->listen_fd, 4), 0);
+    socklen_t sl = sizeof(sin);
+    assert_int_equal(getsockname(node->listen_fd, (struct sockaddr *)&sin, &sl), 0);
+    node->port = ntohs(sin.sin_port);
+    assert_int_equal(pthread_create(&node->thread, NULL, fake_node_run, node), 0);
+}
+
+static void fake_node_stop(struct fake_node *node)
+{
+    assert_int_equal(pthread_join(node->thread, NULL), 0);
+    close(node->listen_fd);
+    SSL_CTX_free(node->ctx);
+}
+
+static struct client *connect_to(struct fake_node *node, long timeout_ms)
+{
+    char addr[64], err[768];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node->port);
+    struct client_options o = {.ca_file = ca_pem, .verify = true, .name = "unit",
+                               .timeout_ms = timeout_ms, .expect_id = "n1"};
+    enum client_fail fail;
+    struct client *c = client_connect(&o, addr, &fail, err, sizeof(err));
+    if (!c)
+        fail_msg("client_connect: %s", err);
+    assert_int_equal(fail, CLIENT_FAIL_NONE);
+    return c;
+}
+
+static void test_session_good(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_GOOD);
+    struct client *c = connect_to(&node, 5000);
+    assert_string_equal(client_node_id(c), "n1");
+    assert_int_equal(client_session_id(c), 77);
+    assert_int_equal(client_max_payload(c), 1 << 20);
+    assert_int_equal(client_idle_timeout_ms(c), 30000);
+
+    double rtt = -1;
+    assert_int_equal(client_ping(c, &rtt), 0);
+    assert_true(rtt >= 0);
+    assert_int_equal(client_echo(c, "abc", 3), 0);
+    assert_int_equal(client_echo(c, NULL, 0), 0);
+    char *json = NULL;
+    assert_int_equal(client_info(c, &json), 0);
+    assert_string_equal(json, "{\"node\":\"n1\",\"sessions\":1}");
+    free(json);
+
+    struct frame_ack ack;
+    assert_int_equal(client_send(c, 1, "hello", 5, &ack), 0);
+    assert_int_equal(ack.message_id, 1);
+
+    /* Pipelined: a full window, then one more is refused locally. */
+    char msg[32];
+    for (int i = 0; i < CLIENT_WINDOW_MAX; i++) {
+        snprintf(msg, sizeof(msg), "m%d", i);
+        assert_int_equal(client_send_start(c, 100 + (uint64_t)i, msg, strlen(msg)), 0);
+    }
+    assert_int_equal(client_in_flight(c), CLIENT_WINDOW_MAX);
+    assert_int_equal(client_send_start(c, 999, "x", 1), -1);
+    assert_non_null(strstr(client_error(c), "in flight"));
+    assert_int_equal(client_ping(c, &rtt), -1); /* synchronous calls wait for the window */
+    for (int i = 0; i < CLIENT_WINDOW_MAX; i++) {
+        assert_int_equal(client_send_finish(c, &ack), 0);
+        assert_int_equal(ack.message_id, 100 + (uint64_t)i);
+    }
+    assert_int_equal(client_send_finish(c, &ack), -1); /* nothing in flight */
+
+    /* A big message, over many TLS records. */
+    size_t big = 1000000;
+    char *data = malloc(big);
+    assert_non_null(data);
+    for (size_t i = 0; i < big; i++)
+        data[i] = (char)(i * 7);
+    assert_int_equal(client_send(c, 2, data, big, &ack), 0);
+    uint8_t want[32];
+    sha256(data, big, want);
+    assert_memory_equal(ack.sha256, want, 32);
+    /* Above the limit: refused locally, the session lives on. */
+    assert_int_equal(client_send(c, 3, data, (1 << 20) - 7, NULL), -1);
+    assert_non_null(strstr(client_error(c), "above the node's limit"));
+    free(data);
+    assert_int_equal(client_ping(c, &rtt), 0);
+
+    assert_int_equal(client_bye(c), 0);
+    assert_false(client_draining(c));
+    assert_int_equal(client_ping(c, &rtt), -1); /* closed */
+    client_free(c);
+    fake_node_stop(&node);
+    client_free(NULL);
+}
+
+static void test_session_bad_sha(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_BAD_SHA);
+    struct client *c = connect_to(&node, 5000);
+    assert_int_equal(client_send(c, 1, "hello", 5, NULL), -1);
+    assert_non_null(strstr(client_error(c), "node n1: message 1 arrived damaged"));
+    double rtt;
+    assert_int_equal(client_ping(c, &rtt), -1); /* the session is over */
+    client_free(c);
+    fake_node_stop(&node);
+}
+
+static void test_session_wrong_id(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_WRONG_ID);
+    struct client *c = connect_to(&node, 5000);
+    double rtt;
+    assert_int_equal(client_ping(c, &rtt), -1);
+    assert_string_equal(client_error(c), "node n1: protocol error: expected PONG for request 2, "
+                                         "got PONG for request 3");
+    client_free(c);
+    fake_node_stop(&node);
+}
+
+static void test_session_error_frame(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_ERROR_PING);
+    struct client *c = connect_to(&node, 5000);
+    double rtt;
+    assert_int_equal(client_ping(c, &rtt), -1);
+    assert_non_null(strstr(client_error(c), "node n1: error 4 not_ready: "));
+    assert_false(client_draining(c));
+    client_free(c);
+    fake_node_stop(&node);
+}
+
+static void test_session_drain(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_DRAIN_SEND);
+    struct client *c = connect_to(&node, 5000);
+    for (uint64_t i = 1; i <= 4; i++)
+        assert_int_equal(client_send_start(c, i, "data", 4), 0);
+    assert_int_equal(client_send_finish(c, NULL), 0);
+    assert_int_equal(client_send_finish(c, NULL), 0);
+    assert_int_equal(client_send_finish(c, NULL), -1);
+    assert_true(client_draining(c));
+    assert_non_null(strstr(client_error(c), "draining"));
+    assert_int_equal(client_in_flight(c), 2); /* messages 3 and 4 were not handled */
+    client_free(c);
+    fake_node_stop(&node);
+}
+
+static void test_session_timeout(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_SILENT_PING);
+    struct client *c = connect_to(&node, 150);
+    double rtt;
+    assert_int_equal(client_ping(c, &rtt), -1);
+    assert_string_equal(client_error(c), "node n1: timed out after 150 ms waiting for PONG");
+    client_free(c); /* the fake node sees the close and ends */
+    fake_node_stop(&node);
+}
+
+static void test_connect_failures(void **state)
+{
+    (void)state;
+    char err[768], addr[64];
+    enum client_fail fail;
+    struct client_options o = {.ca_file = ca_pem, .verify = true, .name = "unit",
+                               .timeout_ms = 2000};
+
+    /* HELLO refused: a session failure, with the node's words. */
+    struct fake_node node;
+    fake_node_start(&node, NODE_REFUSE_HELLO);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node.port);
+    assert_null(client_connect(&o, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_SESSION);
+    assert_non_null(strstr(err, "error 7 shutting_down: node is draining"));
+    fake_node_stop(&node);
+
+    /* Nobody listening. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    socklen_t sl = sizeof(sin);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+    close(fd);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", ntohs(sin.sin_port));
+    o.expect_id = "n9";
+    assert_null(client_connect(&o, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_CONNECT);
+    char want[128];
+    snprintf(want, sizeof(want), "node n9 (%s): connect: Connection refused", addr);
+    assert_string_equal(err, want);
+    o.expect_id = NULL;
+
+    /* Certificate from another CA: the handshake fails, try elsewhere. */
+    fake_node_start(&node, NODE_GOOD);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node.port);
+    struct client_options sys = o;
+    sys.ca_file = leaf_pem; /* a leaf, not our CA: verification fails */
+    assert_null(client_connect(&sys, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_CONNECT);
+    assert_non_null(strstr(err, "certificate verify failed"));
+    fake_node_stop(&node);
+
+    /* Local problems. */
+    sys.ca_file = "/nonexistent/ca.pem";
+    assert_null(client_connect(&sys, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_SETUP);
+    assert_null(client_connect(&o, "127.0.0.1", &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_SETUP);
+    assert_non_null(strstr(err, "bad address"));
+    struct client_options noname = o;
+    noname.name = "";
+    assert_null(client_connect(&noname, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_SETUP);
+    noname.name = "tab\there";
+    assert_null(client_connect(&noname, addr, &fail, err, sizeof(err)));
+    struct client_options notime = o;
+    notime.timeout_ms = 0;
+    assert_null(client_connect(&notime, addr, &fail, err, sizeof(err)));
+    assert_null(client_connect(NULL, addr, &fail, err, sizeof(err)));
+}
+
+static void test_session_small_limit(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_SMALL_LIMIT);
+    struct client *c = connect_to(&node, 5000);
+    char data[100] = {0};
+    assert_int_equal(client_send(c, 1, data, 92, NULL), 0);
+    assert_int_equal(client_send(c, 2, data, 93, NULL), -1);
+    assert_non_null(strstr(client_error(c), "limit of 92 bytes per message"));
+    assert_int_equal(client_echo(c, data, 101), -1);
+    assert_int_equal(client_echo(c, data, 100), 0);
+    assert_int_equal(client_bye(c), 0);
+    client_free(c);
+    fake_node_stop(&node);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_check_reply),
+        cmocka_unit_test(test_check_ack),
+        cmocka_unit_test(test_check_welcome),
+        cmocka_unit_test(test_session_good),
+        cmocka_unit_test(test_session_bad_sha),
+        cmocka_unit_test(test_session_wrong_id),
+        cmocka_unit_test(test_session_error_frame),
+        cmocka_unit_test(test_session_drain),
+        cmocka_unit_test(test_session_timeout),
+        cmocka_unit_test(test_connect_failures),
+        cmocka_unit_test(test_session_small_limit),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
