@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "addr.h"
+#include "bench.h"
 #include "buf.h"
 #include "client.h"
 #include "config.h"
@@ -45,6 +46,17 @@ static const struct config_setting settings[] = {
     {"count", CONFIG_INT, "1", 1, 1000000, NULL, "ping: how many PINGs"},
     {"whole", CONFIG_BOOL, "false", 0, 0, NULL,
      "send: all of stdin is one message (default: one message per line)"},
+    {"mode", CONFIG_ENUM, "echo", 0, 0, "handshake|echo|send",
+     "bench: handshake (a new full TLS handshake per request), echo or send (persistent sessions)"},
+    {"exchange", CONFIG_ENUM, "hello", 0, 0, "hello|http|none",
+     "bench --mode handshake: what follows each handshake: berth HELLO, an HTTP GET (any HTTPS "
+     "server), or nothing"},
+    {"connections", CONFIG_INT, "64", 1, 100000, NULL, "bench: concurrent connections"},
+    {"pipeline", CONFIG_INT, "1", 1, 1024, NULL, "bench: requests in flight per connection"},
+    {"size", CONFIG_SIZE, "64", 0, 64 << 20, NULL, "bench: payload bytes per ECHO or SEND"},
+    {"duration", CONFIG_DURATION, "10s", 1, 86400000, NULL, "bench: how long to measure"},
+    {"threads", CONFIG_INT, "1", 1, 64, NULL, "bench: load generator threads (epoll loops)"},
+    {"json", CONFIG_BOOL, "false", 0, 0, NULL, "bench: print the result as one JSON object"},
     {"log-level", CONFIG_ENUM, "warn", 0, 0, "debug|info|warn|error",
      "lowest level of the debug trace on stderr"},
 };
@@ -56,6 +68,10 @@ static const char commands_help[] =
     "  berth info    print the node's INFO JSON\n"
     "  berth send    send stdin to the node, one message per line (or --whole),\n"
     "                print one \"ack id=... bytes=... sha256=... node=...\" line per message\n"
+    "  berth bench   load generator against one node (--node, or one the balancer picks):\n"
+    "                --mode handshake|echo|send, --connections, --pipeline, --size,\n"
+    "                --duration, --threads; progress each second on stderr, the result\n"
+    "                on stdout (--json for machines)\n"
     "  berth help    this text\n\n";
 
 /* Everything a command needs, from the settings. */
@@ -486,6 +502,60 @@ static int cmd_send(struct cli *cli)
     return 0;
 }
 
+/* --- bench */
+
+static void bench_progress_line(void *arg, const struct bench_progress *p)
+{
+    (void)arg;
+    fprintf(stderr, PROGRAM " bench: %5.1f s  %10" PRIu64 " requests  %9.0f/s  %u open  %" PRIu64
+            " errors\n", p->elapsed_s, p->requests, p->rate, p->connections, p->errors);
+}
+
+static int cmd_bench(struct cli *cli)
+{
+    char target[LOOKUP_ADDR_MAX + 1];
+    if (cli->node_addr) {
+        snprintf(target, sizeof(target), "%s", cli->node_addr);
+    } else {
+        struct lookup_node n;
+        if (lookup_pick(cli->lookup, cli->key, NULL, 0, &n, cli->err, sizeof(cli->err)) != 0)
+            return EXIT_RUNTIME;
+        snprintf(target, sizeof(target), "%s", n.addr);
+    }
+    struct bench_options o = {
+        .addr = target,
+        .ca_file = cli->copt.ca_file,
+        .verify = cli->copt.verify,
+        .name = cli->copt.name,
+        .connections = (unsigned)config_int(cli->cfg, "connections"),
+        .pipeline = (unsigned)config_int(cli->cfg, "pipeline"),
+        .size = (size_t)config_int(cli->cfg, "size"),
+        .duration_ms = (long)config_int(cli->cfg, "duration"),
+        .timeout_ms = cli->copt.timeout_ms,
+        .threads = (unsigned)config_int(cli->cfg, "threads"),
+        .progress = bench_progress_line,
+    };
+    if (bench_mode_parse(config_str(cli->cfg, "mode"), &o.mode) != 0 ||
+        bench_exchange_parse(config_str(cli->cfg, "exchange"), &o.exchange) != 0) {
+        cli_setf(cli->err, sizeof(cli->err), "bad --mode or --exchange");
+        return EXIT_USAGE;
+    }
+    struct bench_result r;
+    if (bench_run(&o, &r, cli->err, sizeof(cli->err)) != 0)
+        return EXIT_RUNTIME;
+    char *text = config_bool(cli->cfg, "json") ? bench_result_json(&r) : bench_result_text(&r);
+    bench_result_release(&r);
+    if (!text) {
+        cli_setf(cli->err, sizeof(cli->err), "out of memory");
+        return EXIT_RUNTIME;
+    }
+    fputs(text, stdout);
+    if (text[0] && text[strlen(text) - 1] != '\n')
+        fputc('\n', stdout);
+    free(text);
+    return 0;
+}
+
 static void usage_hint(void)
 {
     fprintf(stderr, "run '" PROGRAM " --help' for usage\n");
@@ -537,7 +607,7 @@ int main(int argc, char **argv)
     }
 
     if (config_npositional(cli->cfg) == 0) {
-        fprintf(stderr, PROGRAM ": no command given (pick, ping, info or send)\n");
+        fprintf(stderr, PROGRAM ": no command given (pick, ping, info, send or bench)\n");
         usage_hint();
         goto out;
     }
@@ -557,8 +627,10 @@ int main(int argc, char **argv)
         run = cmd_info;
     else if (strcmp(cmd, "send") == 0)
         run = cmd_send;
+    else if (strcmp(cmd, "bench") == 0)
+        run = cmd_bench;
     if (!run) {
-        fprintf(stderr, PROGRAM ": unknown command \"%s\" (pick, ping, info or send)\n", cmd);
+        fprintf(stderr, PROGRAM ": unknown command \"%s\" (pick, ping, info, send or bench)\n", cmd);
         usage_hint();
         goto out;
     }

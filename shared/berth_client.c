@@ -1,0 +1,457 @@
+/* berth_client: the public client API (include/berth/berth.h): discovery
+ * over a list of balancers with a short-lived node cache, connection with
+ * retries (backoff with jitter, just-failed nodes excluded), and
+ * at-least-once SEND with failover that re-sends unacknowledged messages
+ * with their ids. Built on lookup (HTTP), client (session) and retry. */
+#include "berth/berth.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "client.h"
+#include "lookup.h"
+#include "mono.h"
+#include "retry.h"
+
+#define BC_ERR_MAX 1024
+#define BC_NODES_MAX 256
+
+static const char *const berth_err_texts[] = {
+    [BERTH_OK] = "success",
+    [BERTH_E_INVALID] = "invalid argument",
+    [BERTH_E_NOMEM] = "out of memory",
+    [BERTH_E_SETUP] = "local TLS setup failed",
+    [BERTH_E_LOOKUP] = "no balancer answered",
+    [BERTH_E_NO_NODE] = "no node in rotation",
+    [BERTH_E_CONNECT] = "no node could be reached",
+    [BERTH_E_NODE] = "the node failed and the retries are spent",
+    [BERTH_E_TOO_LARGE] = "message above the node's limit",
+};
+
+const char *berth_strerror(berth_err e)
+{
+    return (unsigned)e < BERTH_E_COUNT ? berth_err_texts[e] : "unknown error";
+}
+
+void berth_options_init(struct berth_options *o)
+{
+    static const char *const def_balancers[] = {"http://127.0.0.1:8080"};
+    memset(o, 0, sizeof(*o));
+    o->balancers = def_balancers;
+    o->nbalancers = 1;
+    o->name = "libberth";
+    o->timeout_ms = 5000;
+    o->max_retries = 5;
+    o->backoff_base_ms = 50;
+    o->backoff_max_ms = 2000;
+    o->cache_ttl_ms = 1000;
+    o->exclude_ms = 5000;
+}
+
+/* A message kept until its ACK. */
+struct bc_msg {
+    uint64_t id;
+    uint8_t *data;
+    size_t len;
+};
+
+struct bc_node {
+    char id[LOOKUP_ID_MAX + 1];
+    char addr[LOOKUP_ADDR_MAX + 1];
+};
+
+struct berth_client {
+    struct berth_options o;         /* strings below are our copies */
+    char *node, *ca_file, *name;
+    struct lookup **lookups;        /* one per balancer URL */
+    size_t nlookups;
+    size_t good_lookup;             /* the balancer that answered last */
+    struct bc_node nodes[BC_NODES_MAX]; /* cached /v1/nodes */
+    size_t nnodes;
+    uint64_t nodes_at_ms;           /* when fetched; 0 = never */
+    uint64_t epoch;                 /* the balancers' membership epoch seen last */
+    struct retry_exclude excluded;  /* nodes that just failed */
+    struct client *s;               /* the session, or NULL */
+    struct bc_msg ring[CLIENT_WINDOW_MAX]; /* unacknowledged, oldest at head */
+    size_t head, count;
+    unsigned episode;               /* failovers since the last ACK */
+    unsigned long failovers;
+    unsigned int seed;              /* for jitter */
+    berth_ack_fn ack_fn;
+    void *ack_arg;
+    char err[BC_ERR_MAX];
+};
+
+static void bc_errf(berth_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void bc_errf(berth_client *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err, sizeof(c->err), fmt, ap);
+    va_end(ap);
+}
+
+static char *bc_dup(const char *s, int *fail)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *fail = 1;
+    return d;
+}
+
+berth_err berth_client_new(const struct berth_options *o, berth_client **out)
+{
+    if (!out)
+        return BERTH_E_INVALID;
+    *out = NULL;
+    if (!o || o->timeout_ms <= 0 || (!o->node && (!o->balancers || o->nbalancers == 0)))
+        return BERTH_E_INVALID;
+    size_t nl = o->name ? strlen(o->name) : 0;
+    if (nl == 0 || nl > 64 || o->backoff_base_ms < 0 || o->backoff_max_ms < 0 ||
+        o->cache_ttl_ms < 0 || o->exclude_ms < 0)
+        return BERTH_E_INVALID;
+    char e[512];
+    if (lookup_global_init(e, sizeof(e)) != 0)
+        return BERTH_E_SETUP;
+    berth_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return BERTH_E_NOMEM;
+    c->o = *o;
+    int fail = 0;
+    c->node = bc_dup(o->node && *o->node ? o->node : NULL, &fail);
+    c->ca_file = bc_dup(o->ca_file, &fail);
+    c->name = bc_dup(o->name, &fail);
+    c->o.balancers = NULL;
+    retry_exclude_init(&c->excluded);
+    c->seed = (unsigned)(mono_now_ms() ^ ((uint64_t)getpid() << 16) ^ (uintptr_t)c);
+    if (fail)
+        goto nomem;
+    if (!c->node) {
+        c->lookups = calloc(o->nbalancers, sizeof(*c->lookups));
+        if (!c->lookups)
+            goto nomem;
+        c->nlookups = o->nbalancers;
+        for (size_t i = 0; i < o->nbalancers; i++) {
+            c->lookups[i] = lookup_new(o->balancers[i], o->timeout_ms, e, sizeof(e));
+            if (!c->lookups[i]) {
+                berth_client_free(c);
+                return BERTH_E_INVALID;
+            }
+        }
+    }
+    *out = c;
+    return BERTH_OK;
+nomem:
+    berth_client_free(c);
+    return BERTH_E_NOMEM;
+}
+
+void berth_client_free(berth_client *c)
+{
+    if (!c)
+        return;
+    if (c->s) {
+        if (client_in_flight(c->s) == 0)
+            (void)client_bye(c->s);
+        client_free(c->s);
+    }
+    for (size_t i = 0; i < c->count; i++)
+        free(c->ring[(c->head + i) % CLIENT_WINDOW_MAX].data);
+    for (size_t i = 0; i < c->nlookups; i++)
+        lookup_free(c->lookups[i]);
+    free(c->lookups);
+    free(c->node);
+    free(c->ca_file);
+    free(c->name);
+    free(c);
+}
+
+const char *berth_error(const berth_client *c) { return c ? c->err : ""; }
+const char *berth_node_id(const berth_client *c) { return c && c->s ? client_node_id(c->s) : ""; }
+size_t berth_unacked(const berth_client *c) { return c ? c->count : 0; }
+unsigned long berth_failovers(const berth_client *c) { return c ? c->failovers : 0; }
+
+void berth_set_ack_callback(berth_client *c, berth_ack_fn fn, void *arg)
+{
+    c->ack_fn = fn;
+    c->ack_arg = arg;
+}
+
+static void bc_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* Parses a /v1/nodes answer into the cache. 0 or -1 with c->err. */
+static int bc_parse_nodes(berth_client *c, const char *body)
+{
+    json_error_t jerr;
+    json_t *root = json_loads(body, 0, &jerr);
+    json_t *nodes = root ? json_object_get(root, "nodes") : NULL;
+    json_t *epoch = root ? json_object_get(root, "epoch") : NULL;
+    if (!json_is_array(nodes) || !json_is_integer(epoch)) {
+        bc_errf(c, "bad /v1/nodes answer: no \"nodes\" array or \"epoch\"");
+        json_decref(root);
+        return -1;
+    }
+    c->nnodes = 0;
+    size_t i;
+    json_t *n;
+    json_array_foreach(nodes, i, n) {
+        const char *id = json_string_value(json_object_get(n, "id"));
+        const char *addr = json_string_value(json_object_get(n, "addr"));
+        if (!id || !addr || strlen(id) > LOOKUP_ID_MAX || strlen(addr) > LOOKUP_ADDR_MAX ||
+            c->nnodes == BC_NODES_MAX)
+            continue; /* a bad entry costs that node, not the lookup */
+        snprintf(c->nodes[c->nnodes].id, sizeof(c->nodes[0].id), "%s", id);
+        snprintf(c->nodes[c->nnodes].addr, sizeof(c->nodes[0].addr), "%s", addr);
+        c->nnodes++;
+    }
+    c->epoch = (uint64_t)json_integer_value(epoch);
+    c->nodes_at_ms = mono_now_ms();
+    json_decref(root);
+    return 0;
+}
+
+/* Refreshes the node cache from the first balancer that answers, starting
+ * with the one that answered last. */
+static berth_err bc_refresh(berth_client *c)
+{
+    char e[BC_ERR_MAX] = "";
+    for (size_t k = 0; k < c->nlookups; k++) {
+        size_t i = (c->good_lookup + k) % c->nlookups;
+        char *body = NULL;
+        if (lookup_get_json(c->lookups[i], "/v1/nodes", &body, e, sizeof(e)) != 0)
+            continue;
+        int r = bc_parse_nodes(c, body);
+        free(body);
+        if (r == 0) {
+            c->good_lookup = i;
+            return BERTH_OK;
+        }
+        snprintf(e, sizeof(e), "%s", c->err);
+    }
+    bc_errf(c, "%s", e[0] ? e : "no balancer answered");
+    return BERTH_E_LOOKUP;
+}
+
+/* Chooses a node that did not just fail, refreshing the cache when it is
+ * stale or holds only excluded nodes. */
+static berth_err bc_choose(berth_client *c, struct bc_node *out)
+{
+    uint64_t now = mono_now_ms();
+    for (int pass = 0; pass < 2; pass++) {
+        bool stale = c->nodes_at_ms == 0 || now - c->nodes_at_ms >= (uint64_t)c->o.cache_ttl_ms;
+        if (stale || pass == 1) {
+            berth_err r = bc_refresh(c);
+            if (r != BERTH_OK)
+                return r;
+        }
+        size_t ok[BC_NODES_MAX], nok = 0;
+        for (size_t i = 0; i < c->nnodes; i++)
+            if (!retry_excluded(&c->excluded, c->nodes[i].id, now))
+                ok[nok++] = i;
+        if (nok) {
+            *out = c->nodes[ok[(size_t)rand_r(&c->seed) % nok]];
+            return BERTH_OK;
+        }
+        if (stale)
+            break; /* just refreshed: asking again gives the same answer */
+    }
+    if (c->excluded.n && c->err[0]) {
+        char prev[BC_ERR_MAX];
+        snprintf(prev, sizeof(prev), "%s", c->err);
+        bc_errf(c, "every node in rotation just failed; last: %.900s", prev);
+    } else {
+        bc_errf(c, "the balancer lists no node");
+    }
+    return BERTH_E_NO_NODE;
+}
+
+/* Sends every unacknowledged message on the new session. */
+static int bc_resend(berth_client *c)
+{
+    for (size_t i = 0; i < c->count; i++) {
+        struct bc_msg *m = &c->ring[(c->head + i) % CLIENT_WINDOW_MAX];
+        if (client_send_start(c->s, m->id, m->data, m->len) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Connects (to c->node, or a discovered node), with up to max_retries
+ * further attempts after a backoff, then re-sends what is unacknowledged. */
+static berth_err bc_connect_any(berth_client *c)
+{
+    struct client_options co = {
+        .ca_file = c->ca_file,
+        .verify = !c->o.insecure,
+        .name = c->name,
+        .timeout_ms = c->o.timeout_ms,
+    };
+    berth_err last = BERTH_E_CONNECT;
+    for (unsigned attempt = 0; attempt <= c->o.max_retries; attempt++) {
+        if (attempt > 0)
+            bc_sleep_ms(retry_delay_ms(attempt - 1, c->o.backoff_base_ms, c->o.backoff_max_ms,
+                                       (uint32_t)rand_r(&c->seed)));
+        struct bc_node n = {.id = ""};
+        if (c->node) {
+            snprintf(n.addr, sizeof(n.addr), "%s", c->node);
+        } else {
+            last = bc_choose(c, &n);
+            if (last != BERTH_OK)
+                continue;
+            co.expect_id = n.id;
+        }
+        enum client_fail fail = CLIENT_FAIL_NONE;
+        char e[BC_ERR_MAX];
+        c->s = client_connect(&co, n.addr, &fail, e, sizeof(e));
+        if (c->s && bc_resend(c) == 0)
+            return BERTH_OK;
+        if (c->s) {
+            snprintf(e, sizeof(e), "%s", client_error(c->s));
+            client_free(c->s);
+            c->s = NULL;
+        }
+        bc_errf(c, "%s", e);
+        if (fail == CLIENT_FAIL_SETUP)
+            return BERTH_E_SETUP;
+        last = BERTH_E_CONNECT;
+        if (n.id[0])
+            retry_exclude_add(&c->excluded, n.id, mono_now_ms(), c->o.exclude_ms);
+    }
+    return last;
+}
+
+/* The session failed: leave the node and connect elsewhere, unless this
+ * episode has used up its retries. */
+static berth_err bc_failover(berth_client *c)
+{
+    bc_errf(c, "%s", client_error(c->s));
+    const char *id = client_node_id(c->s);
+    if (!c->node && id && *id)
+        retry_exclude_add(&c->excluded, id, mono_now_ms(), c->o.exclude_ms);
+    client_free(c->s);
+    c->s = NULL;
+    if (++c->episode > c->o.max_retries)
+        return BERTH_E_NODE;
+    c->failovers++;
+    bc_sleep_ms(retry_delay_ms(c->episode - 1, c->o.backoff_base_ms, c->o.backoff_max_ms,
+                               (uint32_t)rand_r(&c->seed)));
+    return bc_connect_any(c);
+}
+
+berth_err berth_connect(berth_client *c)
+{
+    if (!c)
+        return BERTH_E_INVALID;
+    return c->s ? BERTH_OK : bc_connect_any(c);
+}
+
+/* Waits for the oldest message's ACK, failing over as needed. */
+static berth_err bc_collect(berth_client *c)
+{
+    for (;;) {
+        if (!c->s) {
+            berth_err r = bc_connect_any(c);
+            if (r != BERTH_OK)
+                return r;
+        }
+        struct frame_ack ack;
+        if (client_send_finish(c->s, &ack) == 0) {
+            struct bc_msg *m = &c->ring[c->head];
+            if (c->ack_fn)
+                c->ack_fn(c->ack_arg, m->id, ack.sha256, client_node_id(c->s));
+            free(m->data);
+            m->data = NULL;
+            c->head = (c->head + 1) % CLIENT_WINDOW_MAX;
+            c->count--;
+            c->episode = 0;
+            return BERTH_OK;
+        }
+        berth_err r = bc_failover(c);
+        if (r != BERTH_OK)
+            return r;
+    }
+}
+
+berth_err berth_send(berth_client *c, uint64_t message_id, const void *data, size_t len)
+{
+    if (!c || (!data && len))
+        return BERTH_E_INVALID;
+    if (c->count == CLIENT_WINDOW_MAX) {
+        berth_err r = bc_collect(c);
+        if (r != BERTH_OK)
+            return r;
+    }
+    if (!c->s) {
+        berth_err r = bc_connect_any(c);
+        if (r != BERTH_OK)
+            return r;
+    }
+    if (client_max_payload(c->s) < 8 || len > client_max_payload(c->s) - 8) {
+        bc_errf(c, "message %" PRIu64 " of %zu bytes is above node %s's limit of %" PRIu32
+                " bytes", message_id, len, client_node_id(c->s), client_max_payload(c->s));
+        return BERTH_E_TOO_LARGE;
+    }
+    struct bc_msg *m = &c->ring[(c->head + c->count) % CLIENT_WINDOW_MAX];
+    m->data = malloc(len ? len : 1);
+    if (!m->data)
+        return BERTH_E_NOMEM;
+    if (len)
+        memcpy(m->data, data, len);
+    m->id = message_id;
+    m->len = len;
+    c->count++;
+    if (client_send_start(c->s, m->id, m->data, m->len) == 0)
+        return BERTH_OK;
+    /* The message is in the ring: the failover re-sends it with the rest. */
+    return bc_failover(c);
+}
+
+berth_err berth_flush(berth_client *c)
+{
+    if (!c)
+        return BERTH_E_INVALID;
+    while (c->count > 0) {
+        berth_err r = bc_collect(c);
+        if (r != BERTH_OK)
+            return r;
+    }
+    return BERTH_OK;
+}
+
+berth_err berth_ping(berth_client *c, double *rtt_ms)
+{
+    if (!c)
+        return BERTH_E_INVALID;
+    berth_err r = berth_flush(c);
+    if (r != BERTH_OK)
+        return r;
+    for (;;) {
+        if (!c->s && (r = bc_connect_any(c)) != BERTH_OK)
+            return r;
+        double rtt = 0;
+        if (client_ping(c->s, &rtt) == 0) {
+            if (rtt_ms)
+                *rtt_ms = rtt;
+            c->episode = 0;
+            return BERTH_OK;
+        }
+        if ((r = bc_failover(c)) != BERTH_OK)
+            return r;
+    }
+}

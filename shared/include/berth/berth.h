@@ -1,0 +1,93 @@
+/* berth.h: libberth's public client API. Finds a node through one or more
+ * balancers, keeps a verified TLS session with it, and sends messages
+ * at-least-once: every message is kept until its ACK (checked against the
+ * SHA-256 of what was sent) and re-sent, with its message id, to another
+ * node when the session fails. Handles are opaque; every call returns a
+ * berth_err, described by berth_strerror and, in detail, berth_error(c).
+ * Build with: cc app.c $(pkg-config --cflags --libs berth) */
+#ifndef BERTH_BERTH_H
+#define BERTH_BERTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BERTH_API __attribute__((visibility("default")))
+
+typedef enum berth_err {
+    BERTH_OK = 0,
+    BERTH_E_INVALID,    /* a bad argument or option */
+    BERTH_E_NOMEM,      /* out of memory */
+    BERTH_E_SETUP,      /* local TLS setup failed (e.g. the CA file cannot be read) */
+    BERTH_E_LOOKUP,     /* no balancer answered */
+    BERTH_E_NO_NODE,    /* the balancers know no reachable node */
+    BERTH_E_CONNECT,    /* nodes were found but none could be reached */
+    BERTH_E_NODE,       /* the node refused or answered wrongly; the retry budget is spent */
+    BERTH_E_TOO_LARGE,  /* the message is above the node's limit */
+    BERTH_E_COUNT
+} berth_err;
+
+/* A stable one-line English description; "unknown error" out of range. */
+BERTH_API const char *berth_strerror(berth_err e);
+
+struct berth_options {
+    const char *const *balancers; /* "http://host:port" URLs, asked in order */
+    size_t nbalancers;
+    const char *node;             /* or a node's "host:port", without discovery */
+    const char *ca_file;          /* trust anchors; NULL: the system store */
+    int insecure;                 /* nonzero: no certificate verification */
+    const char *name;             /* HELLO name, 1..64 bytes */
+    long timeout_ms;              /* each lookup, connect and reply */
+    unsigned max_retries;         /* reconnections per failure before giving up */
+    long backoff_base_ms;         /* first retry delay (doubles, with jitter) */
+    long backoff_max_ms;          /* largest retry delay */
+    long cache_ttl_ms;            /* how long the /v1/nodes answer is reused */
+    long exclude_ms;              /* how long a node that failed is avoided */
+};
+
+/* Fills o with the defaults: balancer http://127.0.0.1:8080, timeout 5 s,
+ * 5 retries, backoff 50 ms..2 s, cache 1 s, exclusion 5 s, name "libberth". */
+BERTH_API void berth_options_init(struct berth_options *o);
+
+typedef struct berth_client berth_client;
+
+/* Called for each acknowledged message, in order, from inside the call
+ * that read the ACK; sha256 is 32 bytes; node_id is borrowed. */
+typedef void (*berth_ack_fn)(void *arg, uint64_t message_id, const uint8_t *sha256,
+                             const char *node_id);
+
+/* Copies what it needs from o. *out is the new client (not yet connected). */
+BERTH_API berth_err berth_client_new(const struct berth_options *o, berth_client **out);
+/* Closes politely (BYE) when a session is up. NULL is a no-op. */
+BERTH_API void berth_client_free(berth_client *c);
+/* The last failure in detail, naming the node or balancer; "" if none. */
+BERTH_API const char *berth_error(const berth_client *c);
+
+BERTH_API void berth_set_ack_callback(berth_client *c, berth_ack_fn fn, void *arg);
+/* Connects now (the other calls connect on demand). */
+BERTH_API berth_err berth_connect(berth_client *c);
+/* The node of the current session, or "" (borrowed). */
+BERTH_API const char *berth_node_id(const berth_client *c);
+
+/* Queues one message (copied); may wait for earlier ACKs when the window
+ * is full. On a session failure, reconnects elsewhere and re-sends every
+ * unacknowledged message with its id. */
+BERTH_API berth_err berth_send(berth_client *c, uint64_t message_id, const void *data, size_t len);
+/* Waits until every queued message is acknowledged. */
+BERTH_API berth_err berth_flush(berth_client *c);
+/* Messages queued and not yet acknowledged. */
+BERTH_API size_t berth_unacked(const berth_client *c);
+/* How many times the client moved to another node. */
+BERTH_API unsigned long berth_failovers(const berth_client *c);
+
+/* One PING round trip, in milliseconds (retried elsewhere on failure). */
+BERTH_API berth_err berth_ping(berth_client *c, double *rtt_ms);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

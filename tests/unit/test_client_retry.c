@@ -1,0 +1,133 @@
+/* test_client_retry: the client's backoff with jitter and its list of
+ * just-failed nodes, on numbers only (no clock, no sleep), and the public
+ * API's argument checks and error texts. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "berth/berth.h"
+#include "retry.h"
+
+static void test_backoff_grows_and_caps(void **state)
+{
+    (void)state;
+    /* rnd 0 gives the low end (cap/2), UINT32_MAX-ish something in range. */
+    assert_int_equal(retry_delay_ms(0, 100, 2000, 0), 50);
+    assert_int_equal(retry_delay_ms(1, 100, 2000, 0), 100);
+    assert_int_equal(retry_delay_ms(2, 100, 2000, 0), 200);
+    assert_int_equal(retry_delay_ms(4, 100, 2000, 0), 800);
+    assert_int_equal(retry_delay_ms(5, 100, 2000, 0), 1000); /* cap 2000 reached */
+    assert_int_equal(retry_delay_ms(63, 100, 2000, 0), 1000);
+    assert_int_equal(retry_delay_ms(1000, 100, 2000, 0), 1000); /* no overflow */
+    for (uint32_t r = 0; r < 5000; r += 7) {
+        long d = retry_delay_ms(3, 100, 2000, r * 2654435761u);
+        assert_true(d >= 400 && d <= 800);
+    }
+    assert_int_equal(retry_delay_ms(3, 0, 2000, 5), 0);
+    assert_int_equal(retry_delay_ms(3, 100, 10, 0), 50); /* max below base: base wins */
+}
+
+static void test_jitter_spreads(void **state)
+{
+    (void)state;
+    long lo = 1 << 30, hi = 0;
+    for (uint32_t r = 0; r < 1000; r++) {
+        long d = retry_delay_ms(2, 100, 2000, r * 2654435761u);
+        lo = d < lo ? d : lo;
+        hi = d > hi ? d : hi;
+    }
+    assert_true(lo <= 210 && hi >= 390); /* covers [200, 400] */
+}
+
+static void test_exclusion_expires(void **state)
+{
+    (void)state;
+    struct retry_exclude x;
+    retry_exclude_init(&x);
+    retry_exclude_add(&x, "n1", 1000, 5000);
+    retry_exclude_add(&x, "n2", 2000, 1000);
+    assert_true(retry_excluded(&x, "n1", 5999));
+    assert_false(retry_excluded(&x, "n1", 6000));
+    assert_true(retry_excluded(&x, "n2", 2999));
+    assert_false(retry_excluded(&x, "n3", 2000));
+    const char *ids[4];
+    assert_int_equal(retry_exclude_list(&x, 2500, ids, 4), 2);
+    assert_int_equal(retry_exclude_list(&x, 3500, ids, 4), 1);
+    assert_string_equal(ids[0], "n1");
+    /* Adding again extends, never shortens. */
+    retry_exclude_add(&x, "n1", 5000, 100);
+    assert_true(retry_excluded(&x, "n1", 5999));
+    retry_exclude_add(&x, "n1", 5000, 3000);
+    assert_true(retry_excluded(&x, "n1", 7999));
+    /* Bad ids are ignored. */
+    char longid[100];
+    memset(longid, 'a', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    retry_exclude_add(&x, longid, 0, 1000);
+    retry_exclude_add(&x, "", 0, 1000);
+    retry_exclude_add(&x, NULL, 0, 1000);
+    assert_int_equal(retry_exclude_list(&x, 5000, ids, 4), 1);
+}
+
+static void test_exclusion_full_replaces_soonest(void **state)
+{
+    (void)state;
+    struct retry_exclude x;
+    retry_exclude_init(&x);
+    char id[16];
+    for (int i = 0; i < RETRY_EXCLUDE_MAX; i++) {
+        snprintf(id, sizeof(id), "n%d", i);
+        retry_exclude_add(&x, id, 0, 1000 + i);
+    }
+    retry_exclude_add(&x, "new", 0, 5000);
+    assert_true(retry_excluded(&x, "new", 10));
+    assert_false(retry_excluded(&x, "n0", 10)); /* it expired first */
+    assert_true(retry_excluded(&x, "n1", 10));
+}
+
+static void test_api_checks(void **state)
+{
+    (void)state;
+    assert_string_equal(berth_strerror(BERTH_OK), "success");
+    assert_string_equal(berth_strerror(BERTH_E_LOOKUP), "no balancer answered");
+    assert_string_equal(berth_strerror(BERTH_E_COUNT), "unknown error");
+    assert_string_equal(berth_strerror((berth_err)-1), "unknown error");
+    struct berth_options o;
+    berth_options_init(&o);
+    berth_client *c = NULL;
+    assert_int_equal(berth_client_new(NULL, &c), BERTH_E_INVALID);
+    assert_int_equal(berth_client_new(&o, NULL), BERTH_E_INVALID);
+    o.name = "";
+    assert_int_equal(berth_client_new(&o, &c), BERTH_E_INVALID);
+    assert_null(c);
+    berth_options_init(&o);
+    const char *bad[] = {"ftp://x"};
+    o.balancers = bad;
+    assert_int_equal(berth_client_new(&o, &c), BERTH_E_INVALID);
+    berth_options_init(&o);
+    o.timeout_ms = 0;
+    assert_int_equal(berth_client_new(&o, &c), BERTH_E_INVALID);
+    berth_options_init(&o);
+    assert_int_equal(berth_client_new(&o, &c), BERTH_OK);
+    assert_string_equal(berth_node_id(c), "");
+    assert_int_equal(berth_unacked(c), 0);
+    assert_int_equal(berth_send(c, 1, NULL, 5), BERTH_E_INVALID);
+    berth_client_free(c);
+    berth_client_free(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_backoff_grows_and_caps),
+        cmocka_unit_test(test_jitter_spreads),
+        cmocka_unit_test(test_exclusion_expires),
+        cmocka_unit_test(test_exclusion_full_replaces_soonest),
+        cmocka_unit_test(test_api_checks),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
