@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""compose balancer restart: `docker restart` the balancer: the new process
+knows none of the nodes; they are told to register again and the registry is
+whole (all three healthy) within two heartbeat intervals once the nodes reach
+it, and lookups and sends work again.
+
+Measured from the new process's start (its uptime_ms), the bound adds the
+nodes' reconnect allowance: a node's connect() issued while the restarting
+container has no address hangs in SYN retransmission until the node reopens
+its socket after `fall` silent intervals (Paranoid Pirate). So:
+fall x interval (reconnect) + 2 x interval (rebuild) + a margin."""
+import os
+import sys
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compose  # noqa: E402
+from compose import NODES, check, log, wait_until  # noqa: E402
+
+MARGIN_S = 0.25  # 20 ms polling, scheduling on a loaded 2-core machine
+
+
+def test(c):
+    c.up()
+    interval, fall, rise = c.settings()
+    bound = fall * interval + 2 * interval + MARGIN_S
+    wait_until(lambda: (lambda r: r and len(r) == 3)(c.rotation()), 10, what="three nodes in rotation")
+    status, before = c.http("/v1/health")
+    check(status == 200, "/v1/health: %s" % before)
+
+    log("restarting the balancer (bound: registry whole %.2fs after it starts)" % bound)
+    t0 = time.monotonic()
+    c.docker("restart", "-t", "5", c.ids["balancer"])
+    log("docker restart returned after %.2fs" % (time.monotonic() - t0))
+
+    def rebuilt():
+        status, body = c.http("/v1/health", timeout=1.0)
+        if status == 200 and body["uptime_ms"] < (time.monotonic() - t0) * 1000 + 1000:
+            if body["counts"]["healthy"] == 3:
+                return body
+        return None
+
+    body, _ = wait_until(rebuilt, 30, step=0.02, what="a restarted balancer with three healthy nodes")
+    rebuilt_s = body["uptime_ms"] / 1000.0
+    log("registry rebuilt %.3fs after the new balancer started (%.1f intervals; epoch %s, was %s)" % (
+        rebuilt_s, rebuilt_s / interval, body["epoch"], before["epoch"]))
+    check(rebuilt_s <= bound, "registry rebuilt after %.2fs, bound %.2fs" % (rebuilt_s, bound))
+    check(c.health("balancer")[1] == "running", "balancer not running: %s" % (c.health("balancer"),))
+
+    status, pick = c.http("/v1/pick")
+    check(status == 200 and pick.get("id") in NODES, "/v1/pick after restart: %s %s" % (status, pick))
+    for i in range(6):
+        ok, node, out = c.send("after the restart %d\n" % i)
+        check(ok and node in NODES, "send after restart: %s" % out)
+    c.wait_healthy(services=("balancer",), timeout=60)
+
+
+if __name__ == "__main__":
+    compose.main(test, bound_s=300)
