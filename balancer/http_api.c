@@ -1,5 +1,6 @@
-/* http_api: the balancer's HTTP/JSON endpoints on libmicrohttpd in external
- * epoll mode: routing, query validation, and the JSON bodies. */
+/* http_api: the balancer's HTTP endpoints on libmicrohttpd in external
+ * epoll mode: routing, query validation, the JSON bodies, the admin
+ * endpoints' bearer-token check, /metrics and the embedded dashboard. */
 #include "http_api.h"
 
 #include <inttypes.h>
@@ -7,12 +8,18 @@
 #include <limits.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
+#include "buf.h"
+#include "dashboard.h"
 #include "hb_msg.h"
 #include "log.h"
 #include "mono.h"
@@ -23,6 +30,8 @@
 #define HTTP_CONN_TIMEOUT_S 10
 #define HTTP_CONN_MEMORY (32 * 1024) /* per connection: the request line and headers must fit */
 #define HTTP_ALLOW "GET, HEAD"
+#define HTTP_ALLOW_ADMIN "POST"
+#define ADMIN_PREFIX "/v1/nodes/"
 #define HTTP_LOG_PERIOD_MS 1000 /* at most one MHD warning line per period */
 
 struct http_api {
@@ -32,6 +41,11 @@ struct http_api {
     const struct hb_server *hb; /* borrowed, for the heartbeat counters */
     enum picker_policy policy;
     const char *version;        /* borrowed, static */
+    struct metrics *metrics;    /* borrowed */
+    const struct history *history; /* borrowed */
+    bool admin_on;              /* a token is configured */
+    unsigned char token_digest[32]; /* SHA-256 of the token, compared in constant time */
+    uint64_t picks;             /* successful /v1/pick answers */
     uint64_t started_ms;        /* registry clock at start, for uptime_ms */
     int epoll_fd;               /* MHD's, polled by the caller */
     uint16_t port;              /* bound port */
@@ -43,10 +57,22 @@ struct http_api {
 /* Marks a request whose headers were seen on MHD's first call. */
 static char request_seen;
 
+/* Every answer leaves through here, so each one is counted by status.
+ * Drops our reference to resp. */
+static enum MHD_Result queue(struct http_api *a, struct MHD_Connection *conn, unsigned status,
+                             struct MHD_Response *resp)
+{
+    enum MHD_Result ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp); /* MHD keeps its own reference until sent */
+    if (ret == MHD_YES)
+        metrics_note_http(a->metrics, status);
+    return ret;
+}
+
 /* Takes ownership of body. Sends it with the JSON headers; on out of memory
  * a fixed 500 body goes instead. */
-static enum MHD_Result respond_json(struct MHD_Connection *conn, unsigned status, json_t *body,
-                                    const char *allow)
+static enum MHD_Result respond_json(struct http_api *a, struct MHD_Connection *conn,
+                                    unsigned status, json_t *body, const char *allow)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
@@ -79,16 +105,15 @@ static enum MHD_Result respond_json(struct MHD_Connection *conn, unsigned status
         MHD_destroy_response(resp);
         return MHD_NO;
     }
-    enum MHD_Result ret = MHD_queue_response(conn, status, resp);
-    MHD_destroy_response(resp); /* MHD keeps its own reference until sent */
-    return ret;
+    return queue(a, conn, status, resp);
 }
 
-static enum MHD_Result respond_error(struct MHD_Connection *conn, unsigned status,
-                                     const char *code, const char *message, const char *allow)
+static enum MHD_Result respond_error(struct http_api *a, struct MHD_Connection *conn,
+                                     unsigned status, const char *code, const char *message,
+                                     const char *allow)
 {
     json_t *body = json_pack("{s:s, s:s}", "error", code, "message", message);
-    return respond_json(conn, status, body, allow);
+    return respond_json(a, conn, status, body, allow);
 }
 
 /* ---- GET /v1/pick ---- */
@@ -164,14 +189,14 @@ static enum MHD_Result pick_arg(void *cls, enum MHD_ValueKind kind, const char *
     return q->error[0] ? MHD_NO : MHD_YES;
 }
 
-static enum MHD_Result serve_pick(struct http_api *a, struct MHD_Connection *conn)
+static enum MHD_Result pick_answer(struct http_api *a, struct MHD_Connection *conn)
 {
     struct pick_query *q = calloc(1, sizeof *q);
     if (!q)
-        return respond_json(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
+        return respond_json(a, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
     MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, pick_arg, q);
     if (q->error[0]) {
-        enum MHD_Result r = respond_error(conn, MHD_HTTP_BAD_REQUEST, "bad_query", q->error, NULL);
+        enum MHD_Result r = respond_error(a, conn, MHD_HTTP_BAD_REQUEST, "bad_query", q->error, NULL);
         free(q);
         return r;
     }
@@ -180,11 +205,30 @@ static enum MHD_Result serve_pick(struct http_api *a, struct MHD_Connection *con
     const char *policy = q->key ? "rendezvous" : picker_policy_name(a->policy);
     free(q);
     if (!n)
-        return respond_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "no_healthy_node",
+        return respond_error(a, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "no_healthy_node",
                              "no healthy node in rotation", NULL);
+    registry_note_pick(a->reg, n);
+    a->picks++;
     json_t *body = json_pack("{s:s, s:s, s:I, s:s}", "id", n->id, "addr", n->addr, "epoch",
                              (json_int_t)registry_epoch(a->reg), "policy", policy);
-    return respond_json(conn, MHD_HTTP_OK, body, NULL);
+    return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
+}
+
+static double mono_seconds(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The lookup latency covers the whole answer: query, pick and JSON. */
+static enum MHD_Result serve_pick(struct http_api *a, struct MHD_Connection *conn)
+{
+    double t0 = mono_seconds();
+    enum MHD_Result r = pick_answer(a, conn);
+    metrics_note_lookup(a->metrics, mono_seconds() - t0);
+    return r;
 }
 
 /* ---- GET /v1/nodes and /v1/health ---- */
@@ -232,7 +276,7 @@ static enum MHD_Result serve_nodes(struct http_api *a, struct MHD_Connection *co
         json_decref(body);
         body = NULL;
     }
-    return respond_json(conn, MHD_HTTP_OK, body, NULL);
+    return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
 }
 
 static uint64_t age(uint64_t now, uint64_t then)
@@ -243,7 +287,8 @@ static uint64_t age(uint64_t now, uint64_t then)
 static json_t *node_health(const struct registry_node *n, uint64_t now)
 {
     json_t *workers = json_array();
-    json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s, s:I, s:o}",
+    json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s, s:I, "
+                          "s:b, s:I, s:o}",
                           "id", n->id, "addr", n->addr, "version", n->version, "state",
                           node_state_name(n->state), "state_age_ms",
                           (json_int_t)age(now, n->state_since_ms), "last_heartbeat_age_ms",
@@ -251,7 +296,9 @@ static json_t *node_health(const struct registry_node *n, uint64_t now)
                           (json_int_t)n->capacity, "sessions", (json_int_t)n->sessions,
                           "accepted", (json_int_t)n->accepted, "msgs_per_sec", n->msgs_per_sec,
                           "healthy", (int)n->reported_healthy, "reason", n->reason,
-                          "heartbeats", (json_int_t)n->heartbeats, "workers", workers);
+                          "heartbeats", (json_int_t)n->heartbeats, "admin_drained",
+                          (int)n->admin_drained, "picks", (json_int_t)n->picks, "workers",
+                          workers);
     if (!e)
         return NULL;
     uint32_t nw = n->nworkers < HB_MAX_WORKERS ? n->nworkers : HB_MAX_WORKERS;
@@ -286,6 +333,29 @@ static json_t *heartbeat_counters(const struct hb_server *hb)
     return o;
 }
 
+/* Detection latency for the dashboard: counts per bucket (not cumulative,
+ * the last one open-ended) and p50/p99/max over the recent window. */
+static json_t *detection_json(const struct metrics *m)
+{
+    struct metrics_detection d;
+    metrics_detection(m, &d);
+    json_t *buckets = json_array();
+    json_t *o = json_pack("{s:I, s:I, s:f, s:f, s:f, s:o}", "count", (json_int_t)d.count,
+                          "window", (json_int_t)d.window, "p50_ms", d.p50_s * 1000.0, "p99_ms",
+                          d.p99_s * 1000.0, "max_ms", d.max_s * 1000.0, "buckets", buckets);
+    for (size_t i = 0; o && i <= METRICS_DETECT_BUCKETS; i++) {
+        json_t *b = i < METRICS_DETECT_BUCKETS
+                        ? json_pack("{s:f, s:I}", "le_ms", metrics_detect_bounds_s[i] * 1000.0,
+                                    "count", (json_int_t)d.buckets[i])
+                        : json_pack("{s:n, s:I}", "le_ms", "count", (json_int_t)d.buckets[i]);
+        if (!b || json_array_append_new(buckets, b) != 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
 static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *conn)
 {
     const struct registry_config *rc = registry_config(a->reg);
@@ -301,13 +371,15 @@ static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *c
         }
 
     json_t *nodes = json_array();
-    json_t *body = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:o, s:o, s:o}", "version",
-                             a->version, "uptime_ms", (json_int_t)age(now, a->started_ms),
-                             "epoch", (json_int_t)registry_epoch(a->reg), "interval_ms",
+    json_t *body = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:o, s:o, s:I, s:b, s:o, s:o}",
+                             "version", a->version, "uptime_ms",
+                             (json_int_t)age(now, a->started_ms), "epoch",
+                             (json_int_t)registry_epoch(a->reg), "interval_ms",
                              (json_int_t)rc->interval_ms, "fall", (json_int_t)rc->fall, "rise",
                              (json_int_t)rc->rise, "policy", picker_policy_name(a->policy),
-                             "counts", counts, "heartbeats", heartbeat_counters(a->hb), "nodes",
-                             nodes);
+                             "counts", counts, "heartbeats", heartbeat_counters(a->hb), "picks",
+                             (json_int_t)a->picks, "admin", (int)a->admin_on, "detection",
+                             detection_json(a->metrics), "nodes", nodes);
 
     size_t n;
     const struct registry_node **v = sorted_nodes(a->reg, false, &n);
@@ -321,13 +393,232 @@ static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *c
         json_decref(body);
         body = NULL;
     }
-    return respond_json(conn, MHD_HTTP_OK, body, NULL);
+    return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
 }
 
 static enum MHD_Result serve_healthz(struct http_api *a, struct MHD_Connection *conn)
 {
-    (void)a;
-    return respond_json(conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"), NULL);
+    return respond_json(a, conn, MHD_HTTP_OK, json_pack("{s:s}", "status", "ok"), NULL);
+}
+
+/* ---- GET /v1/history ---- */
+
+/* One character per sample: the state's initial (j, h, s, d, r for
+ * draining), so 120 samples cost 120 bytes. */
+static char state_letter(uint8_t s)
+{
+    static const char letters[NODE_STATE_COUNT] = {
+        [NODE_JOINING] = 'j', [NODE_HEALTHY] = 'h', [NODE_SUSPECT] = 's',
+        [NODE_DOWN] = 'd',    [NODE_DRAINING] = 'r',
+    };
+    return s < NODE_STATE_COUNT ? letters[s] : '?';
+}
+
+static json_t *history_node_json(const struct history *h, size_t i)
+{
+    struct history_sample v[HISTORY_SAMPLES];
+    size_t n = history_node_samples(h, i, v);
+    char states[HISTORY_SAMPLES + 1];
+    json_t *sessions = json_array();
+    json_t *mps = json_array();
+    for (size_t k = 0; k < n; k++) {
+        states[k] = state_letter(v[k].state);
+        if (sessions && json_array_append_new(sessions, json_integer(v[k].sessions)) != 0) {
+            json_decref(sessions);
+            sessions = NULL;
+        }
+        /* one decimal is plenty for a chart and keeps the body small */
+        double r = (double)(long long)(v[k].msgs_per_sec * 10.0 + 0.5) / 10.0;
+        if (mps && json_array_append_new(mps, json_real(r)) != 0) {
+            json_decref(mps);
+            mps = NULL;
+        }
+    }
+    states[n] = '\0';
+    return json_pack("{s:s, s:I, s:s, s:o, s:o}", "id", history_node_id(h, i), "capacity",
+                     (json_int_t)history_node_capacity(h, i), "states", states, "sessions",
+                     sessions, "msgs_per_sec", mps);
+}
+
+static enum MHD_Result serve_history(struct http_api *a, struct MHD_Connection *conn)
+{
+    const struct history *h = a->history;
+    json_t *nodes = json_array();
+    json_t *body = json_pack("{s:I, s:I, s:I, s:o}", "period_ms",
+                             (json_int_t)history_period_ms(h), "samples",
+                             (json_int_t)HISTORY_SAMPLES, "taken", (json_int_t)history_taken(h),
+                             "nodes", nodes);
+    bool ok = body != NULL;
+    for (size_t i = 0; ok && i < history_size(h); i++) {
+        json_t *e = history_node_json(h, i);
+        ok = e && json_array_append_new(nodes, e) == 0;
+    }
+    if (!ok) {
+        json_decref(body);
+        body = NULL;
+    }
+    return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
+}
+
+/* ---- GET /metrics ---- */
+
+static enum MHD_Result serve_metrics(struct http_api *a, struct MHD_Connection *conn)
+{
+    struct hb_server_stats st;
+    hb_server_stats(a->hb, &st);
+    struct metrics_sources src = {
+        .reg = a->reg,
+        .hb = &st,
+        .version = a->version,
+        .uptime_s = (double)age(registry_now(a->reg), a->started_ms) / 1000.0,
+    };
+    struct buf b;
+    buf_init(&b);
+    struct MHD_Response *resp = NULL;
+    if (metrics_render(a->metrics, &src, &b) == 0)
+        resp = MHD_create_response_from_buffer(buf_size(&b), (void *)buf_head(&b),
+                                               MHD_RESPMEM_MUST_COPY);
+    buf_release(&b);
+    if (!resp)
+        return respond_json(a, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
+    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8") != MHD_YES ||
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") != MHD_YES) {
+        MHD_destroy_response(resp);
+        return MHD_NO;
+    }
+    return queue(a, conn, MHD_HTTP_OK, resp);
+}
+
+/* ---- GET / : the dashboard ---- */
+
+static enum MHD_Result serve_dashboard(struct http_api *a, struct MHD_Connection *conn)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        dashboard_html_len, (void *)dashboard_html, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    /* Everything is inline and talks only to this origin. */
+    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8") !=
+            MHD_YES ||
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES ||
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                                "'unsafe-inline'; connect-src 'self'; img-src data:; "
+                                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'") !=
+            MHD_YES ||
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff") != MHD_YES ||
+        MHD_add_response_header(resp, "Referrer-Policy", "no-referrer") != MHD_YES) {
+        MHD_destroy_response(resp);
+        return MHD_NO;
+    }
+    return queue(a, conn, MHD_HTTP_OK, resp);
+}
+
+/* ---- POST /v1/nodes/{id}/drain|undrain ---- */
+
+static void token_digest(const char *token, size_t len, unsigned char out[32])
+{
+    unsigned int n = 0;
+    if (EVP_Digest(token, len, out, &n, EVP_sha256(), NULL) != 1 || n != 32)
+        memset(out, 0, 32); /* never matches a real digest: admin stays closed */
+}
+
+/* True when the request carries "Authorization: Bearer <the token>". The
+ * digests are compared in constant time, so neither the token's bytes nor
+ * its length leak through timing. */
+static bool admin_authorized(const struct http_api *a, struct MHD_Connection *conn)
+{
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return false;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    size_t len = strlen(h);
+    while (len && h[len - 1] == ' ')
+        len--;
+    if (len == 0)
+        return false;
+    unsigned char d[32];
+    token_digest(h, len, d);
+    return CRYPTO_memcmp(d, a->token_digest, sizeof d) == 0;
+}
+
+enum admin_op { ADMIN_DRAIN, ADMIN_UNDRAIN };
+
+/* Recognises /v1/nodes/{id}/drain and /undrain; copies the id (cut to the
+ * buffer, which makes an over-long id unknown). */
+static bool admin_path(const char *url, enum admin_op *op, char *id, size_t idlen)
+{
+    if (strncmp(url, ADMIN_PREFIX, strlen(ADMIN_PREFIX)) != 0)
+        return false;
+    const char *seg = url + strlen(ADMIN_PREFIX);
+    const char *slash = strchr(seg, '/');
+    if (!slash || slash == seg)
+        return false;
+    if (strcmp(slash, "/drain") == 0)
+        *op = ADMIN_DRAIN;
+    else if (strcmp(slash, "/undrain") == 0)
+        *op = ADMIN_UNDRAIN;
+    else
+        return false;
+    size_t n = (size_t)(slash - seg);
+    if (n >= idlen)
+        n = idlen - 1;
+    memcpy(id, seg, n);
+    id[n] = '\0';
+    return true;
+}
+
+static enum MHD_Result serve_admin(struct http_api *a, struct MHD_Connection *conn,
+                                   enum admin_op op, const char *id)
+{
+    if (!a->admin_on)
+        return respond_error(a, conn, MHD_HTTP_FORBIDDEN, "admin_disabled",
+                             "no admin token is configured (--admin-token)", NULL);
+    if (!admin_authorized(a, conn)) {
+        json_t *body = json_pack("{s:s, s:s}", "error", "unauthorized", "message",
+                                 "admin endpoints need Authorization: Bearer <admin token>");
+        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        size_t len = text ? strlen(text) : 0;
+        char *nl = text ? realloc(text, len + 2) : NULL; /* newline, like respond_json */
+        if (nl) {
+            text = nl;
+            text[len++] = '\n';
+            text[len] = '\0';
+        }
+        struct MHD_Response *resp =
+            text ? MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE) : NULL;
+        if (!resp) {
+            free(text);
+            return MHD_NO;
+        }
+        if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") !=
+                MHD_YES ||
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                    "Bearer realm=\"berth\"") != MHD_YES) {
+            MHD_destroy_response(resp);
+            return MHD_NO;
+        }
+        log_debug("admin_denied", "path_node=%s", hb_node_id_valid(id) ? id : "(invalid)");
+        return queue(a, conn, MHD_HTTP_UNAUTHORIZED, resp);
+    }
+    enum registry_result r = REGISTRY_UNKNOWN;
+    if (hb_node_id_valid(id))
+        r = op == ADMIN_DRAIN ? registry_drain(a->reg, id) : registry_undrain(a->reg, id);
+    if (r == REGISTRY_UNKNOWN)
+        return respond_error(a, conn, MHD_HTTP_NOT_FOUND, "unknown_node", "no node with that id",
+                             NULL);
+    const struct registry_node *n = registry_find(a->reg, id);
+    log_info(op == ADMIN_DRAIN ? "admin_drain" : "admin_undrain", "node_id=%s state=%s", n->id,
+             node_state_name(n->state));
+    json_t *body = json_pack("{s:s, s:s, s:b, s:s, s:I}", "id", n->id, "state",
+                             node_state_name(n->state), "admin_drained", (int)n->admin_drained,
+                             "reason", n->reason, "epoch", (json_int_t)registry_epoch(a->reg));
+    return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
 }
 
 /* ---- routing ---- */
@@ -342,20 +633,31 @@ static const struct route {
     {"/v1/nodes", serve_nodes},
     {"/v1/health", serve_health},
     {"/healthz", serve_healthz},
+    {"/v1/history", serve_history},
+    {"/metrics", serve_metrics},
+    {"/", serve_dashboard},
 };
 
 static enum MHD_Result dispatch(struct http_api *a, struct MHD_Connection *conn, const char *url,
                                 const char *method)
 {
+    enum admin_op op;
+    char id[HB_NODE_ID_MAX + 2]; /* one more than an id: a longer one stays unknown */
+    if (admin_path(url, &op, id, sizeof id)) {
+        if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+            return respond_error(a, conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
+                                 "only POST is allowed here", HTTP_ALLOW_ADMIN);
+        return serve_admin(a, conn, op, id);
+    }
     const struct route *route = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (strcmp(url, routes[i].path) == 0)
             route = &routes[i];
     if (!route)
-        return respond_error(conn, MHD_HTTP_NOT_FOUND, "not_found", "no such path", NULL);
+        return respond_error(a, conn, MHD_HTTP_NOT_FOUND, "not_found", "no such path", NULL);
     /* MHD leaves the body out of HEAD answers itself. */
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
+        return respond_error(a, conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
                              "only GET and HEAD are allowed here", HTTP_ALLOW);
     return route->serve(a, conn);
 }
@@ -443,6 +745,12 @@ struct http_api *http_api_new(const struct http_api_config *cfg, struct registry
     a->hb = hb;
     a->policy = cfg->policy;
     a->version = cfg->version;
+    a->metrics = cfg->metrics;
+    a->history = cfg->history;
+    if (cfg->admin_token && cfg->admin_token[0]) {
+        a->admin_on = true;
+        token_digest(cfg->admin_token, strlen(cfg->admin_token), a->token_digest);
+    }
     a->started_ms = registry_now(reg);
 
     unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;

@@ -1,6 +1,7 @@
-/* http_api: the balancer's HTTP/JSON interface (GET /v1/pick, /v1/nodes,
- * /v1/health, /healthz) on libmicrohttpd, run from the balancer's own loop
- * through MHD's epoll descriptor. Single-threaded. */
+/* http_api: the balancer's HTTP interface (GET /v1/pick, /v1/nodes,
+ * /v1/health, /v1/history, /healthz, /metrics, the dashboard at /, and the
+ * admin POST /v1/nodes/{id}/drain|undrain) on libmicrohttpd, run from the
+ * balancer's own loop through MHD's epoll descriptor. Single-threaded. */
 #ifndef BERTH_HTTP_API_H
 #define BERTH_HTTP_API_H
 
@@ -8,6 +9,8 @@
 #include <sys/socket.h>
 
 #include "hb_server.h"
+#include "history.h"
+#include "metrics.h"
 #include "picker.h"
 #include "registry.h"
 
@@ -15,12 +18,16 @@ struct http_api_config {
     const struct sockaddr *addr; /* where to listen: a sockaddr_in or sockaddr_in6; port 0 = any */
     enum picker_policy policy;   /* reported by /v1/pick and /v1/health */
     const char *version;         /* reported by /v1/health; borrowed, static */
+    const char *admin_token;     /* bearer token of the admin endpoints; NULL or "" = they answer 403 */
+    struct metrics *metrics;     /* borrowed: counts answers and lookups, served at /metrics */
+    const struct history *history; /* borrowed: served at /v1/history */
 };
 
 struct http_api;
 
-/* Starts the daemon (listening at once). reg, picker and hb are borrowed and
- * must outlive the api. Returns NULL with the reason in err. */
+/* Starts the daemon (listening at once). reg, picker, hb and the config's
+ * metrics and history are borrowed and must outlive the api; the token is
+ * not kept (only its digest). Returns NULL with the reason in err. */
 struct http_api *http_api_new(const struct http_api_config *cfg, struct registry *reg,
                               struct picker *picker, const struct hb_server *hb, char *err,
                               size_t errlen);

@@ -13,13 +13,19 @@
 #include "addr.h"
 #include "config.h"
 #include "hb_server.h"
+#include "history.h"
 #include "http_api.h"
 #include "log.h"
+#include "metrics.h"
 #include "mono.h"
 #include "picker.h"
 #include "registry.h"
 
 #define PROGRAM "berth-balancer"
+/* Load history: one sample of every node this often (HISTORY_SAMPLES kept). */
+#define HISTORY_PERIOD_MS 2000
+/* Shorter admin tokens are refused at start: they could be guessed. */
+#define ADMIN_TOKEN_MIN 16
 
 static const struct config_setting settings[] = {
     {"http", CONFIG_STRING, "127.0.0.1:8080", 0, 0, NULL,
@@ -34,7 +40,12 @@ static const struct config_setting settings[] = {
      "a down or draining node silent this long is dropped"},
     {"policy", CONFIG_ENUM, "least-loaded", 0, 0, "least-loaded|round-robin",
      "how /v1/pick chooses without a key"},
+    {"admin-token", CONFIG_STRING, NULL, 0, 0, NULL,
+     "bearer token for POST /v1/nodes/{id}/drain|undrain (at least 16 printable characters; "
+     "prefer BERTH_ADMIN_TOKEN over the flag); empty: admin endpoints answer 403"},
     {"log-level", CONFIG_ENUM, "info", 0, 0, "debug|info|warn|error", "lowest level logged"},
+    {"log-format", CONFIG_ENUM, "text", 0, 0, "text|json",
+     "log lines as key=value text or one JSON object each"},
 };
 
 /* Quotes and control bytes from a node would break the key=value line. */
@@ -51,7 +62,7 @@ static void sanitize(const char *in, char *out, size_t outlen)
 static void on_node_change(void *ctx, const struct registry_node *n, enum node_state from,
                            enum node_state to)
 {
-    (void)ctx;
+    metrics_note_change(ctx, n, from, to);
     char reason[HB_REASON_MAX + 1];
     sanitize(n->reason, reason, sizeof reason);
     log_info("node_state", "node_id=%s from=%s to=%s reason=\"%s\"", n->id, node_state_name(from),
@@ -63,6 +74,8 @@ struct balancer {
     struct config *cfg;
     struct registry *reg;
     struct picker *picker;
+    struct metrics *metrics;
+    struct history *history;
     void *zctx;
     struct hb_server *hb;
     struct http_api *api;
@@ -80,6 +93,8 @@ static void balancer_release(struct balancer *b)
         } while (rc == -1 && zmq_errno() == EINTR);
     }
     picker_free(b->picker);
+    history_free(b->history);
+    metrics_free(b->metrics);
     registry_free(b->reg);
     if (b->sigfd >= 0)
         close(b->sigfd);
@@ -93,6 +108,8 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
     /* The registry wants a pass at least every interval/4; interval/5 leaves room. */
     uint64_t reap_period = interval_ms / 5 ? interval_ms / 5 : 1;
     uint64_t next_reap = mono_now_ms() + reap_period;
+    uint64_t next_sample = mono_now_ms(); /* a first sample at once */
+    bool sample_failed = false;           /* log a failing sample once, not every period */
 
     zmq_pollitem_t items[] = {
         {hb_server_socket(b->hb), 0, ZMQ_POLLIN, 0},
@@ -104,7 +121,8 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
 
     for (;;) {
         uint64_t now = mono_now_ms();
-        long timeout = next_reap > now ? (long)(next_reap - now) : 0;
+        uint64_t next_timer = next_reap < next_sample ? next_reap : next_sample;
+        long timeout = next_timer > now ? (long)(next_timer - now) : 0;
         long http_timeout = http_api_timeout_ms(b->api);
         if (http_timeout >= 0 && http_timeout < timeout)
             timeout = http_timeout;
@@ -139,6 +157,13 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
         if (now >= next_reap) {
             registry_reap(b->reg);
             next_reap = now + reap_period;
+        }
+        if (now >= next_sample) {
+            int rc = history_sample(b->history, b->reg);
+            if (rc != 0 && !sample_failed)
+                log_warn("history_sample_failed", "detail=\"out of memory\"");
+            sample_failed = rc != 0;
+            next_sample = now + HISTORY_PERIOD_MS;
         }
     }
 }
@@ -186,6 +211,28 @@ int main(int argc, char **argv)
                 config_str(b.cfg, "log-level"));
         goto out;
     }
+    enum log_format log_fmt;
+    if (log_format_parse(config_str(b.cfg, "log-format"), &log_fmt) != 0) {
+        fprintf(stderr, PROGRAM ": --log-format: bad value \"%s\"\n",
+                config_str(b.cfg, "log-format"));
+        goto out;
+    }
+    const char *admin_token = config_str(b.cfg, "admin-token");
+    if (admin_token && admin_token[0]) {
+        size_t tlen = strlen(admin_token);
+        bool printable = true;
+        for (size_t i = 0; i < tlen; i++)
+            if (admin_token[i] <= ' ' || admin_token[i] >= 0x7f)
+                printable = false;
+        if (tlen < ADMIN_TOKEN_MIN || !printable) {
+            /* The value itself is a secret: never echo it. */
+            fprintf(stderr,
+                    PROGRAM ": --admin-token: must be at least %d printable ASCII characters "
+                            "without spaces (got %zu characters)\n",
+                    ADMIN_TOKEN_MIN, tlen);
+            goto out;
+        }
+    }
     enum picker_policy policy;
     if (picker_policy_parse(config_str(b.cfg, "policy"), &policy) != 0) {
         fprintf(stderr, PROGRAM ": --policy: bad value \"%s\"\n", config_str(b.cfg, "policy"));
@@ -204,6 +251,7 @@ int main(int argc, char **argv)
         .forget_ms = (uint32_t)config_int(b.cfg, "forget-after"),
     };
 
+    log_set_format(log_fmt);
     log_setup(level, "balancer", NULL);
     status = 1;
 
@@ -234,12 +282,14 @@ int main(int argc, char **argv)
 
     b.reg = registry_new(&rcfg, NULL, NULL);
     b.picker = picker_new(policy, 0);
+    b.metrics = metrics_new();
+    b.history = history_new(HISTORY_PERIOD_MS);
     b.zctx = zmq_ctx_new();
-    if (!b.reg || !b.picker || !b.zctx) {
+    if (!b.reg || !b.picker || !b.metrics || !b.history || !b.zctx) {
         fprintf(stderr, PROGRAM ": out of memory\n");
         goto out;
     }
-    registry_on_change(b.reg, on_node_change, NULL);
+    registry_on_change(b.reg, on_node_change, b.metrics);
 
     b.hb = hb_server_new(b.zctx, config_str(b.cfg, "heartbeat-bind"), b.reg, err, sizeof err);
     if (!b.hb) {
@@ -250,6 +300,9 @@ int main(int argc, char **argv)
         .addr = (const struct sockaddr *)&ss,
         .policy = policy,
         .version = BERTH_VERSION,
+        .admin_token = admin_token,
+        .metrics = b.metrics,
+        .history = b.history,
     };
     b.api = http_api_new(&hcfg, b.reg, b.picker, b.hb, err, sizeof err);
     if (!b.api) {
@@ -263,9 +316,10 @@ int main(int argc, char **argv)
     addr_format(&bound, http_text, sizeof http_text);
     log_info("start",
              "http=%s heartbeat=%s interval_ms=%" PRIu32 " fall=%" PRIu32 " rise=%" PRIu32
-             " forget_ms=%" PRIu32 " policy=%s version=%s",
+             " forget_ms=%" PRIu32 " policy=%s admin=%s version=%s",
              http_text, hb_server_endpoint(b.hb), rcfg.interval_ms, rcfg.fall, rcfg.rise,
-             rcfg.forget_ms, picker_policy_name(policy), BERTH_VERSION);
+             rcfg.forget_ms, picker_policy_name(policy),
+             admin_token && admin_token[0] ? "on" : "off", BERTH_VERSION);
 
     status = balancer_run(&b, rcfg.interval_ms);
     log_info("exit", "status=%d", status);

@@ -16,6 +16,7 @@ struct reg_entry {
     uint64_t hash;            /* id_hash(pub.id), kept for the index */
     size_t all_idx;           /* position in registry.all */
     size_t rot_idx;           /* position in registry.rotation, NOT_IN_ROTATION if out */
+    bool self_draining;       /* the process said LEAVE or draining: true */
 };
 
 #define NOT_IN_ROTATION SIZE_MAX
@@ -194,8 +195,10 @@ static void set_state(struct registry *r, struct reg_entry *e, enum node_state t
     e->pub.state_since_ms = registry_now(r);
     r->state_count[from]--;
     r->state_count[to]++;
-    if (from == NODE_HEALTHY)
+    if (from == NODE_HEALTHY) {
         rotation_remove(r, e);
+        e->pub.left_rotation_ms = e->pub.state_since_ms;
+    }
     else if (to == NODE_HEALTHY)
         rotation_add(r, e);
     if (r->on_change != NULL)
@@ -223,6 +226,16 @@ static void advance_streak(const struct registry *r, struct reg_entry *e, uint64
     else if (e->pub.good_streak < UINT32_MAX)
         e->pub.good_streak++;
     e->pub.last_seen_ms = now;
+}
+
+/* Where a node that has risen goes: the rotation, or draining while an
+ * admin holds it out. */
+static void set_risen(struct registry *r, struct reg_entry *e)
+{
+    if (e->pub.admin_drained)
+        set_state(r, e, NODE_DRAINING, "admin drain");
+    else
+        set_state(r, e, NODE_HEALTHY, "");
 }
 
 static struct reg_entry *lookup(const struct registry *r, const char *id)
@@ -255,6 +268,7 @@ static void reset_process(struct reg_entry *e, const struct hb_msg *m, uint64_t 
     e->pub.reported_healthy = true;
     e->pub.nworkers = 0;
     memset(e->pub.workers, 0, sizeof e->pub.workers);
+    e->self_draining = false;
 }
 
 /* ---- public API ---- */
@@ -334,7 +348,7 @@ int registry_register(struct registry *r, const struct hb_msg *m)
         r->state_count[NODE_JOINING]++;
         /* A new node is not a transition; only rise <= 1 makes one here. */
         if (fresh == NODE_HEALTHY)
-            set_state(r, e, NODE_HEALTHY, "");
+            set_risen(r, e);
         return 0;
     }
 
@@ -348,7 +362,10 @@ int registry_register(struct registry *r, const struct hb_msg *m)
         r->epoch++;
     if (restarted) {
         reset_process(e, m, now);
-        set_state(r, e, fresh, "joining");
+        if (fresh == NODE_HEALTHY)
+            set_risen(r, e);
+        else
+            set_state(r, e, fresh, "joining");
         return 0;
     }
 
@@ -364,7 +381,7 @@ int registry_register(struct registry *r, const struct hb_msg *m)
     advance_streak(r, e, now);
     if ((e->pub.state == NODE_JOINING || e->pub.state == NODE_DOWN) &&
         e->pub.good_streak >= rise_of(r))
-        set_state(r, e, NODE_HEALTHY, "");
+        set_risen(r, e);
     return 0;
 }
 
@@ -386,6 +403,7 @@ enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg 
     memcpy(e->pub.workers, m->workers, e->pub.nworkers * sizeof e->pub.workers[0]);
 
     if (m->draining) {
+        e->self_draining = true;
         set_state(r, e, NODE_DRAINING, "draining");
     } else if (!m->healthy) {
         /* rise counts good heartbeats: an unhealthy one breaks the run */
@@ -394,12 +412,12 @@ enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg 
     } else {
         switch (e->pub.state) {
         case NODE_SUSPECT:
-            set_state(r, e, NODE_HEALTHY, "");
+            set_risen(r, e);
             break;
         case NODE_JOINING:
         case NODE_DOWN:
             if (e->pub.good_streak >= rise_of(r))
-                set_state(r, e, NODE_HEALTHY, "");
+                set_risen(r, e);
             break;
         case NODE_HEALTHY:
         case NODE_DRAINING: /* only a REGISTER from a new process ends draining */
@@ -416,8 +434,59 @@ enum registry_result registry_leave(struct registry *r, const struct hb_msg *m)
     if (e == NULL || e->pub.boot_id != m->boot_id)
         return REGISTRY_UNKNOWN;
     e->pub.last_seen_ms = registry_now(r);
+    e->self_draining = true;
     set_state(r, e, NODE_DRAINING, "draining");
     return REGISTRY_OK;
+}
+
+enum registry_result registry_drain(struct registry *r, const char *id)
+{
+    struct reg_entry *e = lookup(r, id);
+    if (e == NULL)
+        return REGISTRY_UNKNOWN;
+    e->pub.admin_drained = true;
+    /* A down node stays down (that says more) and comes back as draining;
+     * a node draining on its own keeps its reason. */
+    switch (e->pub.state) {
+    case NODE_JOINING:
+    case NODE_HEALTHY:
+    case NODE_SUSPECT:
+        set_state(r, e, NODE_DRAINING, "admin drain");
+        break;
+    case NODE_DOWN:
+    case NODE_DRAINING:
+    case NODE_STATE_COUNT:
+        break;
+    }
+    return REGISTRY_OK;
+}
+
+enum registry_result registry_undrain(struct registry *r, const char *id)
+{
+    struct reg_entry *e = lookup(r, id);
+    if (e == NULL)
+        return REGISTRY_UNKNOWN;
+    bool was = e->pub.admin_drained;
+    e->pub.admin_drained = false;
+    if (!was || e->pub.state != NODE_DRAINING || e->self_draining)
+        return REGISTRY_OK;
+    uint64_t now = registry_now(r);
+    uint64_t silent = now >= e->pub.last_seen_ms ? now - e->pub.last_seen_ms : 0;
+    bool live = silent * 2 <= (uint64_t)r->cfg.interval_ms * 3;
+    if (live && e->pub.reported_healthy && e->pub.good_streak >= rise_of(r))
+        set_state(r, e, NODE_HEALTHY, "");
+    else
+        set_state(r, e, NODE_JOINING, "joining");
+    return REGISTRY_OK;
+}
+
+void registry_note_pick(struct registry *r, const struct registry_node *n)
+{
+    (void)r;
+    /* pub is the entry's first member: the pointer is the registry's own. */
+    struct reg_entry *e = (struct reg_entry *)(uintptr_t)n;
+    if (e->pub.picks < UINT64_MAX)
+        e->pub.picks++;
 }
 
 /* Drops e from every structure and frees it. */
@@ -453,9 +522,11 @@ void registry_reap(struct registry *r)
             continue;
         }
         /* down is checked first so a long gap goes straight there, with one
-         * change reported instead of healthy -> suspect -> down */
-        if ((s == NODE_HEALTHY || s == NODE_SUSPECT || s == NODE_JOINING) &&
-            silent >= down_after) {
+         * change reported instead of healthy -> suspect -> down. A node an
+         * admin drained is still watched: if it dies it shows as down. */
+        bool watched = s == NODE_HEALTHY || s == NODE_SUSPECT || s == NODE_JOINING ||
+                       (s == NODE_DRAINING && e->pub.admin_drained && !e->self_draining);
+        if (watched && silent >= down_after) {
             char why[HB_REASON_MAX + 1];
             snprintf(why, sizeof why, "no heartbeat for %llu ms", (unsigned long long)silent);
             e->pub.good_streak = 0;

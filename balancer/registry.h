@@ -54,6 +54,9 @@ struct registry_node {
     char reason[HB_REASON_MAX + 1]; /* why it is out of rotation, "" if in */
     uint32_t nworkers;
     struct hb_worker workers[HB_MAX_WORKERS];
+    bool admin_drained;        /* put in maintenance by registry_drain */
+    uint64_t left_rotation_ms; /* clock time it last left the rotation; 0 = never */
+    uint64_t picks;            /* times handed to a client (registry_note_pick) */
 };
 
 /* Called on every state change, after the change is applied (for logging). */
@@ -84,6 +87,22 @@ enum registry_result {
 enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg *m);
 /* LEAVE: the node goes to draining at once. */
 enum registry_result registry_leave(struct registry *r, const struct hb_msg *m);
+
+/* Admin drain (maintenance): the node leaves the rotation and shows as
+ * draining with reason "admin drain" while it keeps heartbeating; silence
+ * still takes it down, and once it is back it shows as draining again. The
+ * mark survives a restart of the node's process, not its being forgotten.
+ * Returns REGISTRY_UNKNOWN when no node has that id. */
+enum registry_result registry_drain(struct registry *r, const char *id);
+/* Ends an admin drain. A node that is heartbeating normally (last message
+ * within 1.5 intervals, `rise` good ones in a row, reporting healthy) is
+ * back in rotation at once; any other goes to joining and needs `rise`
+ * heartbeats. A node draining on its own (LEAVE, draining: true) stays
+ * draining. REGISTRY_UNKNOWN when no node has that id. */
+enum registry_result registry_undrain(struct registry *r, const char *id);
+
+/* Counts one pick of n (a pointer from this registry). */
+void registry_note_pick(struct registry *r, const struct registry_node *n);
 
 /* The reap pass: looks at every node, moves silent ones to suspect and down,
  * forgets long-silent down/draining ones. Call at least every interval/4. */

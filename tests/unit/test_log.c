@@ -1,5 +1,6 @@
 /* Unit tests for shared/log.c: line format, node field, level filtering,
- * truncation of huge lines and neutralised control bytes. Output is caught
+ * truncation of huge lines and neutralised control bytes, in text and in
+ * JSON format (parsed back with jansson). Output is caught
  * by pointing stderr at a pipe for the length of one call. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "log.h"
 
@@ -182,6 +185,130 @@ static void test_long_component_and_node(void **state)
     assert_non_null(strstr(out, " k=1\n"));
 }
 
+/* Parses one JSON line (with its newline) and returns the object. */
+static json_t *parse_line(const char *out)
+{
+    size_t len = strlen(out);
+    assert_true(len > 2);
+    assert_int_equal(out[len - 1], '\n');
+    assert_ptr_equal(strchr(out, '\n'), out + len - 1); /* one line */
+    json_error_t e;
+    json_t *o = json_loadb(out, len - 1, 0, &e);
+    if (!o)
+        fail_msg("not JSON (%s): %s", e.text, out);
+    assert_true(json_is_object(o));
+    return o;
+}
+
+static void test_json_same_fields(void **state)
+{
+    (void)state;
+    log_setup(LOG_LEVEL_INFO, "node", "n1");
+    log_set_format(LOG_FORMAT_JSON);
+    capture_begin();
+    log_info("x", "a=%d b=\"%s\" c=%s f=%.2f neg=-3 e=1e5 notnum=12ab z=0x10 empty=", 1,
+             "two words", "plain", 2.5);
+    const char *out = capture_end(NULL);
+    log_set_format(LOG_FORMAT_TEXT);
+    json_t *o = parse_line(out);
+    assert_string_equal(json_string_value(json_object_get(o, "level")), "info");
+    assert_string_equal(json_string_value(json_object_get(o, "component")), "node");
+    assert_string_equal(json_string_value(json_object_get(o, "event")), "x");
+    assert_string_equal(json_string_value(json_object_get(o, "node")), "n1");
+    assert_non_null(json_string_value(json_object_get(o, "ts")));
+    assert_int_equal(json_integer_value(json_object_get(o, "a")), 1);
+    assert_string_equal(json_string_value(json_object_get(o, "b")), "two words");
+    assert_string_equal(json_string_value(json_object_get(o, "c")), "plain");
+    assert_true(json_real_value(json_object_get(o, "f")) == 2.5);
+    assert_int_equal(json_integer_value(json_object_get(o, "neg")), -3);
+    assert_true(json_is_number(json_object_get(o, "e")));
+    assert_string_equal(json_string_value(json_object_get(o, "notnum")), "12ab");
+    assert_string_equal(json_string_value(json_object_get(o, "z")), "0x10");
+    assert_string_equal(json_string_value(json_object_get(o, "empty")), "");
+    assert_int_equal(json_object_size(o), 14);
+    json_decref(o);
+}
+
+static void test_json_odd_input(void **state)
+{
+    (void)state;
+    log_setup(LOG_LEVEL_INFO, "balancer", NULL);
+    log_set_format(LOG_FORMAT_JSON);
+    capture_begin();
+    /* control bytes, a quote escaped by the caller, bad UTF-8, words that
+     * are not k=v, an unterminated quote */
+    log_info("odd", "r=\"%s\" q=\"say \\\"hi\\\"\" u=\"\xc3\xa9\xff\" loose words k=\"open",
+             "a\nts=forged\x01");
+    const char *out = capture_end(NULL);
+    log_set_format(LOG_FORMAT_TEXT);
+    json_t *o = parse_line(out);
+    assert_null(json_object_get(o, "node"));
+    assert_string_equal(json_string_value(json_object_get(o, "r")), "a\nts=forged\x01");
+    assert_string_equal(json_string_value(json_object_get(o, "q")), "say \"hi\"");
+    assert_string_equal(json_string_value(json_object_get(o, "u")), "\xc3\xa9?");
+    assert_string_equal(json_string_value(json_object_get(o, "msg")), "loose words");
+    assert_string_equal(json_string_value(json_object_get(o, "k")), "open");
+    json_decref(o);
+
+    /* no fields, NULL fields */
+    log_set_format(LOG_FORMAT_JSON);
+    capture_begin();
+    log_error("stopped", NULL);
+    out = capture_end(NULL);
+    log_set_format(LOG_FORMAT_TEXT);
+    o = parse_line(out);
+    assert_int_equal(json_object_size(o), 4);
+    json_decref(o);
+}
+
+static void test_json_truncation(void **state)
+{
+    (void)state;
+    log_setup(LOG_LEVEL_INFO, "node", "n2");
+    log_set_format(LOG_FORMAT_JSON);
+    size_t big = 10000;
+    char *huge = malloc(big + 1);
+    assert_non_null(huge);
+    memset(huge, '"', big); /* worst case: every byte escaped */
+    huge[big] = '\0';
+    capture_begin();
+    log_info("huge", "a=1 v=%s b=2", huge);
+    const char *out = capture_end(NULL);
+    json_t *o = parse_line(out);
+    assert_true(json_is_true(json_object_get(o, "truncated")));
+    assert_int_equal(json_integer_value(json_object_get(o, "a")), 1);
+
+    /* many small members: cut at a member boundary, still valid JSON */
+    memset(huge, ' ', big);
+    huge[big] = '\0';
+    for (size_t i = 0; i + 8 < big; i += 8)
+        memcpy(huge + i, "k=\"\x01\x01\" ", 7);
+    capture_begin();
+    log_info("many", "%s", huge);
+    out = capture_end(NULL);
+    log_set_format(LOG_FORMAT_TEXT);
+    free(huge);
+    json_decref(o);
+    o = parse_line(out);
+    assert_true(json_is_true(json_object_get(o, "truncated")));
+    json_decref(o);
+}
+
+static void test_format_names(void **state)
+{
+    (void)state;
+    enum log_format f;
+    assert_int_equal(log_format_parse("text", &f), 0);
+    assert_int_equal(f, LOG_FORMAT_TEXT);
+    assert_int_equal(log_format_parse("json", &f), 0);
+    assert_int_equal(f, LOG_FORMAT_JSON);
+    assert_int_equal(log_format_parse("JSON", &f), -1);
+    assert_int_equal(log_format_parse("", &f), -1);
+    assert_int_equal(log_format_parse(NULL, &f), -1);
+    assert_string_equal(log_format_name(LOG_FORMAT_JSON), "json");
+    assert_string_equal(log_format_name((enum log_format)9), "unknown");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -192,6 +319,10 @@ int main(void)
         cmocka_unit_test(test_control_bytes),
         cmocka_unit_test(test_level_names),
         cmocka_unit_test(test_long_component_and_node),
+        cmocka_unit_test(test_json_same_fields),
+        cmocka_unit_test(test_json_odd_input),
+        cmocka_unit_test(test_json_truncation),
+        cmocka_unit_test(test_format_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

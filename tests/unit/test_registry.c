@@ -880,6 +880,183 @@ static void test_free_null(void **state)
     registry_free(NULL);
 }
 
+
+/* ---- admin drain ---- */
+
+static void test_admin_drain_and_undrain_at_once(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    make_healthy(w, "n2", 1);
+    uint64_t epoch = registry_epoch(w->reg);
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->state, NODE_DRAINING);
+    assert_true(n->admin_drained);
+    assert_string_equal(n->reason, "admin drain");
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    assert_string_equal(registry_rotation_at(w->reg, 0)->id, "n2");
+    assert_int_equal(registry_epoch(w->reg), epoch + 1);
+    assert_int_equal(w->changes[w->nchanges - 1].to, NODE_DRAINING);
+    size_t changes = w->nchanges;
+
+    /* heartbeats and reaps keep it draining, out of rotation; draining again
+     * changes nothing */
+    for (int i = 0; i < 10; i++) {
+        w->clock.now += INTERVAL;
+        do_heartbeat(w, "n1", 1);
+        do_heartbeat(w, "n2", 1);
+        registry_reap(w->reg);
+    }
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_int_equal(w->nchanges, changes);
+    assert_int_equal(registry_find(w->reg, "n1")->heartbeats, 11);
+
+    /* undrain of a node heartbeating normally: back at once */
+    assert_int_equal(registry_undrain(w->reg, "n1"), REGISTRY_OK);
+    n = registry_find(w->reg, "n1");
+    assert_int_equal(n->state, NODE_HEALTHY);
+    assert_false(n->admin_drained);
+    assert_string_equal(n->reason, "");
+    assert_int_equal(registry_rotation_size(w->reg), 2);
+    /* undrain again, or of a node never drained: nothing happens */
+    assert_int_equal(registry_undrain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(registry_undrain(w->reg, "n2"), REGISTRY_OK);
+    assert_int_equal(registry_rotation_size(w->reg), 2);
+    assert_int_equal(registry_drain(w->reg, "nope"), REGISTRY_UNKNOWN);
+    assert_int_equal(registry_undrain(w->reg, "nope"), REGISTRY_UNKNOWN);
+    assert_int_equal(registry_drain(w->reg, NULL), REGISTRY_UNKNOWN);
+}
+
+static void test_admin_undrain_stale_goes_through_rise(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    /* silent for 2 intervals: not down yet, but not live either */
+    w->clock.now += 2 * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_int_equal(registry_undrain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    /* the heartbeat after the gap restarts the streak; the next one rises */
+    w->clock.now += INTERVAL / 2;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+}
+
+static void test_admin_drained_node_dies_and_returns_drained(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    /* silence still takes a drained node down */
+    w->clock.now += FALL * INTERVAL;
+    registry_reap(w->reg);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->state, NODE_DOWN);
+    assert_true(n->admin_drained);
+    /* it comes back (rise heartbeats) as draining, not into the rotation */
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_string_equal(registry_find(w->reg, "n1")->reason, "admin drain");
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+
+    /* a restart of the process keeps the mark */
+    w->clock.now += INTERVAL;
+    do_register(w, "n1", 2);
+    assert_int_equal(state_of(w, "n1"), NODE_JOINING);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 2);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+
+    /* draining a down node keeps it down */
+    make_healthy(w, "n2", 1);
+    struct hb_msg m = hb_msg_for("n2", 1);
+    m.healthy = false;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(registry_drain(w->reg, "n2"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n2"), NODE_DOWN);
+    /* and undrain of a down node leaves it down */
+    assert_int_equal(registry_undrain(w->reg, "n2"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n2"), NODE_DOWN);
+    assert_false(registry_find(w->reg, "n2")->admin_drained);
+}
+
+static void test_admin_undrain_keeps_self_draining(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    struct hb_msg m = hb_msg_for("n1", 1);
+    m.type = HB_LEAVE;
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    assert_string_equal(registry_find(w->reg, "n1")->reason, "draining");
+    assert_int_equal(registry_undrain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    /* a self-draining node is not watched for silence: it is forgotten */
+    w->clock.now += FALL * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+}
+
+static void test_admin_drain_while_joining_and_suspect(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "n1", 1);
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1); /* would have risen */
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_int_equal(registry_undrain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+
+    /* suspect -> drain -> heartbeat keeps it draining */
+    w->clock.now += 2 * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_SUSPECT);
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+}
+
+static void test_left_rotation_and_picks(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    const struct registry_node *n = registry_find(w->reg, "n1");
+    assert_int_equal(n->left_rotation_ms, 0);
+    uint64_t last = n->last_seen_ms;
+    /* suspect at 1.5 intervals: that is when it leaves the rotation */
+    w->clock.now = last + INTERVAL * 3 / 2 + 10;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_SUSPECT);
+    assert_int_equal(n->left_rotation_ms, last + INTERVAL * 3 / 2 + 10);
+    w->clock.now = last + FALL * INTERVAL + 20;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_int_equal(n->left_rotation_ms, last + INTERVAL * 3 / 2 + 10); /* unchanged */
+
+    make_healthy(w, "n2", 1);
+    const struct registry_node *p = registry_find(w->reg, "n2");
+    assert_int_equal(p->picks, 0);
+    registry_note_pick(w->reg, p);
+    registry_note_pick(w->reg, p);
+    assert_int_equal(registry_find(w->reg, "n2")->picks, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -909,6 +1086,15 @@ int main(void)
         cmocka_unit_test(test_many_nodes_index),
         cmocka_unit_test(test_index_churn),
         cmocka_unit_test(test_free_null),
+        cmocka_unit_test_setup_teardown(test_admin_drain_and_undrain_at_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_undrain_stale_goes_through_rise, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_admin_drained_node_dies_and_returns_drained, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_admin_undrain_keeps_self_draining, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admin_drain_while_joining_and_suspect, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_left_rotation_and_picks, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
