@@ -17,6 +17,7 @@ struct reg_entry {
     size_t all_idx;           /* position in registry.all */
     size_t rot_idx;           /* position in registry.rotation, NOT_IN_ROTATION if out */
     bool self_draining;       /* the process said LEAVE or draining: true */
+    uint64_t streak_ms;       /* when the last heartbeat counted towards rise */
 };
 
 #define NOT_IN_ROTATION SIZE_MAX
@@ -217,14 +218,22 @@ static uint32_t fall_of(const struct registry *r)
 }
 
 /* A message arrived: extend or restart the run of heartbeats in a row.
- * More than 1.5 intervals since the last one breaks the run. */
+ * More than 1.5 intervals since the last one breaks the run. Heartbeats
+ * closer than half an interval to the one that last counted do not count:
+ * after a partition heals, the heartbeats queued in the old TCP connection
+ * arrive in one burst, and that says nothing about the node being reachable
+ * for `rise` intervals now. */
 static void advance_streak(const struct registry *r, struct reg_entry *e, uint64_t now)
 {
     uint64_t gap = now >= e->pub.last_seen_ms ? now - e->pub.last_seen_ms : 0;
-    if (gap * 2 > (uint64_t)r->cfg.interval_ms * 3)
+    uint64_t since_counted = now >= e->streak_ms ? now - e->streak_ms : 0;
+    if (gap * 2 > (uint64_t)r->cfg.interval_ms * 3) {
         e->pub.good_streak = 1;
-    else if (e->pub.good_streak < UINT32_MAX)
+        e->streak_ms = now;
+    } else if (since_counted * 2 >= r->cfg.interval_ms && e->pub.good_streak < UINT32_MAX) {
         e->pub.good_streak++;
+        e->streak_ms = now;
+    }
     e->pub.last_seen_ms = now;
 }
 
@@ -261,6 +270,7 @@ static void reset_process(struct reg_entry *e, const struct hb_msg *m, uint64_t 
     e->pub.boot_id = m->boot_id;
     e->pub.last_seen_ms = now;
     e->pub.good_streak = 1; /* REGISTER counts as the first heartbeat */
+    e->streak_ms = now;
     e->pub.heartbeats = 0;
     e->pub.sessions = 0;
     e->pub.accepted = 0;

@@ -300,7 +300,7 @@ static int get_uint(json_t *o, const char *key, const char *label, uint64_t max,
 
 static int get_u32(json_t *o, const char *key, uint32_t *out, char *err, size_t errlen)
 {
-    uint64_t x;
+    uint64_t x = 0; /* gcc -O3 cannot see get_uint sets it on success */
     if (get_uint(o, key, key, UINT32_MAX, &x, err, errlen) != 0)
         return -1;
     *out = (uint32_t)x;

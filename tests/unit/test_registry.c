@@ -205,6 +205,41 @@ static void test_rise_one_is_healthy_at_register(void **state)
     test_free(w);
 }
 
+/* After a partition heals, heartbeats queued in the old connection arrive
+ * in one burst; they must not add up to `rise` (seen in the compose test). */
+static void test_rise_ignores_burst_of_queued_heartbeats(void **state)
+{
+    (void)state;
+    struct world *w = world_new(3, FALL);
+    do_register(w, "n1", 1);
+    for (int i = 0; i < 3; i++) {
+        w->clock.now += INTERVAL;
+        do_heartbeat(w, "n1", 1);
+    }
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+
+    w->clock.now += INTERVAL * FALL; /* partitioned */
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+
+    for (int i = 0; i < 5; i++) { /* the burst: all within a few ms */
+        w->clock.now += 1;
+        do_heartbeat(w, "n1", 1);
+    }
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_int_equal(registry_find(w->reg, "n1")->good_streak, 1);
+
+    /* heartbeats at the real pace bring it back after rise of them */
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    registry_free(w->reg);
+    test_free(w);
+}
+
 static void test_rise_needs_consecutive_heartbeats(void **state)
 {
     (void)state;
@@ -1064,6 +1099,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_register_new_node_joins, setup, teardown),
         cmocka_unit_test(test_rise_one_is_healthy_at_register),
         cmocka_unit_test(test_rise_needs_consecutive_heartbeats),
+        cmocka_unit_test(test_rise_ignores_burst_of_queued_heartbeats),
         cmocka_unit_test_setup_teardown(test_fall_exactly_at_fall_intervals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_silence_goes_straight_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_falls_down, setup, teardown),
