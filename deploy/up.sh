@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# up: the one command that brings up a local berth cluster: builds, makes
-# development certificates, starts one balancer and three nodes in the
-# background and waits until all three are healthy.
+# up: the one command that brings up a berth cluster (one balancer, three
+# nodes): builds, makes development certificates, starts everything and waits
+# until all three nodes are healthy. With a Docker engine it runs the real
+# docker-compose.yml (image built from deploy/Dockerfile where the base image
+# can be pulled, else assembled offline from the local binaries); without one,
+# it runs the same programs as local processes on 127.0.0.1.
 #
 #   deploy/up.sh          build, then (re)start balancer + node1..node3
-#   deploy/up.sh down     stop them (SIGTERM, SIGKILL after a bound)
+#   deploy/up.sh down     stop them (compose down -v; SIGTERM, SIGKILL after a bound)
 #   deploy/up.sh status   show what runs
 #
 # Everything lives in ./run (relative to the repository): certs/, *.log, *.pid.
 # Environment overrides:
+#   BERTH_UP_MODE        auto | docker | local         (auto: docker when an engine answers)
 #   BERTH_UP_HTTP_PORT   balancer HTTP port            (8080)
-#   BERTH_UP_HB_PORT     balancer heartbeat port       (7100)
+#   BERTH_UP_HB_PORT     balancer heartbeat port       (7100, local mode)
 #   BERTH_UP_NODE_PORTS  the three node TLS ports      ("7001 7002 7003")
 #   BERTH_UP_BUILD_DIR   CMake build directory         (build)
-#   BERTH_UP_WAIT        seconds to wait for health    (30)
+#   BERTH_UP_WAIT        seconds to wait for health    (30; 120 in docker mode)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,7 +27,14 @@ build=${BERTH_UP_BUILD_DIR:-build}
 http_port=${BERTH_UP_HTTP_PORT:-8080}
 hb_port=${BERTH_UP_HB_PORT:-7100}
 read -r -a node_ports <<<"${BERTH_UP_NODE_PORTS:-7001 7002 7003}"
-wait_s=${BERTH_UP_WAIT:-30}
+mode=${BERTH_UP_MODE:-auto}
+case $mode in
+  auto) if command -v docker >/dev/null && docker info >/dev/null 2>&1; then mode=docker; else mode=local; fi ;;
+  docker|local) ;;
+  *) echo "up: BERTH_UP_MODE must be auto, docker or local, got '$mode'" >&2; exit 1 ;;
+esac
+if [ "$mode" = docker ]; then wait_s=${BERTH_UP_WAIT:-120}; else wait_s=${BERTH_UP_WAIT:-30}; fi
+project=berth
 stop_bound_s=10
 health_url=http://127.0.0.1:$http_port/v1/health
 
@@ -95,8 +106,26 @@ status() {
   curl -fsS --max-time 2 "$health_url" 2>/dev/null && echo || say "no answer from $health_url"
 }
 
+# `docker compose` (v2) when it works, else Debian's docker-compose 1.29.
+compose() {
+  if docker compose version >/dev/null 2>&1; then docker compose -p "$project" "$@"
+  else docker-compose -p "$project" "$@"; fi
+}
+
+compose_env() {
+  export BERTH_HTTP_PORT=$http_port BERTH_CERTS=$run/certs \
+    BERTH_NODE1_PORT=${node_ports[0]} BERTH_NODE2_PORT=${node_ports[1]} BERTH_NODE3_PORT=${node_ports[2]}
+}
+
+compose_down() {
+  [ -f "$run/compose.up" ] || return 0
+  compose_env
+  compose down -v --remove-orphans && rm -f "$run/compose.up"
+  say "compose project '$project' is down"
+}
+
 case ${1:-up} in
-  down) down; exit 0 ;;
+  down) compose_down; down; exit 0 ;;
   status) status; exit 0 ;;
   up) ;;
   -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -121,6 +150,46 @@ done
 
 mkdir -p "$run"
 deploy/gen-certs.sh "$run/certs"
+
+if [ "$mode" = docker ]; then
+  # The containers run as uid 10001 and gen-certs writes the key 0600.
+  if [ "$(id -u)" -eq 0 ]; then chown 10001:10001 "$run/certs/node.key"
+  else chmod 0644 "$run/certs/node.key"; say "made the development key readable for the container user"; fi
+  compose_env
+  down # local processes from an earlier local-mode run would hold the ports
+  # deploy/Dockerfile needs debian:bookworm-slim; without a registry the
+  # same tag is assembled from the binaries just built.
+  if docker image inspect debian:bookworm-slim >/dev/null 2>&1 && compose build; then
+    say "image built from deploy/Dockerfile"
+  else
+    say "building the image offline from $build (no base image to pull)"
+    deploy/offline-image.sh "$build" >/dev/null || die "deploy/offline-image.sh failed"
+  fi
+  touch "$run/compose.up"
+  compose up -d --no-build || die "compose up failed"
+  deadline=$((SECONDS + wait_s))
+  healthy=-1
+  while [ $SECONDS -lt $deadline ]; do
+    body=$(curl -fsS --max-time 2 "$health_url" 2>/dev/null) || body=
+    healthy=$(printf '%s' "$body" | healthy_count)
+    [ "$healthy" = 3 ] && break
+    sleep 0.5
+  done
+  if [ "$healthy" != 3 ]; then
+    compose ps; compose logs --tail 20
+    die "after ${wait_s}s $health_url does not show 3 healthy nodes (deploy/up.sh down stops it)"
+  fi
+  balancer_flag=
+  [ "$http_port" = 8080 ] || balancer_flag=" --balancer http://127.0.0.1:$http_port"
+  cat <<MSG
+up: berth is up in docker (compose project '$project'): 1 balancer, 3 healthy nodes
+  health:  $health_url
+  try:     echo hello | ./$build/shared/berth send --ca run/certs/ca.pem$balancer_flag
+  logs:    docker logs ${project}_node1_1 (or: docker compose -p $project logs)
+  stop:    deploy/up.sh down
+MSG
+  exit 0
+fi
 
 # A fresh start: stop whatever an earlier `up` left running.
 for name in "${names[@]}"; do

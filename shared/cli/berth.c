@@ -36,7 +36,7 @@ static const struct config_setting settings[] = {
     {"ca", CONFIG_STRING, NULL, 0, 0, NULL,
      "CA certificate file the node's certificate must chain to (empty: system store)"},
     {"insecure", CONFIG_BOOL, "false", 0, 0, NULL, "do not verify the node's certificate"},
-    {"key", CONFIG_STRING, NULL, 0, 0, NULL,
+    {"affinity", CONFIG_STRING, NULL, 0, 0, NULL,
      "affinity key: the same key keeps its node while that node is healthy"},
     {"name", CONFIG_STRING, "berth-cli", 0, 0, NULL, "client name sent in HELLO (node logs)"},
     {"timeout", CONFIG_DURATION, "5s", 1, 3600000, NULL,
@@ -66,6 +66,7 @@ static const char commands_help[] =
     "  berth pick    ask the balancer for a node: prints \"<id> <host:port>\"\n"
     "  berth ping    PING the node (--count times), print the round trip\n"
     "  berth info    print the node's INFO JSON\n"
+    "  berth health  ask the balancer's /healthz: exit 0 when it answers (container checks)\n"
     "  berth send    send stdin to the node, one message per line (or --whole),\n"
     "                print one \"ack id=... bytes=... sha256=... node=...\" line per message\n"
     "  berth bench   load generator against one node (--node, or one the balancer picks):\n"
@@ -80,7 +81,7 @@ struct cli {
     struct lookup *lookup;     /* NULL with --node */
     struct client_options copt;
     const char *node_addr;     /* --node, or NULL */
-    const char *key;           /* --key, or NULL */
+    const char *key;           /* --affinity, or NULL */
     long retries;
     char exclude_buf[101][LOOKUP_ID_MAX + 1]; /* nodes that failed us, for /v1/pick */
     const char *exclude[101];
@@ -159,6 +160,18 @@ static struct client *cli_connect(struct cli *cli)
     }
     cli_setf(cli->err, sizeof(cli->err), "%s", last);
     return NULL;
+}
+
+/* Liveness of the balancer itself, for container health checks: the image
+ * has no curl, and /v1/pick would fail while no node is healthy yet. */
+static int cmd_health(struct cli *cli)
+{
+    char *body = NULL;
+    if (lookup_get_json(cli->lookup, "/healthz", &body, cli->err, sizeof(cli->err)) != 0)
+        return EXIT_RUNTIME;
+    printf("%s\n", body);
+    free(body);
+    return 0;
 }
 
 static int cmd_pick(struct cli *cli)
@@ -607,7 +620,7 @@ int main(int argc, char **argv)
     }
 
     if (config_npositional(cli->cfg) == 0) {
-        fprintf(stderr, PROGRAM ": no command given (pick, ping, info, send or bench)\n");
+        fprintf(stderr, PROGRAM ": no command given (pick, ping, info, send, bench or health)\n");
         usage_hint();
         goto out;
     }
@@ -618,19 +631,19 @@ int main(int argc, char **argv)
         status = 0;
         goto out;
     }
+    static const struct {
+        const char *name;
+        int (*run)(struct cli *);
+    } commands[] = {
+        {"pick", cmd_pick},   {"ping", cmd_ping}, {"info", cmd_info},
+        {"send", cmd_send},   {"bench", cmd_bench}, {"health", cmd_health},
+    };
     int (*run)(struct cli *) = NULL;
-    if (strcmp(cmd, "pick") == 0)
-        run = cmd_pick;
-    else if (strcmp(cmd, "ping") == 0)
-        run = cmd_ping;
-    else if (strcmp(cmd, "info") == 0)
-        run = cmd_info;
-    else if (strcmp(cmd, "send") == 0)
-        run = cmd_send;
-    else if (strcmp(cmd, "bench") == 0)
-        run = cmd_bench;
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            run = commands[i].run;
     if (!run) {
-        fprintf(stderr, PROGRAM ": unknown command \"%s\" (pick, ping, info, send or bench)\n", cmd);
+        fprintf(stderr, PROGRAM ": unknown command \"%s\" (pick, ping, info, send, bench or health)\n", cmd);
         usage_hint();
         goto out;
     }
@@ -656,12 +669,12 @@ int main(int argc, char **argv)
             fprintf(stderr, PROGRAM ": --node: %s\n", err);
             goto out;
         }
-        if (run == cmd_pick) {
-            fprintf(stderr, PROGRAM ": pick asks the balancer; it takes no --node\n");
+        if (run == cmd_pick || run == cmd_health) {
+            fprintf(stderr, PROGRAM ": %s asks the balancer; it takes no --node\n", cmd);
             goto out;
         }
     }
-    const char *key = config_str(cli->cfg, "key");
+    const char *key = config_str(cli->cfg, "affinity");
     cli->key = key[0] ? key : NULL;
     cli->retries = (long)config_int(cli->cfg, "retries");
     long timeout_ms = (long)config_int(cli->cfg, "timeout");
@@ -684,7 +697,7 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    if (insecure && run != cmd_pick)
+    if (insecure && run != cmd_pick && run != cmd_health)
         fprintf(stderr, PROGRAM ": warning: --insecure: the node's certificate is not verified\n");
 
     status = run(cli);
