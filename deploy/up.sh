@@ -143,6 +143,7 @@ say "building in $build"
 cmake -S . -B "$build" >/dev/null || die "cmake configure failed"
 cmake --build "$build" -j"$(nproc)" >/dev/null || die "build failed (run: cmake --build $build)"
 balancer_bin=$build/balancer/berth-balancer
+case $build in /*) cli=$build/shared/berth ;; *) cli=./$build/shared/berth ;; esac
 node_bin=$build/node/berth-node
 for b in "$balancer_bin" "$node_bin" "$build/shared/berth"; do
   [ -x "$b" ] || die "$b was not built"
@@ -184,7 +185,7 @@ if [ "$mode" = docker ]; then
   cat <<MSG
 up: berth is up in docker (compose project '$project'): 1 balancer, 3 healthy nodes
   health:  $health_url
-  try:     echo hello | ./$build/shared/berth send --ca run/certs/ca.pem$balancer_flag
+  try:     echo hello | $cli send --ca run/certs/ca.pem$balancer_flag
   logs:    docker logs ${project}_node1_1 (or: docker compose -p $project logs)
   stop:    deploy/up.sh down
 MSG
@@ -236,6 +237,6 @@ balancer_flag=
 cat <<MSG
 up: berth is up: 1 balancer, 3 healthy nodes
   health:  $health_url
-  try:     echo hello | ./$build/shared/berth send --ca run/certs/ca.pem$balancer_flag
+  try:     echo hello | $cli send --ca run/certs/ca.pem$balancer_flag
   stop:    deploy/up.sh down
 MSG
