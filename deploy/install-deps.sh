@@ -10,6 +10,8 @@ packages=(
   build-essential cmake pkg-config
   libssl-dev libzmq3-dev libjansson-dev libcmocka-dev libmicrohttpd-dev libcurl4-openssl-dev
   python3 python3-zmq openssl curl valgrind
+  clang-14 libclang-rt-14-dev
+  chromium chromium-driver python3-selenium python3-prometheus-client
 )
 
 # A package counts as installed when dpkg says "install ok installed".

@@ -59,6 +59,7 @@ static const struct config_setting node_settings[] = {
     {"max-output", CONFIG_SIZE, "4MiB", 65536, 1ll << 30, NULL,
      "per-session unsent replies above which the node stops reading"},
     {"log-level", CONFIG_ENUM, "info", 0, 0, "debug|info|warn|error", "log verbosity"},
+    {"log-format", CONFIG_ENUM, "text", 0, 0, "text|json", "log lines as key=value text or JSON"},
     {"debug-hooks", CONFIG_BOOL, "false", 0, 0, NULL,
      "test hooks: SIGUSR2 stalls worker 0 for --debug-stall"},
     {"debug-stall", CONFIG_DURATION, "5s", 1, 600000, NULL,
@@ -480,6 +481,8 @@ static int node_setup(struct node *n, int argc, char **argv)
     else
         node_default_id(n->id, sizeof(n->id), listen_addr.port);
 
+    log_set_format(strcmp(config_str(n->cfg, "log-format"), "json") == 0 ? LOG_FORMAT_JSON
+                                                                         : LOG_FORMAT_TEXT);
     log_setup(level, "node", n->id);
 
     uint64_t boot = 0;

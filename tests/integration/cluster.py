@@ -305,6 +305,18 @@ def http_get(port, path, timeout=3.0):
         conn.close()
 
 
+def http_request(port, method, path, headers=None, body=None, timeout=3.0):
+    """(status, body bytes, headers dict with lower-case names) of any
+    request on 127.0.0.1:port."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        conn.close()
+
+
 def parse_duration(text):
     """"250ms", "2s", "1m" or bare milliseconds -> seconds."""
     text = str(text).strip()
@@ -312,6 +324,31 @@ def parse_duration(text):
         if text.endswith(suffix):
             return float(text[:-len(suffix)]) * scale
     return float(text) / 1000.0
+
+
+def raw_connect(addr, timeout=5.0):
+    """A plain TCP connection to host:port (no TLS)."""
+    host, port = addr.rsplit(":", 1)
+    return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+
+
+def wait_closed(sock, timeout):
+    """Reads from a plain socket until the peer closes it (EOF or reset);
+    returns the seconds that took. Raises TimeoutError if it stays open."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("connection still open after %.1fs" % timeout)
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - t0
+        except (socket.timeout, TimeoutError):
+            raise TimeoutError("connection still open after %.1fs" % timeout) from None
+        except ConnectionError:
+            return time.monotonic() - t0
 
 
 def tail(path, lines=40):
@@ -339,18 +376,22 @@ class Cluster:
 
     interval: the balancer's --interval; balancer_args / node_args: extra
     flags (node_args may also be a dict {index: [flags]} for single nodes);
-    start_nodes=False starts only the balancer."""
+    start_nodes=False starts only the balancer; node_prefix: words put before
+    the node binary (a wrapper such as valgrind); balancer_env: extra
+    environment of the balancer (e.g. BERTH_ADMIN_TOKEN)."""
 
     def __init__(self, n=3, interval="250ms", balancer_args=(), node_args=(), workers=2,
-                 start_nodes=True, budget=TEST_BUDGET_S):
+                 start_nodes=True, budget=TEST_BUDGET_S, node_prefix=(), balancer_env=None):
         self.n = n
         self.interval = interval
         self.interval_s = parse_duration(interval)
         self.balancer_args = list(balancer_args)
+        self.balancer_env = dict(balancer_env or {})
         self.node_args = node_args
         self.workers = workers
         self.start_nodes = start_nodes
         self.budget = budget
+        self.node_prefix = list(node_prefix)
         self.procs = {}        # name -> Popen now running (or last run)
         self._all = []         # every Popen ever started, for the teardown
         self.logs = {}         # name -> log path (latest)
@@ -439,7 +480,7 @@ class Cluster:
                 ] + self.balancer_args
 
     def start_balancer(self, wait=True, env=None):
-        p = self.spawn("balancer", self.balancer_argv(), env)
+        p = self.spawn("balancer", self.balancer_argv(), dict(self.balancer_env, **(env or {})))
         if wait:
             wait_until(lambda: self._alive_or_raise("balancer")
                        and http_get(self.http_port, "/healthz", 1.0)[0] == 200,
@@ -453,7 +494,7 @@ class Cluster:
         return "127.0.0.1:%d" % self.node_ports[i]
 
     def node_argv(self, i, extra=()):
-        args = [NODE_BIN, "--id", self.node_id(i), "--listen", self.node_addr(i),
+        args = self.node_prefix + [NODE_BIN, "--id", self.node_id(i), "--listen", self.node_addr(i),
                 "--balancer", self.hb_endpoint, "--cert", self.cert, "--key", self.key,
                 "--workers", str(self.workers)]
         if isinstance(self.node_args, dict):
@@ -546,6 +587,17 @@ class Cluster:
             return status, json.loads(body.decode())
         except ValueError:
             return status, None
+
+    def admin(self, node_id, action, token=None, method="POST"):
+        """(status, parsed JSON or None, headers) of METHOD
+        /v1/nodes/<node_id>/<action>, with a bearer token when given."""
+        headers = {"Authorization": "Bearer %s" % token} if token is not None else {}
+        status, body, hdrs = http_request(self.http_port, method,
+                                          "/v1/nodes/%s/%s" % (node_id, action), headers)
+        try:
+            return status, json.loads(body.decode()), hdrs
+        except ValueError:
+            return status, None, hdrs
 
     def health(self):
         status, h = self.http_get_json("/v1/health")
