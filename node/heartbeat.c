@@ -68,6 +68,12 @@ static void *heartbeat_open(struct heartbeat *hb, char *err, size_t errlen)
     }
     int linger = 0, hwm = HEARTBEAT_SNDHWM, immediate = 1;
     int64_t maxmsg = HB_MAX_MESSAGE;
+    /* A connect to a balancer that is restarting (no address yet) or cut
+     * off would otherwise hang far longer than the liveness bound; and a
+     * connection whose unacknowledged bytes sit for fall intervals is dead
+     * (TCP_USER_TIMEOUT), so its stale queue is never delivered later. */
+    int connect_timeout = (int)hb->interval_ms;
+    int tcp_maxrt = (int)(HEARTBEAT_FALL * hb->interval_ms);
     /* Linger 0: a reconnect must not wait for a dead peer. Small HWM and
      * IMMEDIATE: a heartbeat is dropped rather than queued for a balancer
      * that is not there; a stale one is worthless anyway. */
@@ -75,7 +81,9 @@ static void *heartbeat_open(struct heartbeat *hb, char *err, size_t errlen)
         zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof(hwm)) != 0 ||
         zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof(hwm)) != 0 ||
         zmq_setsockopt(s, ZMQ_IMMEDIATE, &immediate, sizeof(immediate)) != 0 ||
-        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) != 0) {
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg)) != 0 ||
+        zmq_setsockopt(s, ZMQ_CONNECT_TIMEOUT, &connect_timeout, sizeof(connect_timeout)) != 0 ||
+        zmq_setsockopt(s, ZMQ_TCP_MAXRT, &tcp_maxrt, sizeof(tcp_maxrt)) != 0) {
         snprintf(err, errlen, "zmq_setsockopt: %s", zmq_strerror(zmq_errno()));
         zmq_close(s);
         return NULL;
