@@ -692,7 +692,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (*upload_data_size != 0)
         return MHD_NO; /* a body nobody announced: drop the connection */
-    enum MHD_Result r = dispatch(a, conn, url, method);
+    enum MHD_Result r = has_body(conn)
+                            ? respond_error(a, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                                            "this API takes no request body", NULL)
+                            : dispatch(a, conn, url, method);
     if (log_enabled(LOG_LEVEL_DEBUG)) {
         char clean[128];
         size_t j = 0;
