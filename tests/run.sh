@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# The one command that runs every berth test: installs the Debian 12
-# dependencies, starts a Docker engine for the compose tests, builds with
-# warnings as errors, and runs ctest (unit, integration, compose).
-#   tests/run.sh                 everything
-#   BERTH_SKIP_COMPOSE=1 tests/run.sh   no Docker: unit and integration only
-#   BERTH_SANITIZE=1 tests/run.sh       the same under ASan+UBSan (build-asan/)
+# The one command that runs every berth test. On a Debian 12 machine it:
+#   1. installs the packages it needs (deploy/install-deps.sh),
+#   2. starts a Docker engine for the compose tests (deploy/docker-up.sh),
+#   3. builds with warnings as errors and runs ctest: unit, integration,
+#      browser and compose tests (build/),
+#   4. builds again under ASan+UBSan and runs the unit and integration
+#      tests there (build-asan/),
+#   5. runs every libFuzzer target for 20 s (tests/fuzz/run.sh, build-fuzz/).
+# Switches for local use:
+#   BERTH_SKIP_COMPOSE=1   no Docker: leave the compose tests out
+#   BERTH_QUICK=1          steps 1-3 only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/install-deps.sh
-
-build=build
-cmake_args=(-DBERTH_WERROR=ON)
-if [ "${BERTH_SANITIZE:-0}" = 1 ]; then
-  build=build-asan
-  cmake_args+=(-DBERTH_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
-fi
 
 ctest_args=(--output-on-failure)
 if [ "${BERTH_SKIP_COMPOSE:-0}" = 1 ]; then
@@ -24,6 +22,20 @@ else
   deploy/docker-up.sh
 fi
 
-cmake -S . -B "$build" "${cmake_args[@]}"
-cmake --build "$build" -j"$(nproc)"
-ctest --test-dir "$build" "${ctest_args[@]}"
+step() { printf '\n==== %s\n' "$*"; }
+
+step "build and test (build/)"
+cmake -S . -B build -DBERTH_WERROR=ON
+cmake --build build -j"$(nproc)"
+ctest --test-dir build "${ctest_args[@]}"
+
+[ "${BERTH_QUICK:-0}" = 1 ] && exit 0
+
+step "unit and integration tests under ASan+UBSan (build-asan/)"
+cmake -S . -B build-asan -DBERTH_WERROR=ON -DBERTH_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+cmake --build build-asan -j"$(nproc)"
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
+  ctest --test-dir build-asan --output-on-failure -L 'unit|integration'
+
+step "fuzzing, 20 s per target (build-fuzz/)"
+tests/fuzz/run.sh 20

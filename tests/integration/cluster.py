@@ -423,6 +423,8 @@ class Cluster:
                 print("\n=== FAILURE: %s: %s" % (exc_type.__name__, exc), flush=True)
                 self.dump_logs()
             self._stop_all()
+            if exc_type is None:
+                self._check_sanitizer_reports()
         finally:
             if self.dir and not os.environ.get("BERTH_IT_KEEP"):
                 shutil.rmtree(self.dir, ignore_errors=True)
@@ -431,6 +433,24 @@ class Cluster:
             for sig, h in self._old_handlers.items():
                 signal.signal(sig, h if h is not None else signal.SIG_DFL)
         return False
+
+    # Under an ASan/UBSan build a report may not change an exit code the test
+    # looks at, so every process log is searched once everything stopped.
+    SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+    def _check_sanitizer_reports(self):
+        if not self.dir:
+            return
+        for name in sorted(os.listdir(self.dir)):
+            if ".log" not in name:
+                continue
+            with open(os.path.join(self.dir, name), "rb") as f:
+                text = f.read().decode(errors="replace")
+            for marker in self.SANITIZER_MARKERS:
+                if marker in text:
+                    at = text.index(marker)
+                    print("=== sanitizer report in %s:\n%s" % (name, text[max(0, at - 200):at + 3000]))
+                    raise AssertionError("sanitizer report (%s) in %s" % (marker, name))
 
     def _setup(self):
         for b in (NODE_BIN, BALANCER_BIN):
