@@ -1,26 +1,13 @@
 /* addr: parsing and formatting "host:port" text and resolving it to a
  * socket address; all checks a user's typo could trip live here. */
 #include "addr.h"
+#include "errbuf.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-static void addr_errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void addr_errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* An IPv6 literal, optionally with a "%zone" (fe80::1%eth0). */
 static bool addr_is_ipv6(const char *host)
@@ -77,13 +64,13 @@ static int addr_parse_port(const char *p, bool allow_zero, uint16_t *out, char *
                            size_t errlen)
 {
     if (!*p) {
-        addr_errf(err, errlen, "missing port after ':'");
+        errbuf_setf(err, errlen, "missing port after ':'");
         return -1;
     }
     unsigned long v = 0;
     for (const char *q = p; *q; q++) {
         if (*q < '0' || *q > '9') {
-            addr_errf(err, errlen, "port \"%.16s%s\" is not a number", p,
+            errbuf_setf(err, errlen, "port \"%.16s%s\" is not a number", p,
                       strlen(p) > 16 ? "..." : "");
             return -1;
         }
@@ -91,7 +78,7 @@ static int addr_parse_port(const char *p, bool allow_zero, uint16_t *out, char *
             v = v * 10 + (unsigned long)(*q - '0');
     }
     if (v > 65535 || (v == 0 && !allow_zero)) {
-        addr_errf(err, errlen, "port %.16s%s is out of range (%d-65535)", p,
+        errbuf_setf(err, errlen, "port %.16s%s is out of range (%d-65535)", p,
                   strlen(p) > 16 ? "..." : "", allow_zero ? 0 : 1);
         return -1;
     }
@@ -102,7 +89,7 @@ static int addr_parse_port(const char *p, bool allow_zero, uint16_t *out, char *
 int addr_parse(const char *text, bool allow_zero, struct addr *out, char *err, size_t errlen)
 {
     if (!text || !*text) {
-        addr_errf(err, errlen, "empty address (want host:port)");
+        errbuf_setf(err, errlen, "empty address (want host:port)");
         return -1;
     }
 
@@ -112,24 +99,24 @@ int addr_parse(const char *text, bool allow_zero, struct addr *out, char *err, s
     if (bracketed) {
         const char *close = strchr(text, ']');
         if (!close) {
-            addr_errf(err, errlen, "unterminated '[' (want [ipv6]:port)");
+            errbuf_setf(err, errlen, "unterminated '[' (want [ipv6]:port)");
             return -1;
         }
         host = text + 1;
         hlen = (size_t)(close - host);
         if (close[1] == '\0') {
-            addr_errf(err, errlen, "missing port (want [ipv6]:port)");
+            errbuf_setf(err, errlen, "missing port (want [ipv6]:port)");
             return -1;
         }
         if (close[1] != ':') {
-            addr_errf(err, errlen, "unexpected text after ']' (want [ipv6]:port)");
+            errbuf_setf(err, errlen, "unexpected text after ']' (want [ipv6]:port)");
             return -1;
         }
         port = close + 2;
     } else {
         const char *colon = strrchr(text, ':');
         if (!colon) {
-            addr_errf(err, errlen, "missing port (want host:port)");
+            errbuf_setf(err, errlen, "missing port (want host:port)");
             return -1;
         }
         host = text;
@@ -137,18 +124,18 @@ int addr_parse(const char *text, bool allow_zero, struct addr *out, char *err, s
         /* "::1:80" could be [::1]:80 or [::]:180; other colons (a URL's
          * "tcp://") fall to the character check below. */
         if (memchr(host, ':', hlen) && (addr_is_ipv6(text) || addr_is_ip_literal_n(host, hlen))) {
-            addr_errf(err, errlen, "an IPv6 address needs brackets (want [ipv6]:port)");
+            errbuf_setf(err, errlen, "an IPv6 address needs brackets (want [ipv6]:port)");
             return -1;
         }
         port = colon + 1;
     }
 
     if (hlen == 0) {
-        addr_errf(err, errlen, "empty host (want host:port)");
+        errbuf_setf(err, errlen, "empty host (want host:port)");
         return -1;
     }
     if (hlen > ADDR_HOST_MAX) {
-        addr_errf(err, errlen, "host is too long (%zu bytes, at most %d)", hlen, ADDR_HOST_MAX);
+        errbuf_setf(err, errlen, "host is too long (%zu bytes, at most %d)", hlen, ADDR_HOST_MAX);
         return -1;
     }
     char hbuf[ADDR_HOST_MAX + 1];
@@ -157,7 +144,7 @@ int addr_parse(const char *text, bool allow_zero, struct addr *out, char *err, s
 
     if (bracketed) {
         if (!addr_is_ipv6(hbuf)) {
-            addr_errf(err, errlen, "\"%s\" in brackets is not an IPv6 address", hbuf);
+            errbuf_setf(err, errlen, "\"%s\" in brackets is not an IPv6 address", hbuf);
             return -1;
         }
     } else {
@@ -165,9 +152,9 @@ int addr_parse(const char *text, bool allow_zero, struct addr *out, char *err, s
             if (!addr_host_char_ok(hbuf[i])) {
                 unsigned char ch = (unsigned char)hbuf[i];
                 if (ch > 0x20 && ch < 0x7f)
-                    addr_errf(err, errlen, "invalid character '%c' in host", ch);
+                    errbuf_setf(err, errlen, "invalid character '%c' in host", ch);
                 else
-                    addr_errf(err, errlen, "invalid byte 0x%02x in host", ch);
+                    errbuf_setf(err, errlen, "invalid byte 0x%02x in host", ch);
                 return -1;
             }
         }
@@ -205,12 +192,12 @@ int addr_resolve(const struct addr *a, int socktype, struct sockaddr_storage *ou
     snprintf(port, sizeof(port), "%u", (unsigned)a->port);
     int rc = getaddrinfo(a->host, port, &hints, &res);
     if (rc != 0) {
-        addr_errf(err, errlen, "cannot resolve %s: %s", a->host,
+        errbuf_setf(err, errlen, "cannot resolve %s: %s", a->host,
                   rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
         return -1;
     }
     if (!res || res->ai_addrlen > sizeof(*out)) {
-        addr_errf(err, errlen, "cannot resolve %s: no usable address", a->host);
+        errbuf_setf(err, errlen, "cannot resolve %s: no usable address", a->host);
         if (res)
             freeaddrinfo(res);
         return -1;

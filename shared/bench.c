@@ -4,6 +4,7 @@
  * events, with deadlines checked by a periodic sweep. Replies are checked
  * with the client module's pure reply checks. */
 #include "bench.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -92,19 +93,6 @@ int bench_exchange_parse(const char *text, enum bench_exchange *out)
 const char *bench_err_name(enum bench_err e)
 {
     return (unsigned)e < BENCH_ERR_COUNT ? bench_err_names[e] : "unknown";
-}
-
-static void bench_errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void bench_errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
 }
 
 static uint64_t bench_now_ns(void)
@@ -674,36 +662,36 @@ static void bench_worker_release(struct bench_worker *w)
 static int bench_check_options(const struct bench_options *o, char *err, size_t errlen)
 {
     if (!o->addr || !*o->addr) {
-        bench_errf(err, errlen, "no server address");
+        errbuf_setf(err, errlen, "no server address");
         return -1;
     }
     if (!bench_mode_name(o->mode) || !bench_exchange_name(o->exchange)) {
-        bench_errf(err, errlen, "bad mode or exchange");
+        errbuf_setf(err, errlen, "bad mode or exchange");
         return -1;
     }
     if (o->connections < 1 || o->connections > 100000) {
-        bench_errf(err, errlen, "connections must be 1..100000, not %u", o->connections);
+        errbuf_setf(err, errlen, "connections must be 1..100000, not %u", o->connections);
         return -1;
     }
     if (o->pipeline < 1 || o->pipeline > 1024) {
-        bench_errf(err, errlen, "pipeline must be 1..1024, not %u", o->pipeline);
+        errbuf_setf(err, errlen, "pipeline must be 1..1024, not %u", o->pipeline);
         return -1;
     }
     if (o->threads < 1 || o->threads > 64) {
-        bench_errf(err, errlen, "threads must be 1..64, not %u", o->threads);
+        errbuf_setf(err, errlen, "threads must be 1..64, not %u", o->threads);
         return -1;
     }
     if (o->size > (64u << 20)) {
-        bench_errf(err, errlen, "size must be at most 64 MiB, not %zu", o->size);
+        errbuf_setf(err, errlen, "size must be at most 64 MiB, not %zu", o->size);
         return -1;
     }
     if (o->duration_ms <= 0 || o->timeout_ms <= 0) {
-        bench_errf(err, errlen, "duration and timeout must be positive");
+        errbuf_setf(err, errlen, "duration and timeout must be positive");
         return -1;
     }
     size_t namelen = o->name ? strlen(o->name) : 0;
     if (namelen == 0 || namelen > FRAME_NAME_MAX) {
-        bench_errf(err, errlen, "client name must be 1..%d bytes", FRAME_NAME_MAX);
+        errbuf_setf(err, errlen, "client name must be 1..%d bytes", FRAME_NAME_MAX);
         return -1;
     }
     return 0;
@@ -738,11 +726,11 @@ int bench_run(const struct bench_options *o, struct bench_result *out, char *err
 
     struct addr a;
     if (addr_parse(o->addr, false, &a, e, sizeof(e)) != 0) {
-        bench_errf(err, errlen, "bad address %s: %s", o->addr, e);
+        errbuf_setf(err, errlen, "bad address %s: %s", o->addr, e);
         return -1;
     }
     if (addr_resolve(&a, SOCK_STREAM, &sh.sa, &sh.salen, e, sizeof(e)) != 0) {
-        bench_errf(err, errlen, "%s: %s", o->addr, e);
+        errbuf_setf(err, errlen, "%s: %s", o->addr, e);
         return -1;
     }
     snprintf(sh.host, sizeof(sh.host), "%s", a.host);
@@ -752,7 +740,7 @@ int bench_run(const struct bench_options *o, struct bench_result *out, char *err
 
     sh.ctx = tls_ctx_client_new(o->ca_file, o->verify, e, sizeof(e));
     if (!sh.ctx) {
-        bench_errf(err, errlen, "%s", e);
+        errbuf_setf(err, errlen, "%s", e);
         return -1;
     }
     /* Every handshake must be a full one: no session cache, no tickets. */
@@ -761,7 +749,7 @@ int bench_run(const struct bench_options *o, struct bench_result *out, char *err
 
     sh.payload = malloc(o->size ? o->size : 1);
     if (!sh.payload) {
-        bench_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < o->size; i++)
@@ -775,7 +763,7 @@ int bench_run(const struct bench_options *o, struct bench_result *out, char *err
     out->latency = bench_hist_new();
     ws = calloc(o->threads, sizeof(*ws));
     if (!out->latency || !ws) {
-        bench_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         goto out;
     }
     for (unsigned t = 0; t < o->threads; t++) {
@@ -790,7 +778,7 @@ int bench_run(const struct bench_options *o, struct bench_result *out, char *err
         w->hist = bench_hist_new();
         w->conns = w->nconns ? calloc(w->nconns, sizeof(*w->conns)) : NULL;
         if (!w->hist || (w->nconns && !w->conns)) {
-            bench_errf(err, errlen, "out of memory");
+            errbuf_setf(err, errlen, "out of memory");
             goto out;
         }
         for (unsigned i = 0; i < w->nconns; i++) {
@@ -801,13 +789,13 @@ int bench_run(const struct bench_options *o, struct bench_result *out, char *err
             buf_init(&c->out);
             c->sent_ns = calloc(o->pipeline, sizeof(*c->sent_ns));
             if (!c->sent_ns) {
-                bench_errf(err, errlen, "out of memory");
+                errbuf_setf(err, errlen, "out of memory");
                 goto out;
             }
         }
         w->ep = epoll_create1(EPOLL_CLOEXEC);
         if (w->ep < 0) {
-            bench_errf(err, errlen, "epoll_create1: %s", strerror(errno));
+            errbuf_setf(err, errlen, "epoll_create1: %s", strerror(errno));
             goto out;
         }
     }
@@ -819,7 +807,7 @@ int bench_run(const struct bench_options *o, struct bench_result *out, char *err
     for (unsigned t = 0; t < o->threads; t++) {
         int pe = pthread_create(&ws[t].thread, NULL, bench_worker_main, &ws[t]);
         if (pe != 0) {
-            bench_errf(err, errlen, "pthread_create: %s", strerror(pe));
+            errbuf_setf(err, errlen, "pthread_create: %s", strerror(pe));
             atomic_store(&sh.abort, true);
             create_failed = true;
             goto join;
@@ -902,11 +890,11 @@ join:
     }
     out->rate = out->elapsed_s > 0 ? (double)out->requests / out->elapsed_s : 0;
     if (fatal) {
-        bench_errf(err, errlen, "%s", fatal);
+        errbuf_setf(err, errlen, "%s", fatal);
         goto out;
     }
     if (out->requests == 0 && out->errors_total > 0) {
-        bench_errf(err, errlen, "nothing succeeded (%" PRIu64 " errors): %s", out->errors_total,
+        errbuf_setf(err, errlen, "nothing succeeded (%" PRIu64 " errors): %s", out->errors_total,
                    out->first_error[0] ? out->first_error : "no answer");
         goto out;
     }

@@ -1,12 +1,12 @@
 /* config: a program's settings table applied in layers (default, then
  * BERTH_* environment, then argv), each value validated by one parser. */
 #include "config.h"
+#include "errbuf.h"
 
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,19 +65,6 @@ static const char *const config_type_names[] = {
     [CONFIG_SIZE] = "size",
     [CONFIG_ENUM] = "choice",
 };
-
-static void config_errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void config_errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* "heartbeat-interval" -> "BERTH_HEARTBEAT_INTERVAL". */
 static void config_env_name(const char *name, char *out, size_t len)
@@ -264,13 +251,13 @@ static int config_set_value(const struct config_setting *s, struct config_value 
         break;
     case CONFIG_ENUM:
         if (!config_enum_has(s->choices, text)) {
-            config_errf(err, errlen, "%s: \"%s\" is not one of %s", where, text, s->choices);
+            errbuf_setf(err, errlen, "%s: \"%s\" is not one of %s", where, text, s->choices);
             return -1;
         }
         break;
     case CONFIG_BOOL:
         if (config_parse_bool(text, &flag) != 0) {
-            config_errf(err, errlen, "%s: \"%s\" is not a boolean (true/false, yes/no, 1/0)",
+            errbuf_setf(err, errlen, "%s: \"%s\" is not a boolean (true/false, yes/no, 1/0)",
                         where, text);
             return -1;
         }
@@ -280,16 +267,16 @@ static int config_set_value(const struct config_setting *s, struct config_value 
         errno = 0;
         /* strtoll skips leading blanks; a value with blanks is not ours. */
         if (!text[0] || isspace((unsigned char)text[0])) {
-            config_errf(err, errlen, "%s: \"%s\" is not an integer", where, text);
+            errbuf_setf(err, errlen, "%s: \"%s\" is not an integer", where, text);
             return -1;
         }
         num = strtoll(text, &end, 10);
         if (*end != '\0') {
-            config_errf(err, errlen, "%s: \"%s\" is not an integer", where, text);
+            errbuf_setf(err, errlen, "%s: \"%s\" is not an integer", where, text);
             return -1;
         }
         if (errno == ERANGE) {
-            config_errf(err, errlen, "%s: %s is out of range", where, text);
+            errbuf_setf(err, errlen, "%s: %s is out of range", where, text);
             return -1;
         }
         break;
@@ -305,11 +292,11 @@ static int config_set_value(const struct config_setting *s, struct config_value 
                                           sizeof(config_size_units) / sizeof(config_size_units[0]),
                                           &num);
         if (r == -2) {
-            config_errf(err, errlen, "%s: %s is out of range", where, text);
+            errbuf_setf(err, errlen, "%s: %s is out of range", where, text);
             return -1;
         }
         if (r != 0) {
-            config_errf(err, errlen,
+            errbuf_setf(err, errlen,
                         dur ? "%s: \"%s\" is not a duration (e.g. 250ms, 2s, 1.5s, 1m, 1h; "
                               "a bare number is milliseconds)"
                             : "%s: \"%s\" is not a size (e.g. 512, 64KiB, 1MiB, 1GiB; "
@@ -329,19 +316,19 @@ static int config_set_value(const struct config_setting *s, struct config_value 
         char bound[64];
         if (num < s->min) {
             config_format_amount(s->type, s->min, bound, sizeof(bound));
-            config_errf(err, errlen, "%s: %s is below the minimum %s", where, text, bound);
+            errbuf_setf(err, errlen, "%s: %s is below the minimum %s", where, text, bound);
             return -1;
         }
         if (num > s->max) {
             config_format_amount(s->type, s->max, bound, sizeof(bound));
-            config_errf(err, errlen, "%s: %s is above the maximum %s", where, text, bound);
+            errbuf_setf(err, errlen, "%s: %s is above the maximum %s", where, text, bound);
             return -1;
         }
     }
 
     char *copy = strdup(text);
     if (!copy) {
-        config_errf(err, errlen, "%s: out of memory", where);
+        errbuf_setf(err, errlen, "%s: out of memory", where);
         return CONFIG_NO_MEMORY;
     }
     free(v->text);
@@ -357,7 +344,7 @@ static int config_add_positional(struct config *c, const char *arg, char *err, s
         size_t cap = c->pos_cap ? c->pos_cap * 2 : 4;
         char **p = realloc(c->pos, cap * sizeof(*p));
         if (!p) {
-            config_errf(err, errlen, "out of memory");
+            errbuf_setf(err, errlen, "out of memory");
             return -1;
         }
         c->pos = p;
@@ -365,7 +352,7 @@ static int config_add_positional(struct config *c, const char *arg, char *err, s
     }
     char *copy = strdup(arg);
     if (!copy) {
-        config_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         return -1;
     }
     c->pos[c->npos++] = copy;
@@ -398,7 +385,7 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
             c->values[i].num = 0;
             c->values[i].flag = false;
             if (!c->values[i].text) {
-                config_errf(err, errlen, "out of memory");
+                errbuf_setf(err, errlen, "out of memory");
                 return CONFIG_ERROR;
             }
             continue;
@@ -444,7 +431,7 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
         if (strcmp(arg, "--version") == 0)
             return CONFIG_VERSION;
         if (arg[1] != '-') {
-            config_errf(err, errlen, "unknown option %s (see --help)", arg);
+            errbuf_setf(err, errlen, "unknown option %s (see --help)", arg);
             return CONFIG_ERROR;
         }
 
@@ -453,7 +440,7 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         long idx = config_find(c, name, nlen);
         if (idx < 0) {
-            config_errf(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
+            errbuf_setf(err, errlen, "unknown option --%.*s (see --help)", (int)nlen, name);
             return CONFIG_ERROR;
         }
         const struct config_setting *s = &c->table[idx];
@@ -467,7 +454,7 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
              * should say -3 is out of range, not that -3 is an unknown option. */
             val = argv[++i];
         } else {
-            config_errf(err, errlen, "--%s needs a value (see --help)", s->name);
+            errbuf_setf(err, errlen, "--%s needs a value (see --help)", s->name);
             return CONFIG_ERROR;
         }
         char where[CONFIG_ENV_MAX + 8];
