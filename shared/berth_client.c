@@ -70,7 +70,7 @@ struct bc_node {
 
 struct berth_client {
     struct berth_options o;         /* strings below are our copies */
-    char *node, *ca_file, *name;
+    char *node, *ca_file, *name, *key;
     struct lookup **lookups;        /* one per balancer URL */
     size_t nlookups;
     size_t good_lookup;             /* the balancer that answered last */
@@ -85,9 +85,11 @@ struct berth_client {
     unsigned episode;               /* failovers since the last ACK */
     unsigned long failovers;
     unsigned int seed;              /* for jitter */
-    berth_ack_fn ack_fn;
+    berth_ack_fn ack_fn;            /* at most one of ack_fn, ack_handler */
+    berth_ack_handler ack_handler;
     void *ack_arg;
     char err[BC_ERR_MAX];
+    char cause[BC_ERR_MAX];         /* why the last session broke, "" if none */
 };
 
 static void bc_errf(berth_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -132,7 +134,9 @@ berth_err berth_client_new(const struct berth_options *o, berth_client **out)
     c->node = bc_dup(o->node && *o->node ? o->node : NULL, &fail);
     c->ca_file = bc_dup(o->ca_file, &fail);
     c->name = bc_dup(o->name, &fail);
+    c->key = bc_dup(o->key && *o->key ? o->key : NULL, &fail);
     c->o.balancers = NULL;
+    c->o.node = c->o.ca_file = c->o.name = c->o.key = NULL; /* use the copies */
     retry_exclude_init(&c->excluded);
     c->seed = (unsigned)(mono_now_ms() ^ ((uint64_t)getpid() << 16) ^ (uintptr_t)c);
     if (fail)
@@ -174,17 +178,43 @@ void berth_client_free(berth_client *c)
     free(c->node);
     free(c->ca_file);
     free(c->name);
+    free(c->key);
     free(c);
 }
 
 const char *berth_error(const berth_client *c) { return c ? c->err : ""; }
 const char *berth_node_id(const berth_client *c) { return c && c->s ? client_node_id(c->s) : ""; }
+const char *berth_node_addr(const berth_client *c) { return c && c->s ? client_addr(c->s) : ""; }
+
+size_t berth_max_message(const berth_client *c)
+{
+    /* A SEND body is the 8-byte message id, then the message. */
+    uint32_t max = c && c->s ? client_max_payload(c->s) : 0;
+    return max >= 8 ? (size_t)max - 8 : 0;
+}
+
+long berth_idle_timeout_ms(const berth_client *c)
+{
+    return c && c->s ? (long)client_idle_timeout_ms(c->s) : 0;
+}
 size_t berth_unacked(const berth_client *c) { return c ? c->count : 0; }
 unsigned long berth_failovers(const berth_client *c) { return c ? c->failovers : 0; }
 
 void berth_set_ack_callback(berth_client *c, berth_ack_fn fn, void *arg)
 {
+    if (!c)
+        return;
     c->ack_fn = fn;
+    c->ack_handler = NULL;
+    c->ack_arg = arg;
+}
+
+void berth_set_ack_handler(berth_client *c, berth_ack_handler fn, void *arg)
+{
+    if (!c)
+        return;
+    c->ack_handler = fn;
+    c->ack_fn = NULL;
     c->ack_arg = arg;
 }
 
@@ -248,37 +278,58 @@ static berth_err bc_refresh(berth_client *c)
     return BERTH_E_LOOKUP;
 }
 
-/* Chooses a node that did not just fail, refreshing the cache when it is
- * stale or holds only excluded nodes. */
-static berth_err bc_choose(berth_client *c, struct bc_node *out)
+/* Asks /v1/pick (with the affinity key, if any), skipping the nodes that
+ * just failed; each balancer is asked in turn, starting with the one that
+ * answered last. */
+static berth_err bc_pick(berth_client *c, struct bc_node *out)
 {
-    uint64_t now = mono_now_ms();
-    for (int pass = 0; pass < 2; pass++) {
-        bool stale = c->nodes_at_ms == 0 || now - c->nodes_at_ms >= (uint64_t)c->o.cache_ttl_ms;
-        if (stale || pass == 1) {
-            berth_err r = bc_refresh(c);
-            if (r != BERTH_OK)
-                return r;
-        }
-        size_t ok[BC_NODES_MAX], nok = 0;
-        for (size_t i = 0; i < c->nnodes; i++)
-            if (!retry_excluded(&c->excluded, c->nodes[i].id, now))
-                ok[nok++] = i;
-        if (nok) {
-            *out = c->nodes[ok[(size_t)rand_r(&c->seed) % nok]];
+    const char *ex[RETRY_EXCLUDE_MAX];
+    size_t nex = retry_exclude_list(&c->excluded, mono_now_ms(), ex, RETRY_EXCLUDE_MAX);
+    char e[BC_ERR_MAX] = "";
+    bool empty = false;
+    for (size_t k = 0; k < c->nlookups; k++) {
+        size_t i = (c->good_lookup + k) % c->nlookups;
+        struct lookup_node n;
+        if (lookup_pick(c->lookups[i], c->key, ex, nex, &n, e, sizeof(e)) == 0) {
+            c->good_lookup = i;
+            c->epoch = n.epoch;
+            snprintf(out->id, sizeof(out->id), "%s", n.id);
+            snprintf(out->addr, sizeof(out->addr), "%s", n.addr);
             return BERTH_OK;
         }
-        if (stale)
-            break; /* just refreshed: asking again gives the same answer */
+        /* lookup_pick reports the documented 503 error code in its text:
+         * a balancer that answered "no node" is not a lookup failure. */
+        if (strstr(e, "no_healthy_node"))
+            empty = true;
     }
-    if (c->excluded.n && c->err[0]) {
-        char prev[BC_ERR_MAX];
-        snprintf(prev, sizeof(prev), "%s", c->err);
-        bc_errf(c, "every node in rotation just failed; last: %.900s", prev);
-    } else {
-        bc_errf(c, "the balancer lists no node");
+    bc_errf(c, "%s", e[0] ? e : "no balancer answered");
+    return empty ? BERTH_E_NO_NODE : BERTH_E_LOOKUP;
+}
+
+/* Chooses a node that did not just fail. The balancer decides first, so its
+ * policy (least-loaded by default, rendezvous with a key) and its freshest
+ * view of load apply; the cached /v1/nodes list is kept warm beside it and
+ * is used, while its TTL lasts, only when no balancer answers. */
+static berth_err bc_choose(berth_client *c, struct bc_node *out)
+{
+    berth_err r = bc_pick(c, out);
+    uint64_t now = mono_now_ms();
+    bool fresh = c->nodes_at_ms != 0 && now - c->nodes_at_ms < (uint64_t)c->o.cache_ttl_ms;
+    if (r == BERTH_OK) {
+        if (!c->key && !fresh)
+            (void)bc_refresh(c); /* only warms the fallback; a failure changes nothing */
+        return BERTH_OK;
     }
-    return BERTH_E_NO_NODE;
+    if (r != BERTH_E_LOOKUP || c->key || !fresh)
+        return r;
+    size_t ok[BC_NODES_MAX], nok = 0;
+    for (size_t i = 0; i < c->nnodes; i++)
+        if (!retry_excluded(&c->excluded, c->nodes[i].id, now))
+            ok[nok++] = i;
+    if (nok == 0)
+        return r;
+    *out = c->nodes[ok[(size_t)rand_r(&c->seed) % nok]];
+    return BERTH_OK;
 }
 
 /* Sends every unacknowledged message on the new session. */
@@ -293,7 +344,9 @@ static int bc_resend(berth_client *c)
 }
 
 /* Connects (to c->node, or a discovered node), with up to max_retries
- * further attempts after a backoff, then re-sends what is unacknowledged. */
+ * further attempts after a backoff, then re-sends what is unacknowledged.
+ * On failure c->err tells the last connection failure and, when the
+ * lookup failed after it, that too. */
 static berth_err bc_connect_any(berth_client *c)
 {
     struct client_options co = {
@@ -302,8 +355,10 @@ static berth_err bc_connect_any(berth_client *c)
         .name = c->name,
         .timeout_ms = c->o.timeout_ms,
     };
+    char conn_err[BC_ERR_MAX] = ""; /* the last node that could not be reached */
     berth_err last = BERTH_E_CONNECT;
-    for (unsigned attempt = 0; attempt <= c->o.max_retries; attempt++) {
+    unsigned attempt = 0;
+    for (; attempt <= c->o.max_retries; attempt++) {
         if (attempt > 0)
             bc_sleep_ms(retry_delay_ms(attempt - 1, c->o.backoff_base_ms, c->o.backoff_max_ms,
                                        (uint32_t)rand_r(&c->seed)));
@@ -312,8 +367,14 @@ static berth_err bc_connect_any(berth_client *c)
             snprintf(n.addr, sizeof(n.addr), "%s", c->node);
         } else {
             last = bc_choose(c, &n);
-            if (last != BERTH_OK)
+            if (last != BERTH_OK) {
+                if (conn_err[0]) {
+                    char e[BC_ERR_MAX];
+                    snprintf(e, sizeof(e), "%s", c->err);
+                    bc_errf(c, "%.480s; then %.480s", conn_err, e);
+                }
                 continue;
+            }
             co.expect_id = n.id;
         }
         enum client_fail fail = CLIENT_FAIL_NONE;
@@ -326,12 +387,18 @@ static berth_err bc_connect_any(berth_client *c)
             client_free(c->s);
             c->s = NULL;
         }
+        snprintf(conn_err, sizeof(conn_err), "%s", e);
         bc_errf(c, "%s", e);
         if (fail == CLIENT_FAIL_SETUP)
             return BERTH_E_SETUP;
         last = BERTH_E_CONNECT;
         if (n.id[0])
             retry_exclude_add(&c->excluded, n.id, mono_now_ms(), c->o.exclude_ms);
+    }
+    if (last == BERTH_E_CONNECT) {
+        char e[BC_ERR_MAX];
+        snprintf(e, sizeof(e), "%s", c->err);
+        bc_errf(c, "%.960s (gave up after %u attempts)", e, attempt);
     }
     return last;
 }
@@ -340,7 +407,8 @@ static berth_err bc_connect_any(berth_client *c)
  * episode has used up its retries. */
 static berth_err bc_failover(berth_client *c)
 {
-    bc_errf(c, "%s", client_error(c->s));
+    snprintf(c->cause, sizeof(c->cause), "%s", client_error(c->s));
+    bc_errf(c, "%s", c->cause);
     const char *id = client_node_id(c->s);
     if (!c->node && id && *id)
         retry_exclude_add(&c->excluded, id, mono_now_ms(), c->o.exclude_ms);
@@ -351,7 +419,14 @@ static berth_err bc_failover(berth_client *c)
     c->failovers++;
     bc_sleep_ms(retry_delay_ms(c->episode - 1, c->o.backoff_base_ms, c->o.backoff_max_ms,
                                (uint32_t)rand_r(&c->seed)));
-    return bc_connect_any(c);
+    berth_err r = bc_connect_any(c);
+    if (r != BERTH_OK) {
+        /* Name both: the session that broke, and why no node took over. */
+        char e[BC_ERR_MAX];
+        snprintf(e, sizeof(e), "%s", c->err);
+        bc_errf(c, "%.400s; no other node took over: %.560s", c->cause, e);
+    }
+    return r;
 }
 
 berth_err berth_connect(berth_client *c)
@@ -375,6 +450,16 @@ static berth_err bc_collect(berth_client *c)
             struct bc_msg *m = &c->ring[c->head];
             if (c->ack_fn)
                 c->ack_fn(c->ack_arg, m->id, ack.sha256, client_node_id(c->s));
+            if (c->ack_handler) {
+                struct berth_ack a = {
+                    .message_id = m->id,
+                    .bytes = m->len,
+                    .sha256 = ack.sha256,
+                    .node_id = client_node_id(c->s),
+                    .node_addr = client_addr(c->s),
+                };
+                c->ack_handler(c->ack_arg, &a);
+            }
             free(m->data);
             m->data = NULL;
             c->head = (c->head + 1) % CLIENT_WINDOW_MAX;
@@ -448,6 +533,26 @@ berth_err berth_ping(berth_client *c, double *rtt_ms)
         if (client_ping(c->s, &rtt) == 0) {
             if (rtt_ms)
                 *rtt_ms = rtt;
+            c->episode = 0;
+            return BERTH_OK;
+        }
+        if ((r = bc_failover(c)) != BERTH_OK)
+            return r;
+    }
+}
+
+berth_err berth_info(berth_client *c, char **json)
+{
+    if (!c || !json)
+        return BERTH_E_INVALID;
+    *json = NULL;
+    berth_err r = berth_flush(c);
+    if (r != BERTH_OK)
+        return r;
+    for (;;) {
+        if (!c->s && (r = bc_connect_any(c)) != BERTH_OK)
+            return r;
+        if (client_info(c->s, json) == 0) {
             c->episode = 0;
             return BERTH_OK;
         }

@@ -1,6 +1,8 @@
-/* berth: the command-line client. Asks the balancer for a node (lookup),
- * talks to it (client), and turns the results into lines on stdout and
- * "berth: ..." messages on stderr. Exit: 0 ok, 1 failure, 2 usage. */
+/* berth: the command-line client, a thin front on libberth (berth/berth.h)
+ * for ping, info and send: turns flags into berth_options and results into
+ * lines on stdout and "berth: ..." messages on stderr. pick and health are
+ * single balancer requests (lookup); bench is its own load generator.
+ * Exit: 0 ok, 1 failure, 2 usage. */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -15,9 +17,10 @@
 
 #include "addr.h"
 #include "bench.h"
+#include "berth/berth.h"
 #include "buf.h"
-#include "client.h"
 #include "config.h"
+#include "frame.h"
 #include "log.h"
 #include "lookup.h"
 
@@ -27,10 +30,13 @@
 #define CLI_ERR_MAX 1024
 /* --whole reads stdin into memory; no node takes a frame near this. */
 #define CLI_WHOLE_MAX (64u << 20)
+/* Most balancer URLs in one comma-separated --balancer. */
+#define CLI_BALANCERS_MAX 16
 
 static const struct config_setting settings[] = {
     {"balancer", CONFIG_STRING, "http://127.0.0.1:8080", 0, 0, NULL,
-     "the balancer's HTTP API, asked which node to use"},
+     "the balancer's HTTP API, asked which node to use (several: comma-separated, "
+     "asked in order)"},
     {"node", CONFIG_STRING, NULL, 0, 0, NULL,
      "host:port of a node to use directly, without asking the balancer"},
     {"ca", CONFIG_STRING, NULL, 0, 0, NULL,
@@ -78,14 +84,13 @@ static const char commands_help[] =
 /* Everything a command needs, from the settings. */
 struct cli {
     struct config *cfg;
-    struct lookup *lookup;     /* NULL with --node */
-    struct client_options copt;
+    char *balancer_list;       /* --balancer, split in place at its commas */
+    const char *balancers[CLI_BALANCERS_MAX];
+    size_t nbalancers;         /* 0 with --node */
+    struct lookup *lookups[CLI_BALANCERS_MAX]; /* one per balancer, for pick and health */
+    struct berth_options bo;   /* ping, info and send go through libberth */
     const char *node_addr;     /* --node, or NULL */
     const char *key;           /* --affinity, or NULL */
-    long retries;
-    char exclude_buf[101][LOOKUP_ID_MAX + 1]; /* nodes that failed us, for /v1/pick */
-    const char *exclude[101];
-    size_t nexclude;
     char err[CLI_ERR_MAX];     /* the failure to report */
 };
 
@@ -100,66 +105,64 @@ static void cli_setf(char *dst, size_t n, const char *fmt, ...)
     va_end(ap);
 }
 
-static void cli_exclude(struct cli *cli, const char *id)
+/* A libberth client from the settings; NULL with cli->err set. */
+static berth_client *cli_client_new(struct cli *cli)
 {
-    if (!id || !*id || cli->nexclude >= sizeof(cli->exclude) / sizeof(cli->exclude[0]))
-        return;
-    for (size_t i = 0; i < cli->nexclude; i++)
-        if (strcmp(cli->exclude[i], id) == 0)
-            return;
-    snprintf(cli->exclude_buf[cli->nexclude], sizeof(cli->exclude_buf[0]), "%s", id);
-    cli->exclude[cli->nexclude] = cli->exclude_buf[cli->nexclude];
-    cli->nexclude++;
+    berth_client *c = NULL;
+    berth_err r = berth_client_new(&cli->bo, &c);
+    if (r != BERTH_OK) {
+        cli_setf(cli->err, sizeof(cli->err), "%s", berth_strerror(r));
+        return NULL;
+    }
+    return c;
 }
 
-/* Picks a node and connects, asking the balancer again (excluding the nodes
- * that failed) up to --retries times. NULL with cli->err set. */
-static struct client *cli_connect(struct cli *cli)
+/* Takes the library's detailed error, or its code's text when it has none. */
+static void cli_take_error(struct cli *cli, const berth_client *c, berth_err r)
 {
-    char err[CLI_ERR_MAX];
-    enum client_fail fail = CLIENT_FAIL_NONE;
+    const char *detail = berth_error(c);
+    cli_setf(cli->err, sizeof(cli->err), "%s", detail[0] ? detail : berth_strerror(r));
+}
 
-    if (cli->node_addr) {
-        cli->copt.expect_id = NULL;
-        struct client *c = client_connect(&cli->copt, cli->node_addr, &fail, err, sizeof(err));
-        if (!c)
-            cli_setf(cli->err, sizeof(cli->err), "%s", err);
-        return c;
+/* Connects a new client; NULL with cli->err set. */
+static berth_client *cli_connect(struct cli *cli)
+{
+    berth_client *c = cli_client_new(cli);
+    if (!c)
+        return NULL;
+    berth_err r = berth_connect(c);
+    if (r != BERTH_OK) {
+        cli_take_error(cli, c, r);
+        berth_client_free(c);
+        return NULL;
     }
+    log_debug("connected", "node_id=%s addr=%s max_message=%zu", berth_node_id(c),
+              berth_node_addr(c), berth_max_message(c));
+    return c;
+}
 
-    char last[CLI_ERR_MAX] = "";
-    for (long attempt = 0; attempt <= cli->retries; attempt++) {
-        struct lookup_node n;
-        if (lookup_pick(cli->lookup, cli->key, cli->exclude, cli->nexclude, &n, err,
-                        sizeof(err)) != 0) {
-            if (last[0])
-                cli_setf(cli->err, sizeof(cli->err), "%s; then %s", last, err);
-            else
-                cli_setf(cli->err, sizeof(cli->err), "%s", err);
-            return NULL;
-        }
-        log_debug("picked", "node_id=%s addr=%s epoch=%" PRIu64 " attempt=%ld", n.id, n.addr,
-                  n.epoch, attempt);
-        cli->copt.expect_id = n.id;
-        struct client *c = client_connect(&cli->copt, n.addr, &fail, err, sizeof(err));
-        cli->copt.expect_id = NULL;
-        if (c) {
-            log_debug("connected", "node_id=%s addr=%s tls=%s session=%" PRIu64
-                      " max_payload=%" PRIu32,
-                      client_node_id(c), n.addr, client_tls_protocol(c), client_session_id(c),
-                      client_max_payload(c));
-            return c;
-        }
-        log_debug("connect_failed", "node_id=%s addr=%s reason=\"%s\"", n.id, n.addr, err);
-        cli_setf(last, sizeof(last), "%s", err);
-        if (fail == CLIENT_FAIL_SETUP) /* a bad CA file fails on every node */
-            break;
-        cli_exclude(cli, n.id);
-        if (attempt == cli->retries)
-            cli_setf(last, sizeof(last), "%s (gave up after %ld attempts)", err, attempt + 1);
+/* One GET on the balancers, in the order given, until one answers: these
+ * are single HTTP calls, with nothing to fail over. */
+static int cli_balancer_get(struct cli *cli, const char *path, char **body)
+{
+    for (size_t i = 0; i < cli->nbalancers; i++) {
+        char err[CLI_ERR_MAX];
+        if (lookup_get_json(cli->lookups[i], path, body, err, sizeof(err)) == 0)
+            return 0;
+        cli_setf(cli->err, sizeof(cli->err), "%s", err);
     }
-    cli_setf(cli->err, sizeof(cli->err), "%s", last);
-    return NULL;
+    return -1;
+}
+
+static int cli_balancer_pick(struct cli *cli, struct lookup_node *n)
+{
+    for (size_t i = 0; i < cli->nbalancers; i++) {
+        char err[CLI_ERR_MAX];
+        if (lookup_pick(cli->lookups[i], cli->key, NULL, 0, n, err, sizeof(err)) == 0)
+            return 0;
+        cli_setf(cli->err, sizeof(cli->err), "%s", err);
+    }
+    return -1;
 }
 
 /* Liveness of the balancer itself, for container health checks: the image
@@ -167,7 +170,7 @@ static struct client *cli_connect(struct cli *cli)
 static int cmd_health(struct cli *cli)
 {
     char *body = NULL;
-    if (lookup_get_json(cli->lookup, "/healthz", &body, cli->err, sizeof(cli->err)) != 0)
+    if (cli_balancer_get(cli, "/healthz", &body) != 0)
         return EXIT_RUNTIME;
     printf("%s\n", body);
     free(body);
@@ -177,49 +180,43 @@ static int cmd_health(struct cli *cli)
 static int cmd_pick(struct cli *cli)
 {
     struct lookup_node n;
-    if (lookup_pick(cli->lookup, cli->key, NULL, 0, &n, cli->err, sizeof(cli->err)) != 0)
+    if (cli_balancer_pick(cli, &n) != 0)
         return EXIT_RUNTIME;
     printf("%s %s\n", n.id, n.addr);
     return 0;
 }
 
-/* Ends a session politely; a failure here changes nothing for the user. */
-static void cli_close(struct client *c)
-{
-    if (c && client_bye(c) != 0)
-        log_debug("bye_failed", "reason=\"%s\"", client_error(c));
-    client_free(c);
-}
-
 static int cmd_ping(struct cli *cli)
 {
-    struct client *c = cli_connect(cli);
+    berth_client *c = cli_connect(cli);
     if (!c)
         return EXIT_RUNTIME;
     long long count = config_int(cli->cfg, "count");
     for (long long i = 0; i < count; i++) {
         double rtt = 0;
-        if (client_ping(c, &rtt) != 0) {
-            cli_setf(cli->err, sizeof(cli->err), "%s", client_error(c));
-            client_free(c);
+        berth_err r = berth_ping(c, &rtt);
+        if (r != BERTH_OK) {
+            cli_take_error(cli, c, r);
+            berth_client_free(c);
             return EXIT_RUNTIME;
         }
-        printf("pong from %s (%s): %.2f ms\n", client_node_id(c), client_addr(c), rtt);
+        printf("pong from %s (%s): %.2f ms\n", berth_node_id(c), berth_node_addr(c), rtt);
         fflush(stdout);
     }
-    cli_close(c);
+    berth_client_free(c); /* says BYE */
     return 0;
 }
 
 static int cmd_info(struct cli *cli)
 {
-    struct client *c = cli_connect(cli);
+    berth_client *c = cli_connect(cli);
     if (!c)
         return EXIT_RUNTIME;
     char *text = NULL;
-    if (client_info(c, &text) != 0) {
-        cli_setf(cli->err, sizeof(cli->err), "%s", client_error(c));
-        client_free(c);
+    berth_err r = berth_info(c, &text);
+    if (r != BERTH_OK) {
+        cli_take_error(cli, c, r);
+        berth_client_free(c);
         return EXIT_RUNTIME;
     }
     json_error_t jerr;
@@ -227,7 +224,7 @@ static int cmd_info(struct cli *cli)
     int rc = 0;
     if (!info) {
         cli_setf(cli->err, sizeof(cli->err), "node %s: INFO_REPLY is not JSON: %s",
-                 client_node_id(c), jerr.text);
+                 berth_node_id(c), jerr.text);
         rc = EXIT_RUNTIME;
     } else {
         char *pretty = json_dumps(info, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -241,124 +238,59 @@ static int cmd_info(struct cli *cli)
         json_decref(info);
     }
     free(text);
-    cli_close(c);
+    berth_client_free(c);
     return rc;
 }
 
-/* --- send */
-
-/* A message sent and not yet acknowledged; kept for a resend elsewhere if
- * the node drains. */
-struct cli_msg {
-    uint64_t id;
-    uint8_t *data;
-    size_t len;
-};
+/* --- send: numbering, stdin and output; the window, the ACK checks and
+ * the failover with re-sends are libberth's. */
 
 struct cli_sender {
     struct cli *cli;
-    struct client *c;
-    struct cli_msg ring[CLIENT_WINDOW_MAX]; /* in flight, oldest at head */
-    size_t head, count;
+    berth_client *c;
     uint64_t next_id;  /* message ids from 1 */
     uint64_t acked;
-    long moves;        /* reconnections after a drain */
+    char last_node[65]; /* the node of the previous ACK, for the debug trace */
 };
 
-static struct cli_msg *sender_at(struct cli_sender *s, size_t i)
+static void sender_on_ack(void *arg, const struct berth_ack *a)
 {
-    return &s->ring[(s->head + i) % CLIENT_WINDOW_MAX];
-}
-
-/* The session failed. If the node was draining, reconnect elsewhere and
- * resend what it did not acknowledge (PROTOCOL.md section 8); else 1. */
-static int sender_recover(struct cli_sender *s)
-{
-    struct cli *cli = s->cli;
-    cli_setf(cli->err, sizeof(cli->err), "%s", client_error(s->c));
-    if (!client_draining(s->c) || cli->node_addr || s->moves >= cli->retries)
-        return -1;
-    s->moves++;
-    log_debug("node_draining", "node_id=%s unacked=%zu", client_node_id(s->c), s->count);
-    cli_exclude(cli, client_node_id(s->c));
-    client_free(s->c);
-    s->c = cli_connect(cli);
-    if (!s->c)
-        return -1;
-    for (size_t i = 0; i < s->count; i++) {
-        struct cli_msg *m = sender_at(s, i);
-        if (client_send_start(s->c, m->id, m->data, m->len) != 0) {
-            cli_setf(cli->err, sizeof(cli->err), "%s", client_error(s->c));
-            return -1;
-        }
+    struct cli_sender *s = arg;
+    char hex[65];
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", a->sha256[i]);
+    printf("ack id=%" PRIu64 " bytes=%zu sha256=%s node=%s\n", a->message_id, a->bytes, hex,
+           a->node_id);
+    if (strcmp(s->last_node, a->node_id) != 0) {
+        if (s->last_node[0])
+            log_debug("node_changed", "from=%s to=%s addr=%s first_id=%" PRIu64, s->last_node,
+                      a->node_id, a->node_addr, a->message_id);
+        snprintf(s->last_node, sizeof(s->last_node), "%s", a->node_id);
     }
-    return 0;
-}
-
-/* Waits for the oldest message's ACK and prints it. 0 or -1. */
-static int sender_collect(struct cli_sender *s)
-{
-    struct frame_ack ack;
-    while (client_send_finish(s->c, &ack) != 0) {
-        if (sender_recover(s) != 0)
-            return -1;
-    }
-    struct cli_msg *m = sender_at(s, 0);
-    char hex[2 * FRAME_SHA256_LEN + 1];
-    client_sha256_hex(ack.sha256, hex);
-    printf("ack id=%" PRIu64 " bytes=%zu sha256=%s node=%s\n", m->id, m->len, hex,
-           client_node_id(s->c));
-    free(m->data);
-    m->data = NULL;
-    s->head = (s->head + 1) % CLIENT_WINDOW_MAX;
-    s->count--;
     s->acked++;
-    return 0;
 }
 
 static int sender_collect_all(struct cli_sender *s)
 {
-    while (s->count > 0)
-        if (sender_collect(s) != 0)
-            return -1;
+    berth_err r = berth_flush(s->c);
     fflush(stdout);
+    if (r != BERTH_OK) {
+        cli_take_error(s->cli, s->c, r);
+        return -1;
+    }
     return 0;
 }
 
-/* Queues one message (the sender copies data). 0 or -1. */
+/* Queues one message (libberth copies data). 0 or -1. */
 static int sender_send(struct cli_sender *s, const void *data, size_t len)
 {
-    if (s->count == CLIENT_WINDOW_MAX && sender_collect(s) != 0)
-        return -1;
-    struct cli_msg *m = sender_at(s, s->count);
-    m->id = s->next_id++;
-    m->len = len;
-    m->data = malloc(len ? len : 1);
-    if (!m->data) {
-        cli_setf(s->cli->err, sizeof(s->cli->err), "out of memory");
-        return -1;
-    }
-    if (len)
-        memcpy(m->data, data, len);
-    s->count++;
-    if (client_send_start(s->c, m->id, m->data, m->len) == 0)
+    berth_err r = berth_send(s->c, s->next_id, data, len);
+    if (r == BERTH_OK) {
+        s->next_id++;
         return 0;
-    /* A local refusal (too large) leaves the session usable but ends the run. */
-    cli_setf(s->cli->err, sizeof(s->cli->err), "%s", client_error(s->c));
-    if (client_in_flight(s->c) < s->count) { /* it was never queued */
-        free(m->data);
-        m->data = NULL;
-        s->count--;
-        s->next_id--;
     }
+    cli_take_error(s->cli, s->c, r);
     return -1;
-}
-
-static void sender_release(struct cli_sender *s)
-{
-    for (size_t i = 0; i < s->count; i++)
-        free(sender_at(s, i)->data);
-    s->count = 0;
 }
 
 /* Reads more of stdin into in. Before blocking, collects the ACKs already
@@ -369,18 +301,19 @@ static int sender_read_stdin(struct cli_sender *s, struct buf *in)
     struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
     int r;
     while ((r = poll(&p, 1, 0)) == 0) {
-        if (s->count && sender_collect_all(s) != 0)
+        if (berth_unacked(s->c) && sender_collect_all(s) != 0)
             return -1;
         fflush(stdout);
-        uint32_t idle = client_idle_timeout_ms(s->c);
+        long idle = berth_idle_timeout_ms(s->c);
         int wait_ms = idle >= 2 ? (int)(idle / 2 > 600000 ? 600000 : idle / 2) : 1000;
         r = poll(&p, 1, wait_ms);
         if (r > 0)
             break;
         if (r == 0) {
             double rtt;
-            if (client_ping(s->c, &rtt) != 0) {
-                cli_setf(s->cli->err, sizeof(s->cli->err), "%s", client_error(s->c));
+            berth_err pr = berth_ping(s->c, &rtt);
+            if (pr != BERTH_OK) {
+                cli_take_error(s->cli, s->c, pr);
                 return -1;
             }
         } else if (errno != EINTR) {
@@ -413,7 +346,6 @@ static int send_lines(struct cli_sender *s)
     size_t scanned = 0; /* bytes of in already known to hold no newline */
     bool eof = false;
     int rc = -1;
-    size_t limit = client_max_payload(s->c) >= 8 ? client_max_payload(s->c) - 8 : 0;
     for (;;) {
         const uint8_t *head = buf_head(&in);
         size_t size = buf_size(&in);
@@ -429,6 +361,8 @@ static int send_lines(struct cli_sender *s)
         if (eof)
             break;
         scanned = size;
+        /* The limit is the current node's: it may change with a failover. */
+        size_t limit = berth_max_message(s->c);
         if (size > limit) {
             cli_setf(s->cli->err, sizeof(s->cli->err),
                      "line %" PRIu64 " is longer than the node's limit of %zu bytes per message",
@@ -488,6 +422,7 @@ static int cmd_send(struct cli *cli)
         buf_release(&all);
         return EXIT_RUNTIME;
     }
+    berth_set_ack_handler(s.c, sender_on_ack, &s);
     int rc;
     if (whole) {
         /* buf_head is NULL for an empty stdin: send an empty message. */
@@ -502,17 +437,18 @@ static int cmd_send(struct cli *cli)
     buf_release(&all);
     if (rc != 0) {
         char tail[128];
+        size_t unacked = berth_unacked(s.c);
         snprintf(tail, sizeof(tail), "; %" PRIu64 " message%s acked, %zu sent without an ACK",
-                 s.acked, s.acked == 1 ? "" : "s", s.count);
+                 s.acked, s.acked == 1 ? "" : "s", unacked);
         size_t used = strlen(cli->err);
         if (used + 1 < sizeof(cli->err))
             snprintf(cli->err + used, sizeof(cli->err) - used, "%s", tail);
-        sender_release(&s);
-        client_free(s.c);
-        return EXIT_RUNTIME;
     }
-    cli_close(s.c);
-    return 0;
+    /* Says BYE when nothing is left in flight; the messages left unacked
+     * are counted above, and the client frees them. */
+    berth_client_free(s.c);
+    fflush(stdout);
+    return rc != 0 ? EXIT_RUNTIME : 0;
 }
 
 /* --- bench */
@@ -531,20 +467,20 @@ static int cmd_bench(struct cli *cli)
         snprintf(target, sizeof(target), "%s", cli->node_addr);
     } else {
         struct lookup_node n;
-        if (lookup_pick(cli->lookup, cli->key, NULL, 0, &n, cli->err, sizeof(cli->err)) != 0)
+        if (cli_balancer_pick(cli, &n) != 0)
             return EXIT_RUNTIME;
         snprintf(target, sizeof(target), "%s", n.addr);
     }
     struct bench_options o = {
         .addr = target,
-        .ca_file = cli->copt.ca_file,
-        .verify = cli->copt.verify,
-        .name = cli->copt.name,
+        .ca_file = cli->bo.ca_file,
+        .verify = !cli->bo.insecure,
+        .name = cli->bo.name,
         .connections = (unsigned)config_int(cli->cfg, "connections"),
         .pipeline = (unsigned)config_int(cli->cfg, "pipeline"),
         .size = (size_t)config_int(cli->cfg, "size"),
         .duration_ms = (long)config_int(cli->cfg, "duration"),
-        .timeout_ms = cli->copt.timeout_ms,
+        .timeout_ms = cli->bo.timeout_ms,
         .threads = (unsigned)config_int(cli->cfg, "threads"),
         .progress = bench_progress_line,
     };
@@ -567,6 +503,40 @@ static int cmd_bench(struct cli *cli)
         fputc('\n', stdout);
     free(text);
     return 0;
+}
+
+/* Splits a comma-separated --balancer into cli->balancers (spaces around
+ * each URL are dropped). 0, or -1 with the reason in err. */
+static int cli_split_balancers(struct cli *cli, const char *text, char *err, size_t errlen)
+{
+    cli->balancer_list = strdup(text);
+    if (!cli->balancer_list) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    char *p = cli->balancer_list;
+    for (;;) {
+        char *comma = strchr(p, ',');
+        if (comma)
+            *comma = '\0';
+        while (*p == ' ' || *p == '\t')
+            p++;
+        size_t len = strlen(p);
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            p[--len] = '\0';
+        if (len == 0) {
+            snprintf(err, errlen, "empty URL in \"%s\"", text);
+            return -1;
+        }
+        if (cli->nbalancers == CLI_BALANCERS_MAX) {
+            snprintf(err, errlen, "more than %d URLs in \"%.200s\"", CLI_BALANCERS_MAX, text);
+            return -1;
+        }
+        cli->balancers[cli->nbalancers++] = p;
+        if (!comma)
+            return 0;
+        p = comma + 1;
+    }
 }
 
 static void usage_hint(void)
@@ -676,7 +646,6 @@ int main(int argc, char **argv)
     }
     const char *key = config_str(cli->cfg, "affinity");
     cli->key = key[0] ? key : NULL;
-    cli->retries = (long)config_int(cli->cfg, "retries");
     long timeout_ms = (long)config_int(cli->cfg, "timeout");
     const char *name = config_str(cli->cfg, "name");
     if (name[0] == '\0' || strlen(name) > FRAME_NAME_MAX) {
@@ -684,18 +653,28 @@ int main(int argc, char **argv)
         goto out;
     }
     bool insecure = config_bool(cli->cfg, "insecure");
-    cli->copt = (struct client_options){
-        .ca_file = config_str(cli->cfg, "ca"),
-        .verify = !insecure,
-        .name = name,
-        .timeout_ms = timeout_ms,
-    };
+    berth_options_init(&cli->bo);
+    cli->bo.ca_file = config_str(cli->cfg, "ca");
+    cli->bo.insecure = insecure;
+    cli->bo.name = name;
+    cli->bo.timeout_ms = timeout_ms;
+    cli->bo.max_retries = (unsigned)config_int(cli->cfg, "retries");
+    cli->bo.key = cli->key;
+    cli->bo.node = cli->node_addr;
     if (!cli->node_addr) {
-        cli->lookup = lookup_new(config_str(cli->cfg, "balancer"), timeout_ms, err, sizeof(err));
-        if (!cli->lookup) {
+        if (cli_split_balancers(cli, config_str(cli->cfg, "balancer"), err, sizeof(err)) != 0) {
             fprintf(stderr, PROGRAM ": --balancer: %s\n", err);
             goto out;
         }
+        for (size_t i = 0; i < cli->nbalancers; i++) {
+            cli->lookups[i] = lookup_new(cli->balancers[i], timeout_ms, err, sizeof(err));
+            if (!cli->lookups[i]) {
+                fprintf(stderr, PROGRAM ": --balancer: %s\n", err);
+                goto out;
+            }
+        }
+        cli->bo.balancers = cli->balancers;
+        cli->bo.nbalancers = cli->nbalancers;
     }
     if (insecure && run != cmd_pick && run != cmd_health)
         fprintf(stderr, PROGRAM ": warning: --insecure: the node's certificate is not verified\n");
@@ -706,7 +685,9 @@ int main(int argc, char **argv)
 
 out:
     fflush(stdout);
-    lookup_free(cli->lookup);
+    for (size_t i = 0; i < cli->nbalancers; i++)
+        lookup_free(cli->lookups[i]);
+    free(cli->balancer_list);
     config_free(cli->cfg);
     free(cli);
     return status;

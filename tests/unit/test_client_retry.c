@@ -120,6 +120,59 @@ static void test_api_checks(void **state)
     berth_client_free(NULL);
 }
 
+static void on_ack_unused(void *arg, const struct berth_ack *a)
+{
+    (void)arg;
+    (void)a;
+    fail_msg("no ACK without a session");
+}
+
+/* What the CLI relies on: the accessors before any session, NULL-safe
+ * setters, the options copied (the caller's strings may go away). */
+static void test_api_before_session(void **state)
+{
+    (void)state;
+    char key[16], name[16], node[32];
+    snprintf(key, sizeof(key), "user-42");
+    snprintf(name, sizeof(name), "berth-cli");
+    snprintf(node, sizeof(node), "127.0.0.1:1");
+    struct berth_options o;
+    berth_options_init(&o);
+    assert_null(o.key);
+    o.key = key;
+    o.name = name;
+    o.node = node;
+    o.timeout_ms = 200;
+    o.max_retries = 0;
+    berth_client *c = NULL;
+    assert_int_equal(berth_client_new(&o, &c), BERTH_OK);
+    memset(key, 'x', sizeof(key));
+    memset(name, 'x', sizeof(name));
+    memset(node, 0, sizeof(node));
+    assert_string_equal(berth_node_addr(c), "");
+    assert_int_equal(berth_max_message(c), 0);
+    assert_int_equal(berth_idle_timeout_ms(c), 0);
+    assert_string_equal(berth_error(c), "");
+    berth_set_ack_handler(c, on_ack_unused, NULL);
+    berth_set_ack_handler(NULL, on_ack_unused, NULL);
+    berth_set_ack_callback(NULL, NULL, NULL);
+    assert_int_equal(berth_info(c, NULL), BERTH_E_INVALID);
+    assert_int_equal(berth_info(NULL, NULL), BERTH_E_INVALID);
+    /* Nothing listens on port 1: a connection failure that names the node
+     * (the copy of --node, not the wiped buffer) and the attempts. */
+    char *json = (char *)1;
+    assert_int_equal(berth_info(c, &json), BERTH_E_CONNECT);
+    assert_null(json);
+    assert_non_null(strstr(berth_error(c), "127.0.0.1:1"));
+    assert_non_null(strstr(berth_error(c), "gave up after 1 attempts"));
+    assert_int_equal(berth_ping(c, NULL), BERTH_E_CONNECT);
+    assert_int_equal(berth_unacked(c), 0);
+    berth_client_free(c);
+    assert_string_equal(berth_node_addr(NULL), "");
+    assert_int_equal(berth_max_message(NULL), 0);
+    assert_int_equal(berth_idle_timeout_ms(NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -128,6 +181,7 @@ int main(void)
         cmocka_unit_test(test_exclusion_expires),
         cmocka_unit_test(test_exclusion_full_replaces_soonest),
         cmocka_unit_test(test_api_checks),
+        cmocka_unit_test(test_api_before_session),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -44,8 +44,12 @@ struct berth_options {
     unsigned max_retries;         /* reconnections per failure before giving up */
     long backoff_base_ms;         /* first retry delay (doubles, with jitter) */
     long backoff_max_ms;          /* largest retry delay */
-    long cache_ttl_ms;            /* how long the /v1/nodes answer is reused */
+    long cache_ttl_ms;            /* how long the /v1/nodes list may stand in for a balancer
+                                   * that does not answer (/v1/pick decides otherwise) */
     long exclude_ms;              /* how long a node that failed is avoided */
+    const char *key;              /* affinity key, or NULL: nodes are then chosen by the
+                                   * balancer (GET /v1/pick?key=K&exclude=...), so the
+                                   * same key keeps its node while that node is healthy */
 };
 
 /* Fills o with the defaults: balancer http://127.0.0.1:8080, timeout 5 s,
@@ -67,10 +71,31 @@ BERTH_API void berth_client_free(berth_client *c);
 BERTH_API const char *berth_error(const berth_client *c);
 
 BERTH_API void berth_set_ack_callback(berth_client *c, berth_ack_fn fn, void *arg);
+
+/* One acknowledged message, for berth_set_ack_handler; pointers are
+ * borrowed for the duration of the call. */
+struct berth_ack {
+    uint64_t message_id;
+    size_t bytes;          /* length of the message as sent */
+    const uint8_t *sha256; /* 32 bytes, equal to the digest of what was sent */
+    const char *node_id;   /* the node that acknowledged it */
+    const char *node_addr; /* its "host:port" */
+};
+typedef void (*berth_ack_handler)(void *arg, const struct berth_ack *ack);
+/* Like berth_set_ack_callback, with the message's length and the node's
+ * address; setting one replaces the other. */
+BERTH_API void berth_set_ack_handler(berth_client *c, berth_ack_handler fn, void *arg);
 /* Connects now (the other calls connect on demand). */
 BERTH_API berth_err berth_connect(berth_client *c);
 /* The node of the current session, or "" (borrowed). */
 BERTH_API const char *berth_node_id(const berth_client *c);
+/* The current session's node address "host:port", or "" (borrowed). */
+BERTH_API const char *berth_node_addr(const berth_client *c);
+/* The current node's limits: the largest message berth_send takes, and
+ * how long the node keeps a silent session (a caller that may stay quiet
+ * longer keeps it with berth_ping). 0 when no session is up. */
+BERTH_API size_t berth_max_message(const berth_client *c);
+BERTH_API long berth_idle_timeout_ms(const berth_client *c);
 
 /* Queues one message (copied); may wait for earlier ACKs when the window
  * is full. On a session failure, reconnects elsewhere and re-sends every
@@ -85,6 +110,10 @@ BERTH_API unsigned long berth_failovers(const berth_client *c);
 
 /* One PING round trip, in milliseconds (retried elsewhere on failure). */
 BERTH_API berth_err berth_ping(berth_client *c, double *rtt_ms);
+/* INFO: *json gets the node's answer, NUL-terminated JSON text (caller
+ * frees with free). Waits for queued ACKs first; retried elsewhere on
+ * failure, like berth_ping. */
+BERTH_API berth_err berth_info(berth_client *c, char **json);
 
 #ifdef __cplusplus
 }
