@@ -47,9 +47,9 @@ struct berth_options {
     long cache_ttl_ms;            /* how long the /v1/nodes list may stand in for a balancer
                                    * that does not answer (/v1/pick decides otherwise) */
     long exclude_ms;              /* how long a node that failed is avoided */
-    const char *key;              /* affinity key, or NULL: nodes are then chosen by the
-                                   * balancer (GET /v1/pick?key=K&exclude=...), so the
-                                   * same key keeps its node while that node is healthy */
+    const char *key;              /* affinity key, or NULL; with a key the balancer's
+                                   * rendezvous hashing keeps the same node while that
+                                   * node is healthy (GET /v1/pick?key=K) */
 };
 
 /* Fills o with the defaults: balancer http://127.0.0.1:8080, timeout 5 s,
