@@ -356,10 +356,76 @@ static json_t *detection_json(const struct metrics *m)
     return o;
 }
 
+/* ?state=&limit=&offset= on /v1/health: at 10,000 nodes the full list is
+ * megabytes, so a caller may ask for one state and one page of it. */
+#define HEALTH_LIMIT_MAX 100000
+
+struct health_query {
+    bool by_state;         /* only nodes in `state` */
+    enum node_state state;
+    bool limited;          /* limit given */
+    size_t limit;
+    size_t offset;
+    char error[160];       /* non-empty: the query is bad */
+};
+
+/* A decimal in [0, max], digits only. */
+static bool parse_count(const char *v, size_t max, size_t *out)
+{
+    if (!v || !*v || strlen(v) > 9 || strspn(v, "0123456789") != strlen(v))
+        return false;
+    unsigned long n = strtoul(v, NULL, 10);
+    if (n > max)
+        return false;
+    *out = (size_t)n;
+    return true;
+}
+
+static enum MHD_Result health_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    (void)kind;
+    struct health_query *q = cls;
+    if (strcmp(key, "state") == 0) {
+        bool found = false;
+        for (int s = 0; value && s < NODE_STATE_COUNT; s++)
+            if (strcmp(value, node_state_name((enum node_state)s)) == 0) {
+                q->state = (enum node_state)s;
+                found = true;
+            }
+        if (!found)
+            snprintf(q->error, sizeof q->error,
+                     "state must be one of joining, healthy, suspect, down, draining, flapping");
+        q->by_state = true;
+    } else if (strcmp(key, "limit") == 0) {
+        if (!parse_count(value, HEALTH_LIMIT_MAX, &q->limit))
+            snprintf(q->error, sizeof q->error, "limit must be a whole number 0..%d",
+                     HEALTH_LIMIT_MAX);
+        q->limited = true;
+    } else if (strcmp(key, "offset") == 0) {
+        if (!parse_count(value, 999999999, &q->offset))
+            snprintf(q->error, sizeof q->error, "offset must be a whole number 0..999999999");
+    }
+    return q->error[0] ? MHD_NO : MHD_YES;
+}
+
+static json_t *panic_json(const struct registry *r, uint64_t now)
+{
+    bool on = registry_panic(r);
+    return json_pack("{s:b, s:s, s:I, s:I}", "active", (int)on, "reason",
+                     registry_panic_reason(r), "since_ms_ago",
+                     (json_int_t)(on ? age(now, registry_panic_since(r)) : 0), "held",
+                     (json_int_t)registry_panic_held(r));
+}
+
 static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *conn)
 {
     const struct registry_config *rc = registry_config(a->reg);
     uint64_t now = registry_now(a->reg);
+    struct health_query hq = {0};
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, health_arg, &hq);
+    if (hq.error[0])
+        return respond_error(a, conn, MHD_HTTP_BAD_REQUEST, "bad_query", hq.error, NULL);
 
     json_t *counts = json_object();
     for (int s = 0; counts && s < NODE_STATE_COUNT; s++)
@@ -384,11 +450,29 @@ static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *c
     size_t n;
     const struct registry_node **v = sorted_nodes(a->reg, false, &n);
     bool ok = body && (n == 0 || v);
-    for (size_t i = 0; ok && i < n; i++) {
+    /* filter in place, keeping the order */
+    size_t total = 0;
+    for (size_t i = 0; ok && i < n; i++)
+        if (!hq.by_state || v[i]->state == hq.state)
+            v[total++] = v[i];
+    size_t first = hq.offset < total ? hq.offset : total;
+    size_t last = hq.limited && hq.limit < total - first ? first + hq.limit : total;
+    for (size_t i = first; ok && i < last; i++) {
         json_t *e = node_health(v[i], now);
         ok = e && json_array_append_new(nodes, e) == 0;
     }
     free(v);
+    ok = ok && json_object_set_new(body, "panic", panic_json(a->reg, now)) == 0 &&
+         json_object_set_new(body, "flap",
+                             json_pack("{s:I, s:I, s:I, s:I}", "count",
+                                       (json_int_t)rc->flap_count, "window_ms",
+                                       (json_int_t)rc->flap_window_ms, "holdoff_ms",
+                                       (json_int_t)rc->flap_holdoff_ms, "holdoff_max_ms",
+                                       (json_int_t)rc->flap_holdoff_max_ms)) == 0 &&
+         json_object_set_new(body, "nodes_total", json_integer((json_int_t)total)) == 0 &&
+         json_object_set_new(body, "offset", json_integer((json_int_t)hq.offset)) == 0 &&
+         json_object_set_new(body, "limit", hq.limited ? json_integer((json_int_t)hq.limit)
+                                                       : json_null()) == 0;
     if (!ok) {
         json_decref(body);
         body = NULL;
@@ -404,12 +488,12 @@ static enum MHD_Result serve_healthz(struct http_api *a, struct MHD_Connection *
 /* ---- GET /v1/history ---- */
 
 /* One character per sample: the state's initial (j, h, s, d, r for
- * draining), so 120 samples cost 120 bytes. */
+ * draining, f for flapping), so 120 samples cost 120 bytes. */
 static char state_letter(uint8_t s)
 {
     static const char letters[NODE_STATE_COUNT] = {
         [NODE_JOINING] = 'j', [NODE_HEALTHY] = 'h', [NODE_SUSPECT] = 's',
-        [NODE_DOWN] = 'd',    [NODE_DRAINING] = 'r',
+        [NODE_DOWN] = 'd',    [NODE_DRAINING] = 'r', [NODE_FLAPPING] = 'f',
     };
     return s < NODE_STATE_COUNT ? letters[s] : '?';
 }

@@ -24,6 +24,12 @@
 #define PROGRAM "berth-balancer"
 /* Load history: one sample of every node this often (HISTORY_SAMPLES kept). */
 #define HISTORY_PERIOD_MS 2000
+/* After a wake-up that found heartbeats, the heartbeat socket rests this
+ * long (HTTP and signals are still watched): at 10,000 nodes a second
+ * heartbeats would otherwise wake the loop for every two or three of them.
+ * The socket's receive HWM (hb_server.c) holds far more than arrives in
+ * that time; a heartbeat being 5 ms late changes no liveness decision. */
+#define HB_COALESCE_MS 5
 /* Shorter admin tokens are refused at start: they could be guessed. */
 #define ADMIN_TOKEN_MIN 16
 
@@ -38,6 +44,17 @@ static const struct config_setting settings[] = {
     {"rise", CONFIG_INT, "2", 1, 100, NULL, "heartbeats in a row before a node is healthy"},
     {"forget-after", CONFIG_DURATION, "60s", 100, 86400000, NULL,
      "a down or draining node silent this long is dropped"},
+    {"flap-count", CONFIG_INT, "4", 0, REGISTRY_FLAP_COUNT_MAX, NULL,
+     "a node down more than this many times in --flap-window is held out (flapping); 0: off"},
+    {"flap-window", CONFIG_DURATION, "60s", 1000, 86400000, NULL,
+     "the window --flap-count counts downs in"},
+    {"flap-holdoff", CONFIG_DURATION, "5s", 100, 3600000, NULL,
+     "first hold of a flapping node; doubles on each further hold"},
+    {"flap-holdoff-max", CONFIG_DURATION, "5m", 100, 86400000, NULL,
+     "the longest hold of a flapping node"},
+    {"panic-threshold", CONFIG_INT, "50", 0, 100, NULL,
+     "percent of the rotation going silent within one interval above which silent nodes are "
+     "kept in rotation (panic); 0: off"},
     {"policy", CONFIG_ENUM, "least-loaded", 0, 0, "least-loaded|round-robin",
      "how /v1/pick chooses without a key"},
     {"admin-token", CONFIG_STRING, NULL, 0, 0, NULL,
@@ -67,6 +84,17 @@ static void on_node_change(void *ctx, const struct registry_node *n, enum node_s
     sanitize(n->reason, reason, sizeof reason);
     log_info("node_state", "node_id=%s from=%s to=%s reason=\"%s\"", n->id, node_state_name(from),
              node_state_name(to), reason);
+}
+
+/* Panic is rare and says the balancer's own network is likely at fault:
+ * loud, once on entry and once on exit. */
+static void on_panic(void *ctx, bool entered, const char *reason)
+{
+    metrics_note_panic(ctx, entered);
+    if (entered)
+        log_error("panic_enter", "reason=\"%s\"", reason);
+    else
+        log_warn("panic_exit", "reason=\"%s\"", reason);
 }
 
 /* Everything the loop owns, freed in one place. */
@@ -110,6 +138,7 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
     uint64_t next_reap = mono_now_ms() + reap_period;
     uint64_t next_sample = mono_now_ms(); /* a first sample at once */
     bool sample_failed = false;           /* log a failing sample once, not every period */
+    uint64_t hb_rest_until = 0;           /* heartbeat socket left out of the poll until then */
 
     zmq_pollitem_t items[] = {
         {hb_server_socket(b->hb), 0, ZMQ_POLLIN, 0},
@@ -126,6 +155,13 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
         long http_timeout = http_api_timeout_ms(b->api);
         if (http_timeout >= 0 && http_timeout < timeout)
             timeout = http_timeout;
+        /* when MHD wants to run even without I/O (a timeout, or work it
+         * already has in hand: then its timeout is 0) */
+        uint64_t http_due = http_timeout >= 0 ? now + (uint64_t)http_timeout : UINT64_MAX;
+        bool hb_resting = now < hb_rest_until;
+        items[0].events = hb_resting ? 0 : ZMQ_POLLIN;
+        if (hb_resting && (long)(hb_rest_until - now) < timeout)
+            timeout = (long)(hb_rest_until - now);
 
         if (zmq_poll(items, nitems, timeout) == -1) {
             if (zmq_errno() == EINTR)
@@ -147,13 +183,22 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
             }
         }
 
-        /* Both are non-blocking and cheap when idle; MHD must run after every
-         * poll whatever its descriptor reported. */
-        hb_server_drain(b->hb);
-        if (http_api_run(b->api) != 0)
-            log_warn("http_run_failed", NULL);
-
+        /* The heartbeat socket is drained on every wake-up outside its rest
+         * (ZMQ_FD is edge triggered, so a reading of "nothing" is not to be
+         * trusted). MHD
+         * runs when its epoll descriptor is readable or it asked for a
+         * run by now: at 10,000 nodes the loop wakes thousands of times a
+         * second for heartbeats alone, and an idle MHD_run costs an
+         * epoll_wait and epoll_ctl calls each time. */
+        if (!hb_resting && hb_server_drain(b->hb) > 0)
+            hb_rest_until = mono_now_ms() + HB_COALESCE_MS;
         now = mono_now_ms();
+        if ((items[2].revents & ZMQ_POLLIN) || now >= http_due) {
+            if (http_api_run(b->api) != 0)
+                log_warn("http_run_failed", NULL);
+            now = mono_now_ms();
+        }
+
         if (now >= next_reap) {
             registry_reap(b->reg);
             next_reap = now + reap_period;
@@ -249,7 +294,16 @@ int main(int argc, char **argv)
         .fall = (uint32_t)config_int(b.cfg, "fall"),
         .rise = (uint32_t)config_int(b.cfg, "rise"),
         .forget_ms = (uint32_t)config_int(b.cfg, "forget-after"),
+        .flap_count = (uint32_t)config_int(b.cfg, "flap-count"),
+        .flap_window_ms = (uint32_t)config_int(b.cfg, "flap-window"),
+        .flap_holdoff_ms = (uint32_t)config_int(b.cfg, "flap-holdoff"),
+        .flap_holdoff_max_ms = (uint32_t)config_int(b.cfg, "flap-holdoff-max"),
+        .panic_percent = (uint32_t)config_int(b.cfg, "panic-threshold"),
     };
+    if (rcfg.flap_holdoff_max_ms < rcfg.flap_holdoff_ms) {
+        fprintf(stderr, PROGRAM ": --flap-holdoff-max: must not be below --flap-holdoff\n");
+        goto out;
+    }
 
     log_set_format(log_fmt);
     log_setup(level, "balancer", NULL);
@@ -290,6 +344,7 @@ int main(int argc, char **argv)
         goto out;
     }
     registry_on_change(b.reg, on_node_change, b.metrics);
+    registry_on_panic(b.reg, on_panic, b.metrics);
 
     b.hb = hb_server_new(b.zctx, config_str(b.cfg, "heartbeat-bind"), b.reg, err, sizeof err);
     if (!b.hb) {
@@ -316,9 +371,12 @@ int main(int argc, char **argv)
     addr_format(&bound, http_text, sizeof http_text);
     log_info("start",
              "http=%s heartbeat=%s interval_ms=%" PRIu32 " fall=%" PRIu32 " rise=%" PRIu32
-             " forget_ms=%" PRIu32 " policy=%s admin=%s version=%s",
+             " forget_ms=%" PRIu32 " flap_count=%" PRIu32 " flap_window_ms=%" PRIu32
+             " flap_holdoff_ms=%" PRIu32 " flap_holdoff_max_ms=%" PRIu32
+             " panic_threshold=%" PRIu32 " policy=%s admin=%s version=%s",
              http_text, hb_server_endpoint(b.hb), rcfg.interval_ms, rcfg.fall, rcfg.rise,
-             rcfg.forget_ms, picker_policy_name(policy),
+             rcfg.forget_ms, rcfg.flap_count, rcfg.flap_window_ms, rcfg.flap_holdoff_ms,
+             rcfg.flap_holdoff_max_ms, rcfg.panic_percent, picker_policy_name(policy),
              admin_token && admin_token[0] ? "on" : "off", BERTH_VERSION);
 
     status = balancer_run(&b, rcfg.interval_ms);

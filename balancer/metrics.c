@@ -40,6 +40,7 @@ struct metrics {
     double window[METRICS_DETECT_WINDOW];                     /* recent detections, a ring */
     size_t window_next;                                       /* next slot to write */
     size_t window_len;                                        /* filled slots */
+    uint64_t panics;                                          /* times panic was entered */
 };
 
 struct metrics *metrics_new(void)
@@ -93,6 +94,17 @@ void metrics_note_http(struct metrics *m, unsigned status)
         m->http[status - HTTP_STATUS_MIN]++;
     else
         m->http_other++;
+}
+
+void metrics_note_panic(struct metrics *m, bool entered)
+{
+    if (entered)
+        m->panics++;
+}
+
+uint64_t metrics_panics(const struct metrics *m)
+{
+    return m->panics;
 }
 
 void metrics_note_lookup(struct metrics *m, double seconds)
@@ -294,6 +306,15 @@ int metrics_render(const struct metrics *m, const struct metrics_sources *src, s
     for (int s = 0; s < NODE_STATE_COUNT; s++)
         put(&o, "berth_nodes{state=\"%s\"} %zu\n", node_state_name((enum node_state)s),
             registry_count_state(reg, (enum node_state)s));
+
+    family(&o, "berth_panic", "gauge",
+           "1 while the balancer keeps silent nodes in rotation (panic threshold crossed).");
+    put(&o, "berth_panic %d\n", registry_panic(reg) ? 1 : 0);
+    family(&o, "berth_panic_held_nodes", "gauge",
+           "Silent nodes kept in rotation by panic.");
+    put(&o, "berth_panic_held_nodes %zu\n", registry_panic_held(reg));
+    family(&o, "berth_panics_total", "counter", "Times the balancer entered panic.");
+    put(&o, "berth_panics_total %" PRIu64 "\n", m->panics);
 
     family(&o, "berth_heartbeats_received_total", "counter",
            "Messages taken off the heartbeat socket.");

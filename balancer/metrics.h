@@ -5,6 +5,7 @@
 #ifndef BERTH_METRICS_H
 #define BERTH_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +46,9 @@ void metrics_note_detection(struct metrics *m, double seconds);
 void metrics_note_http(struct metrics *m, unsigned status);
 /* One /v1/pick served in this many seconds. */
 void metrics_note_lookup(struct metrics *m, double seconds);
+/* The registry entered (true) or left panic (call from its panic hook). */
+void metrics_note_panic(struct metrics *m, bool entered);
+uint64_t metrics_panics(const struct metrics *m);
 
 uint64_t metrics_transitions(const struct metrics *m, enum node_state from, enum node_state to);
 uint64_t metrics_http_count(const struct metrics *m, unsigned status);

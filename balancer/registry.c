@@ -1,5 +1,6 @@
 /* registry: the balancer's node table (hash index by id), the liveness state
- * machine of docs/DESIGN.md "Liveness", and the rotation of healthy nodes. */
+ * machine of docs/DESIGN.md "Liveness" with flap damping and the panic guard
+ * rail, and the rotation of healthy nodes. */
 #include "registry.h"
 
 #include <stdio.h>
@@ -18,6 +19,15 @@ struct reg_entry {
     size_t rot_idx;           /* position in registry.rotation, NOT_IN_ROTATION if out */
     bool self_draining;       /* the process said LEAVE or draining: true */
     uint64_t streak_ms;       /* when the last heartbeat counted towards rise */
+    uint64_t silence_exit_ms; /* when silence took it out of rotation; 0 = not that */
+    /* flap damping: the times of the last flap_count + 1 downs, a ring */
+    uint64_t downs[REGISTRY_FLAP_COUNT_MAX + 1];
+    uint32_t downs_next; /* ring slot the next down goes into */
+    uint32_t ndowns;     /* downs stored, at most flap_count + 1 */
+    bool held;                /* a flap hold has been applied */
+    uint64_t hold_started_ms; /* when the latest flap hold began */
+    uint64_t hold_until_ms;   /* end of the latest flap hold */
+    uint32_t holdoff_ms;      /* length of the latest hold; 0 = none since it settled */
 };
 
 #define NOT_IN_ROTATION SIZE_MAX
@@ -45,6 +55,13 @@ struct registry {
 
     uint64_t epoch;
     size_t state_count[NODE_STATE_COUNT];
+
+    registry_panic_fn on_panic;
+    void *on_panic_ctx;
+    bool panic;               /* keeping silent nodes in rotation */
+    uint64_t panic_since_ms;  /* clock time panic began */
+    size_t panic_held;        /* silent nodes in rotation at the last pass */
+    char panic_reason[200];   /* "" when not in panic */
 };
 
 static const char *const state_names[NODE_STATE_COUNT] = {
@@ -53,6 +70,7 @@ static const char *const state_names[NODE_STATE_COUNT] = {
     [NODE_SUSPECT] = "suspect",
     [NODE_DOWN] = "down",
     [NODE_DRAINING] = "draining",
+    [NODE_FLAPPING] = "flapping",
 };
 
 const char *node_state_name(enum node_state s)
@@ -185,6 +203,8 @@ static void set_reason(struct reg_entry *e, const char *reason)
 
 /* Moves e to state `to` with `reason` (ignored for healthy, which has none),
  * keeps the rotation and the counts in step, and reports the change. */
+static void flap_note_down(struct registry *r, struct reg_entry *e, uint64_t now);
+
 static void set_state(struct registry *r, struct reg_entry *e, enum node_state to,
                       const char *reason)
 {
@@ -192,6 +212,9 @@ static void set_state(struct registry *r, struct reg_entry *e, enum node_state t
     set_reason(e, to == NODE_HEALTHY ? "" : reason);
     if (from == to)
         return;
+    e->silence_exit_ms = 0; /* the reap pass sets it again when silence was the cause */
+    if (to == NODE_DOWN && from != NODE_DRAINING)
+        flap_note_down(r, e, registry_now(r));
     e->pub.state = to;
     e->pub.state_since_ms = registry_now(r);
     r->state_count[from]--;
@@ -237,10 +260,108 @@ static void advance_streak(const struct registry *r, struct reg_entry *e, uint64
     e->pub.last_seen_ms = now;
 }
 
-/* Where a node that has risen goes: the rotation, or draining while an
- * admin holds it out. */
+/* ---- flap damping ---- */
+
+static uint32_t flap_count_of(const struct registry *r)
+{
+    return r->cfg.flap_count < REGISTRY_FLAP_COUNT_MAX ? r->cfg.flap_count
+                                                       : REGISTRY_FLAP_COUNT_MAX;
+}
+
+/* Records one down. A node that stayed up for a whole window since its last
+ * down has settled: its back-off starts again from the first step. */
+static void flap_note_down(struct registry *r, struct reg_entry *e, uint64_t now)
+{
+    uint32_t k = flap_count_of(r);
+    if (k == 0)
+        return;
+    uint32_t slots = k + 1;
+    if (e->ndowns > 0) {
+        uint64_t last = e->downs[(e->downs_next + slots - 1) % slots];
+        if (now - last > r->cfg.flap_window_ms)
+            e->holdoff_ms = 0;
+    }
+    e->downs[e->downs_next] = now;
+    e->downs_next = (e->downs_next + 1) % slots;
+    if (e->ndowns < slots)
+        e->ndowns++;
+}
+
+/* True when e went down more than flap_count times within the window. The
+ * ring holds flap_count + 1 downs, so that is: the ring is full and its
+ * oldest down lies within the window. */
+static bool flap_too_many(const struct registry *r, const struct reg_entry *e, uint64_t now)
+{
+    uint32_t k = flap_count_of(r);
+    if (k == 0 || e->ndowns < k + 1)
+        return false;
+    uint64_t oldest = e->downs[e->downs_next]; /* the ring is full: next is oldest */
+    return now - oldest <= r->cfg.flap_window_ms;
+}
+
+static uint64_t flap_last_down(const struct registry *r, const struct reg_entry *e)
+{
+    uint32_t slots = flap_count_of(r) + 1;
+    return e->ndowns ? e->downs[(e->downs_next + slots - 1) % slots] : 0;
+}
+
+/* Decides, as e comes back, whether it is held out. A new hold starts when
+ * it went down too often and at least once since the last hold began; each
+ * such hold doubles the last one (capped). A node still inside a hold stays
+ * held. */
+static bool flap_hold(struct registry *r, struct reg_entry *e, uint64_t now)
+{
+    if (flap_count_of(r) == 0)
+        return false;
+    if (flap_too_many(r, e, now) && (!e->held || flap_last_down(r, e) > e->hold_started_ms)) {
+        uint64_t base = r->cfg.flap_holdoff_ms ? r->cfg.flap_holdoff_ms : 1;
+        uint64_t next = e->holdoff_ms ? (uint64_t)e->holdoff_ms * 2 : base;
+        uint64_t cap = r->cfg.flap_holdoff_max_ms > base ? r->cfg.flap_holdoff_max_ms : base;
+        e->holdoff_ms = (uint32_t)(next < cap ? next : cap);
+        e->held = true;
+        e->hold_started_ms = now;
+        e->hold_until_ms = now + e->holdoff_ms;
+    }
+    return now < e->hold_until_ms;
+}
+
+static void set_flapping(struct registry *r, struct reg_entry *e, uint64_t now)
+{
+    char why[HB_REASON_MAX + 1];
+    snprintf(why, sizeof why,
+             "flapping: more than %u downs in %u ms, held out for %u ms (%llu ms left)",
+             (unsigned)flap_count_of(r), (unsigned)r->cfg.flap_window_ms, (unsigned)e->holdoff_ms,
+             (unsigned long long)(e->hold_until_ms - now));
+    set_state(r, e, NODE_FLAPPING, why);
+}
+
+/* Where a node that has risen goes: the rotation, flapping while a flap hold
+ * keeps it out, or draining while an admin holds it out. */
 static void set_risen(struct registry *r, struct reg_entry *e)
 {
+    uint64_t now = registry_now(r);
+    if (e->pub.admin_drained)
+        set_state(r, e, NODE_DRAINING, "admin drain");
+    else if (flap_hold(r, e, now))
+        set_flapping(r, e, now);
+    else
+        set_state(r, e, NODE_HEALTHY, "");
+}
+
+/* True when e's last message is within 1.5 intervals. */
+static bool is_live(const struct registry *r, const struct reg_entry *e, uint64_t now)
+{
+    uint64_t silent = now >= e->pub.last_seen_ms ? now - e->pub.last_seen_ms : 0;
+    return silent * 2 <= (uint64_t)r->cfg.interval_ms * 3;
+}
+
+/* A flapping node whose hold is over goes back once it looks well: live,
+ * reporting healthy, `rise` good heartbeats in a row. */
+static void flap_release(struct registry *r, struct reg_entry *e, uint64_t now)
+{
+    if (e->pub.state != NODE_FLAPPING || now < e->hold_until_ms || !e->pub.reported_healthy ||
+        e->pub.good_streak < rise_of(r) || !is_live(r, e, now))
+        return;
     if (e->pub.admin_drained)
         set_state(r, e, NODE_DRAINING, "admin drain");
     else
@@ -318,6 +439,12 @@ void registry_on_change(struct registry *r, registry_change_fn fn, void *ctx)
 {
     r->on_change = fn;
     r->on_change_ctx = ctx;
+}
+
+void registry_on_panic(struct registry *r, registry_panic_fn fn, void *ctx)
+{
+    r->on_panic = fn;
+    r->on_panic_ctx = ctx;
 }
 
 const struct registry_config *registry_config(const struct registry *r)
@@ -429,6 +556,9 @@ enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg 
             if (e->pub.good_streak >= rise_of(r))
                 set_risen(r, e);
             break;
+        case NODE_FLAPPING:
+            flap_release(r, e, now);
+            break;
         case NODE_HEALTHY:
         case NODE_DRAINING: /* only a REGISTER from a new process ends draining */
         case NODE_STATE_COUNT:
@@ -461,6 +591,7 @@ enum registry_result registry_drain(struct registry *r, const char *id)
     case NODE_JOINING:
     case NODE_HEALTHY:
     case NODE_SUSPECT:
+    case NODE_FLAPPING:
         set_state(r, e, NODE_DRAINING, "admin drain");
         break;
     case NODE_DOWN:
@@ -481,10 +612,8 @@ enum registry_result registry_undrain(struct registry *r, const char *id)
     if (!was || e->pub.state != NODE_DRAINING || e->self_draining)
         return REGISTRY_OK;
     uint64_t now = registry_now(r);
-    uint64_t silent = now >= e->pub.last_seen_ms ? now - e->pub.last_seen_ms : 0;
-    bool live = silent * 2 <= (uint64_t)r->cfg.interval_ms * 3;
-    if (live && e->pub.reported_healthy && e->pub.good_streak >= rise_of(r))
-        set_state(r, e, NODE_HEALTHY, "");
+    if (is_live(r, e, now) && e->pub.reported_healthy && e->pub.good_streak >= rise_of(r))
+        set_risen(r, e); /* a flap hold still applies */
     else
         set_state(r, e, NODE_JOINING, "joining");
     return REGISTRY_OK;
@@ -512,11 +641,76 @@ static void forget(struct registry *r, struct reg_entry *e)
     free(e);
 }
 
+/* ---- panic ---- */
+
+/* Looks at the whole table before the reap pass moves anyone. Silence
+ * reaches nodes spread over one interval (each has its own phase), so the
+ * share counts the nodes that silence took out of rotation within the last
+ * interval as well as those it would take now. Entering panic puts the
+ * former back; while in panic the pass leaves silent healthy nodes alone.
+ * Panic ends when the silent share is back at or under the threshold. */
+static void panic_check(struct registry *r, uint64_t now)
+{
+    uint64_t interval = r->cfg.interval_ms;
+    size_t silent_in = 0, recent_out = 0;
+    for (size_t i = 0; i < r->nall; i++) {
+        const struct reg_entry *e = r->all[i];
+        enum node_state s = e->pub.state;
+        if (s == NODE_HEALTHY && !is_live(r, e, now))
+            silent_in++;
+        else if ((s == NODE_SUSPECT || s == NODE_DOWN) && e->silence_exit_ms != 0 &&
+                 now - e->silence_exit_ms <= interval)
+            recent_out++;
+    }
+    uint64_t pct = r->cfg.panic_percent;
+    if (!r->panic) {
+        size_t set = r->nrot + recent_out;
+        size_t leaving = silent_in + recent_out;
+        if (set == 0 || (uint64_t)leaving * 100 <= pct * set)
+            return;
+        r->panic = true;
+        r->panic_since_ms = now;
+        snprintf(r->panic_reason, sizeof r->panic_reason,
+                 "%zu of %zu nodes in rotation went silent within one interval (threshold "
+                 "%u%%): keeping them in rotation",
+                 leaving, set, (unsigned)pct);
+        /* Put back the ones silence already took: they are the last healthy
+         * set as much as those still in. */
+        for (size_t i = 0; i < r->nall; i++) {
+            struct reg_entry *e = r->all[i];
+            if ((e->pub.state == NODE_SUSPECT || e->pub.state == NODE_DOWN) &&
+                e->silence_exit_ms != 0 && now - e->silence_exit_ms <= interval)
+                set_state(r, e, NODE_HEALTHY, "");
+        }
+        r->panic_held = leaving;
+        if (r->on_panic != NULL)
+            r->on_panic(r->on_panic_ctx, true, r->panic_reason);
+        return;
+    }
+    r->panic_held = silent_in;
+    if ((uint64_t)silent_in * 100 > pct * r->nrot)
+        return;
+    char why[sizeof r->panic_reason];
+    snprintf(why, sizeof why,
+             "heartbeats resumed: %zu of %zu nodes in rotation silent (threshold %u%%) after "
+             "%llu ms in panic",
+             silent_in, r->nrot, (unsigned)pct, (unsigned long long)(now - r->panic_since_ms));
+    r->panic = false;
+    r->panic_since_ms = 0;
+    r->panic_held = 0;
+    r->panic_reason[0] = '\0';
+    if (r->on_panic != NULL)
+        r->on_panic(r->on_panic_ctx, false, why);
+}
+
 void registry_reap(struct registry *r)
 {
     uint64_t now = registry_now(r);
     uint64_t suspect_after2 = (uint64_t)r->cfg.interval_ms * 3; /* compared with silent*2 */
     uint64_t down_after = (uint64_t)r->cfg.interval_ms * fall_of(r);
+
+    if (r->cfg.panic_percent != 0)
+        panic_check(r, now);
 
     /* Every node, every pass: a live node early in the table must not hide
      * silent ones after it. forget() moves the last node into slot i, so i
@@ -531,21 +725,51 @@ void registry_reap(struct registry *r)
             forget(r, e);
             continue;
         }
+        if (s == NODE_HEALTHY && r->panic) {
+            i++; /* kept in rotation, silent or not */
+            continue;
+        }
         /* down is checked first so a long gap goes straight there, with one
          * change reported instead of healthy -> suspect -> down. A node an
          * admin drained is still watched: if it dies it shows as down. */
         bool watched = s == NODE_HEALTHY || s == NODE_SUSPECT || s == NODE_JOINING ||
+                       s == NODE_FLAPPING ||
                        (s == NODE_DRAINING && e->pub.admin_drained && !e->self_draining);
         if (watched && silent >= down_after) {
             char why[HB_REASON_MAX + 1];
             snprintf(why, sizeof why, "no heartbeat for %llu ms", (unsigned long long)silent);
+            uint64_t exit_ms = s == NODE_HEALTHY ? now : e->silence_exit_ms;
             e->pub.good_streak = 0;
             set_state(r, e, NODE_DOWN, why);
+            e->silence_exit_ms = exit_ms;
         } else if (s == NODE_HEALTHY && silent * 2 > suspect_after2) {
             set_state(r, e, NODE_SUSPECT, "missed heartbeat");
+            e->silence_exit_ms = now;
+        } else if (s == NODE_FLAPPING) {
+            flap_release(r, e, now);
         }
         i++;
     }
+}
+
+bool registry_panic(const struct registry *r)
+{
+    return r->panic;
+}
+
+uint64_t registry_panic_since(const struct registry *r)
+{
+    return r->panic_since_ms;
+}
+
+const char *registry_panic_reason(const struct registry *r)
+{
+    return r->panic_reason;
+}
+
+size_t registry_panic_held(const struct registry *r)
+{
+    return r->panic ? r->panic_held : 0;
 }
 
 uint64_t registry_epoch(const struct registry *r)

@@ -1,5 +1,6 @@
 /* registry: the balancer's table of nodes, their liveness state machine
- * (joining, healthy, suspect, down, draining) and the rotation, the dense
+ * (joining, healthy, suspect, down, draining, flapping), flap damping, the
+ * panic guard rail and the rotation, the dense
  * array of nodes that may be handed to clients. Driven by an injectable
  * monotonic clock so tests run on a fake one. Single-threaded. */
 #ifndef BERTH_REGISTRY_H
@@ -17,6 +18,7 @@ enum node_state {
     NODE_SUSPECT,  /* missed one interval: out of rotation, back on the next heartbeat */
     NODE_DOWN,     /* missed `fall` intervals, or reports itself unhealthy */
     NODE_DRAINING, /* sent LEAVE or heartbeats with draining: out of rotation */
+    NODE_FLAPPING, /* went down more than flap_count times in flap_window: held out */
     NODE_STATE_COUNT
 };
 
@@ -28,7 +30,22 @@ struct registry_config {
     uint32_t fall;        /* missed intervals before down */
     uint32_t rise;        /* heartbeats in a row before healthy */
     uint32_t forget_ms;   /* a down or draining node silent this long is dropped */
+    /* Flap damping: a node that went down more than flap_count times within
+     * flap_window_ms is held out of rotation (state flapping) when it comes
+     * back, for flap_holdoff_ms, doubling on each further hold up to
+     * flap_holdoff_max_ms. flap_count 0 turns it off (capped at
+     * REGISTRY_FLAP_COUNT_MAX). */
+    uint32_t flap_count;
+    uint32_t flap_window_ms;
+    uint32_t flap_holdoff_ms;
+    uint32_t flap_holdoff_max_ms;
+    /* Panic guard rail: when more than panic_percent of the rotation goes
+     * silent within one interval, the silent nodes are kept in rotation
+     * until heartbeats resume. 0 turns it off. */
+    uint32_t panic_percent;
 };
+
+#define REGISTRY_FLAP_COUNT_MAX 32
 
 /* Returns monotonic milliseconds. */
 typedef uint64_t (*registry_clock_fn)(void *ctx);
@@ -65,11 +82,16 @@ typedef void (*registry_change_fn)(void *ctx, const struct registry_node *n,
 
 struct registry;
 
+/* Called once on entering (entered = true) and once on leaving panic, with
+ * a borrowed one-line reason. */
+typedef void (*registry_panic_fn)(void *ctx, bool entered, const char *reason);
+
 /* NULL clock means mono_now_ms. Returns NULL on out of memory. */
 struct registry *registry_new(const struct registry_config *cfg, registry_clock_fn clock,
                               void *clock_ctx);
 void registry_free(struct registry *r);
 void registry_on_change(struct registry *r, registry_change_fn fn, void *ctx);
+void registry_on_panic(struct registry *r, registry_panic_fn fn, void *ctx);
 const struct registry_config *registry_config(const struct registry *r);
 uint64_t registry_now(const struct registry *r);
 
@@ -107,6 +129,14 @@ void registry_note_pick(struct registry *r, const struct registry_node *n);
 /* The reap pass: looks at every node, moves silent ones to suspect and down,
  * forgets long-silent down/draining ones. Call at least every interval/4. */
 void registry_reap(struct registry *r);
+
+/* Panic (see registry_config.panic_percent): whether the registry is in it,
+ * since when (clock ms; 0 when not), why (borrowed, "" when not), and how
+ * many nodes in rotation it keeps there although they are silent. */
+bool registry_panic(const struct registry *r);
+uint64_t registry_panic_since(const struct registry *r);
+const char *registry_panic_reason(const struct registry *r);
+size_t registry_panic_held(const struct registry *r);
 
 /* Grows by one on every change of the set of nodes in rotation. */
 uint64_t registry_epoch(const struct registry *r);

@@ -30,6 +30,10 @@
 
 #define NODE_EXIT_USAGE 2
 #define NODE_LEAVE_LINGER_MS 200 /* time the final LEAVE gets to reach the balancer */
+/* Balancers a node heartbeats to: one DEALER each (a DEALER connected to
+ * several endpoints would spread the messages between them, not copy them). */
+#define NODE_MAX_BALANCERS 8
+#define NODE_ENDPOINT_MAX 256 /* bytes of one --balancer endpoint, with the NUL */
 
 static const struct config_setting node_settings[] = {
     {"id", CONFIG_STRING, NULL, 0, 0, NULL,
@@ -38,7 +42,8 @@ static const struct config_setting node_settings[] = {
     {"advertise", CONFIG_STRING, NULL, 0, 0, NULL,
      "address clients dial, host:port (default: --listen; required with a wildcard --listen)"},
     {"balancer", CONFIG_STRING, "tcp://127.0.0.1:7100", 0, 0, NULL,
-     "balancer heartbeat endpoint (ZeroMQ)"},
+     "balancer heartbeat endpoint (ZeroMQ); a comma-separated list heartbeats to every one "
+     "(at most 8), each on its own socket"},
     {"cert", CONFIG_STRING, NULL, 0, 0, NULL, "PEM certificate chain file (required)"},
     {"key", CONFIG_STRING, NULL, 0, 0, NULL, "PEM private key file (required)"},
     {"workers", CONFIG_INT, "0", 0, HB_MAX_WORKERS, NULL,
@@ -76,7 +81,8 @@ struct node {
     unsigned nworkers;
     struct watchdog *watchdog;
     void *zctx;
-    struct heartbeat *hb;
+    struct heartbeat *hb[NODE_MAX_BALANCERS]; /* one per balancer */
+    unsigned nhb;
     int sig_fd;
     int notify_fd;
     bool draining;
@@ -84,6 +90,7 @@ struct node {
     uint64_t drain_deadline_ms;
     uint64_t prev_requests;   /* for msgs_per_sec */
     uint64_t prev_sample_ms;
+    double last_rate;         /* msgs_per_sec at prev_sample_ms */
     char id[HB_NODE_ID_MAX + 1];
     char listen[HB_ADDR_MAX + 1];
     char advertise[HB_ADDR_MAX + 1];
@@ -148,6 +155,18 @@ static void node_default_id(char *out, size_t len, uint16_t port)
     snprintf(out, len, "%s%s", host, suffix);
 }
 
+/* The shortest heartbeat interval in force: the watchdog's yardstick. */
+static uint32_t node_interval_ms(const struct node *n)
+{
+    uint32_t ms = UINT32_MAX;
+    for (unsigned i = 0; i < n->nhb; i++) {
+        uint32_t v = heartbeat_interval_ms(n->hb[i]);
+        if (v < ms)
+            ms = v;
+    }
+    return ms;
+}
+
 static void node_fill(void *arg, struct hb_msg *m, uint64_t now)
 {
     struct node *n = arg;
@@ -164,12 +183,19 @@ static void node_fill(void *arg, struct hb_msg *m, uint64_t now)
     m->sessions = sessions > UINT32_MAX ? UINT32_MAX : (uint32_t)sessions;
     m->accepted = node_stats_accepted(&n->stats);
 
+    /* With several balancers this runs once per balancer per interval: the
+     * rate is measured over at least half an interval and reused in
+     * between, so every balancer sees the same figure. */
     uint64_t requests = node_stats_requests(&n->stats);
-    if (n->prev_sample_ms != 0 && now > n->prev_sample_ms)
-        m->msgs_per_sec = (double)(requests - n->prev_requests) * 1000.0 /
-                          (double)(now - n->prev_sample_ms);
-    n->prev_requests = requests;
-    n->prev_sample_ms = now;
+    uint64_t min_gap = node_interval_ms(n) / 2;
+    if (n->prev_sample_ms == 0 || now >= n->prev_sample_ms + (min_gap ? min_gap : 1)) {
+        if (n->prev_sample_ms != 0 && now > n->prev_sample_ms)
+            n->last_rate = (double)(requests - n->prev_requests) * 1000.0 /
+                           (double)(now - n->prev_sample_ms);
+        n->prev_requests = requests;
+        n->prev_sample_ms = now;
+    }
+    m->msgs_per_sec = n->last_rate;
 
     m->draining = n->draining;
     if (n->draining) {
@@ -177,7 +203,7 @@ static void node_fill(void *arg, struct hb_msg *m, uint64_t now)
         m->healthy = true;
         m->reason[0] = '\0';
     } else {
-        uint64_t stall = watchdog_stall_ms(heartbeat_interval_ms(n->hb));
+        uint64_t stall = watchdog_stall_ms(node_interval_ms(n));
         m->healthy = watchdog_check(n->watchdog, ticks, now, stall, m->reason, sizeof(m->reason));
     }
 }
@@ -194,7 +220,8 @@ static void node_begin_drain(struct node *n, const char *signame, uint64_t now)
     n->drain_deadline_ms = now + timeout;
     log_info("drain_start", "signal=%s sessions=%" PRIu64 " timeout_ms=%" PRIu64, signame,
              node_stats_sessions(&n->stats), timeout);
-    heartbeat_leave(n->hb, now);
+    for (unsigned i = 0; i < n->nhb; i++)
+        heartbeat_leave(n->hb[i], now);
     for (unsigned i = 0; i < n->nworkers; i++)
         worker_drain(n->workers[i]);
 }
@@ -243,14 +270,21 @@ static int node_run(struct node *n)
 {
     for (;;) {
         uint64_t now = mono_now_ms();
-        zmq_pollitem_t items[3];
-        int ni = 0, hb_i = -1;
-        void *sock = heartbeat_socket(n->hb);
+        zmq_pollitem_t items[NODE_MAX_BALANCERS + 2];
+        int ni = 0, hb_i[NODE_MAX_BALANCERS];
         memset(items, 0, sizeof(items));
-        if (sock) {
-            hb_i = ni;
-            items[ni].socket = sock;
-            items[ni++].events = ZMQ_POLLIN;
+        long timeout = -1;
+        for (unsigned i = 0; i < n->nhb; i++) {
+            void *sock = heartbeat_socket(n->hb[i]);
+            hb_i[i] = -1;
+            if (sock) {
+                hb_i[i] = ni;
+                items[ni].socket = sock;
+                items[ni++].events = ZMQ_POLLIN;
+            }
+            long t = heartbeat_timeout_ms(n->hb[i], now);
+            if (timeout < 0 || t < timeout)
+                timeout = t;
         }
         int sig_i = ni;
         items[ni].fd = n->sig_fd;
@@ -259,10 +293,9 @@ static int node_run(struct node *n)
         items[ni].fd = n->notify_fd;
         items[ni++].events = ZMQ_POLLIN;
 
-        long timeout = heartbeat_timeout_ms(n->hb, now);
         if (n->draining) {
             long left = n->drain_deadline_ms > now ? (long)(n->drain_deadline_ms - now) : 0;
-            if (left < timeout)
+            if (timeout < 0 || left < timeout)
                 timeout = left;
         }
         int rc = zmq_poll(items, ni, timeout);
@@ -273,8 +306,9 @@ static int node_run(struct node *n)
             return -1;
         }
         now = mono_now_ms();
-        if (hb_i >= 0 && (items[hb_i].revents & ZMQ_POLLIN))
-            heartbeat_on_readable(n->hb, now);
+        for (unsigned i = 0; i < n->nhb; i++)
+            if (hb_i[i] >= 0 && (items[hb_i[i]].revents & ZMQ_POLLIN))
+                heartbeat_on_readable(n->hb[i], now);
         if (items[sig_i].revents & ZMQ_POLLIN)
             node_on_signal(n, now);
         if (items[notify_i].revents & ZMQ_POLLIN) {
@@ -282,7 +316,8 @@ static int node_run(struct node *n)
             while (read(n->notify_fd, &v, sizeof(v)) < 0 && errno == EINTR)
                 ;
         }
-        heartbeat_tick(n->hb, now);
+        for (unsigned i = 0; i < n->nhb; i++)
+            heartbeat_tick(n->hb[i], now);
 
         if (n->draining) {
             if (node_all_finished(n))
@@ -306,7 +341,8 @@ static void node_free(struct node *n)
     for (unsigned i = 0; n->workers && i < n->nworkers; i++)
         worker_free(n->workers[i]);
     free(n->workers);
-    heartbeat_free(n->hb, NODE_LEAVE_LINGER_MS);
+    for (unsigned i = 0; i < n->nhb; i++)
+        heartbeat_free(n->hb[i], NODE_LEAVE_LINGER_MS);
     if (n->zctx) {
         int rc;
         do
@@ -321,6 +357,61 @@ static void node_free(struct node *n)
     if (n->notify_fd >= 0)
         close(n->notify_fd);
     config_free(n->cfg);
+}
+
+/* Splits --balancer "a, b,c" into endpoints (spaces around items are
+ * trimmed); an empty item, a repeated one, or more than NODE_MAX_BALANCERS
+ * is an error, reported on stderr. Returns 0 or -1. */
+static int node_parse_balancers(const char *list, char (*endpoints)[NODE_ENDPOINT_MAX],
+                                unsigned *nend)
+{
+    *nend = 0;
+    for (const char *p = list ? list : ""; *p;) {
+        size_t len = strcspn(p, ",");
+        const char *start = p;
+        size_t tl = len;
+        while (tl && (*start == ' ' || *start == '\t')) {
+            start++;
+            tl--;
+        }
+        while (tl && (start[tl - 1] == ' ' || start[tl - 1] == '\t'))
+            tl--;
+        if (tl == 0) {
+            fprintf(stderr, "berth-node: --balancer: empty endpoint in \"%s\"\n", list);
+            return -1;
+        }
+        if (*nend == NODE_MAX_BALANCERS) {
+            fprintf(stderr, "berth-node: --balancer: more than %d endpoints\n",
+                    NODE_MAX_BALANCERS);
+            return -1;
+        }
+        if (tl >= (size_t)NODE_ENDPOINT_MAX) {
+            fprintf(stderr, "berth-node: --balancer: endpoint longer than %zu bytes\n",
+                    (size_t)NODE_ENDPOINT_MAX - 1);
+            return -1;
+        }
+        memcpy(endpoints[*nend], start, tl);
+        endpoints[*nend][tl] = '\0';
+        for (unsigned j = 0; j < *nend; j++)
+            if (strcmp(endpoints[j], endpoints[*nend]) == 0) {
+                fprintf(stderr, "berth-node: --balancer: %s is listed twice\n", endpoints[j]);
+                return -1;
+            }
+        (*nend)++;
+        p += len;
+        if (*p == ',') {
+            p++;
+            if (*p == '\0') {
+                fprintf(stderr, "berth-node: --balancer: empty endpoint in \"%s\"\n", list);
+                return -1;
+            }
+        }
+    }
+    if (*nend == 0) {
+        fprintf(stderr, "berth-node: --balancer: no endpoint given\n");
+        return -1;
+    }
+    return 0;
 }
 
 /* Settings, TLS, listeners, heartbeat channel; 0, or the exit code. */
@@ -362,6 +453,12 @@ static int node_setup(struct node *n, int argc, char **argv)
 
     /* Addresses first: every usage error before anything is bound. */
     struct addr listen_addr, adv_addr;
+    /* --balancer a,b,c: one heartbeat channel per endpoint */
+    const char *list = config_str(n->cfg, "balancer");
+    char endpoints[NODE_MAX_BALANCERS][NODE_ENDPOINT_MAX];
+    unsigned nend = 0;
+    if (node_parse_balancers(list, endpoints, &nend) != 0)
+        return NODE_EXIT_USAGE;
     const char *listen_text = config_str(n->cfg, "listen");
     if (addr_parse(listen_text, true, &listen_addr, err, sizeof(err)) != 0) {
         fprintf(stderr, "berth-node: --listen %s: %s\n", listen_text, err);
@@ -501,17 +598,21 @@ static int node_setup(struct node *n, int argc, char **argv)
         return 1;
     }
     struct heartbeat_config hc = {
-        .endpoint = config_str(n->cfg, "balancer"),
+        .endpoint = NULL,
         .node_id = n->id,
         .addr = n->advertise,
         .capacity = (uint32_t)config_int(n->cfg, "capacity"),
         .interval_ms = (uint32_t)config_int(n->cfg, "heartbeat-interval"),
         .boot_id = boot,
     };
-    n->hb = heartbeat_new(n->zctx, &hc, node_fill, n, mono_now_ms(), err, sizeof(err));
-    if (!n->hb) {
-        fprintf(stderr, "berth-node: %s\n", err);
-        return NODE_EXIT_USAGE;
+    for (unsigned i = 0; i < nend; i++) {
+        hc.endpoint = endpoints[i];
+        n->hb[i] = heartbeat_new(n->zctx, &hc, node_fill, n, mono_now_ms(), err, sizeof(err));
+        if (!n->hb[i]) {
+            fprintf(stderr, "berth-node: --balancer %s: %s\n", endpoints[i], err);
+            return NODE_EXIT_USAGE;
+        }
+        n->nhb++;
     }
     for (unsigned i = 0; i < n->nworkers; i++) {
         if (worker_start(n->workers[i], err, sizeof(err)) != 0) {
@@ -521,7 +622,7 @@ static int node_setup(struct node *n, int argc, char **argv)
     }
     log_info("start", "listen=%s advertise=%s workers=%u balancer=%s version=%s boot=%016" PRIx64
              " max_connections=%u max_frame=%u",
-             n->listen, n->advertise, n->nworkers, hc.endpoint, BERTH_VERSION, boot,
+             n->listen, n->advertise, n->nworkers, list, BERTH_VERSION, boot,
              n->env.max_connections, n->env.max_frame);
     return 0;
 }

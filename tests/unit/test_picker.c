@@ -458,6 +458,64 @@ static void test_ten_thousand_nodes(void **state)
     picker_free(p);
 }
 
+
+/* Panic guard rail: when every node goes silent at once, picks go on
+ * handing out the last healthy set instead of answering with nothing; a
+ * flapping node is never handed out. */
+static void test_pick_in_panic_and_flapping(void **state)
+{
+    struct world *w = *state;
+    registry_free(w->reg);
+    struct registry_config cfg = {.interval_ms = INTERVAL,
+                                  .fall = 3,
+                                  .rise = 1,
+                                  .forget_ms = 60000,
+                                  .flap_count = 1,
+                                  .flap_window_ms = 60000,
+                                  .flap_holdoff_ms = 5000,
+                                  .flap_holdoff_max_ms = 5000,
+                                  .panic_percent = 50};
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    struct picker *p = picker_new(PICKER_LEAST_LOADED, 7);
+    assert_non_null(p);
+    add_node(w, "a", 10, 0);
+    add_node(w, "b", 10, 0);
+    add_node(w, "c", 10, 0);
+    for (int i = 0; i < 40; i++) {
+        w->clock.now += INTERVAL / 5;
+        registry_reap(w->reg);
+    }
+    assert_true(registry_panic(w->reg));
+    for (int i = 0; i < 20; i++)
+        assert_non_null(picker_pick(p, w->reg, NULL, NULL, 0));
+    assert_non_null(picker_pick(p, w->reg, "some-key", NULL, 0));
+
+    /* heartbeats resume; then "a" goes down twice and is held as flapping */
+    for (int k = 0; k < 2; k++) {
+        w->clock.now += INTERVAL;
+        node_heartbeat(w, "a", true);
+        node_heartbeat(w, "b", true);
+        node_heartbeat(w, "c", true);
+        registry_reap(w->reg);
+    }
+    assert_false(registry_panic(w->reg));
+    for (int k = 0; k < 2; k++) {
+        node_heartbeat(w, "a", false);
+        w->clock.now += INTERVAL;
+        node_heartbeat(w, "a", true);
+        node_heartbeat(w, "b", true);
+        node_heartbeat(w, "c", true);
+    }
+    assert_int_equal(registry_find(w->reg, "a")->state, NODE_FLAPPING);
+    for (int i = 0; i < 50; i++) {
+        const struct registry_node *n = picker_pick(p, w->reg, NULL, NULL, 0);
+        assert_non_null(n);
+        assert_string_not_equal(n->id, "a");
+    }
+    picker_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -475,6 +533,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rendezvous_returns_when_node_returns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rendezvous_distribution, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ten_thousand_nodes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pick_in_panic_and_flapping, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,7 +32,7 @@ struct change {
     size_t rotation_after;
 };
 
-#define MAX_CHANGES 64
+#define MAX_CHANGES 512
 
 /* Each test's world: the clock, the registry and the changes it reported. */
 struct world {
@@ -1092,6 +1092,310 @@ static void test_left_rotation_and_picks(void **state)
     assert_int_equal(registry_find(w->reg, "n2")->picks, 2);
 }
 
+
+/* ---- flap damping ---- */
+
+#define FLAP_K 2
+#define FLAP_W 20000
+#define FLAP_HOLD 1000
+#define FLAP_HOLD_MAX 3000
+
+static int setup_flap(void **state)
+{
+    struct world *w = test_calloc(1, sizeof *w);
+    assert_non_null(w);
+    struct registry_config cfg = {.interval_ms = INTERVAL,
+                                  .fall = FALL,
+                                  .rise = RISE,
+                                  .forget_ms = FORGET,
+                                  .flap_count = FLAP_K,
+                                  .flap_window_ms = FLAP_W,
+                                  .flap_holdoff_ms = FLAP_HOLD,
+                                  .flap_holdoff_max_ms = FLAP_HOLD_MAX};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    registry_on_change(w->reg, record_change, w);
+    *state = w;
+    return 0;
+}
+
+/* Silence takes the node down; then heartbeats one interval apart until it
+ * has risen (RISE of them). Returns the state it rose to. */
+static enum node_state down_then_up(struct world *w, const char *id)
+{
+    w->clock.now += (uint64_t)INTERVAL * FALL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, id), NODE_DOWN);
+    for (int i = 0; i < RISE; i++) {
+        w->clock.now += INTERVAL;
+        do_heartbeat(w, id, 1);
+        registry_reap(w->reg);
+    }
+    return state_of(w, id);
+}
+
+/* Heartbeats every interval with a reap pass after each, for ms. */
+static void keep_beating(struct world *w, const char *id, uint64_t ms)
+{
+    for (uint64_t t = 0; t < ms; t += INTERVAL) {
+        w->clock.now += INTERVAL;
+        do_heartbeat(w, id, 1);
+        registry_reap(w->reg);
+    }
+}
+
+static void test_flap_hold_grows_and_settles(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    /* K downs in the window are tolerated */
+    for (int i = 0; i < FLAP_K; i++)
+        assert_int_equal(down_then_up(w, "n1"), NODE_HEALTHY);
+    /* the K+1st is one too many: held out, not in rotation */
+    assert_int_equal(down_then_up(w, "n1"), NODE_FLAPPING);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    assert_int_equal(registry_count_state(w->reg, NODE_FLAPPING), 1);
+    assert_non_null(strstr(registry_find(w->reg, "n1")->reason, "held out for 1000 ms"));
+    assert_string_equal(node_state_name(NODE_FLAPPING), "flapping");
+    /* still held just before the hold ends, back right after */
+    keep_beating(w, "n1", FLAP_HOLD - 2 * INTERVAL);
+    assert_int_equal(state_of(w, "n1"), NODE_FLAPPING);
+    keep_beating(w, "n1", 2 * INTERVAL);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+
+    /* going on flapping doubles the hold, up to the cap */
+    assert_int_equal(down_then_up(w, "n1"), NODE_FLAPPING);
+    assert_non_null(strstr(registry_find(w->reg, "n1")->reason, "held out for 2000 ms"));
+    keep_beating(w, "n1", 2000);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(down_then_up(w, "n1"), NODE_FLAPPING);
+    assert_non_null(strstr(registry_find(w->reg, "n1")->reason, "held out for 3000 ms"));
+    keep_beating(w, "n1", 3000);
+    assert_int_equal(down_then_up(w, "n1"), NODE_FLAPPING);
+    assert_non_null(strstr(registry_find(w->reg, "n1")->reason, "held out for 3000 ms"));
+    keep_beating(w, "n1", 3000);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+
+    /* a whole window up: one down is just a down, and the back-off starts over */
+    keep_beating(w, "n1", FLAP_W + INTERVAL);
+    assert_int_equal(down_then_up(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(down_then_up(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(down_then_up(w, "n1"), NODE_FLAPPING);
+    assert_non_null(strstr(registry_find(w->reg, "n1")->reason, "held out for 1000 ms"));
+}
+
+static void test_flapping_node_silent_goes_down_and_is_held_again(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    for (int i = 0; i < FLAP_K; i++)
+        (void)down_then_up(w, "n1");
+    assert_int_equal(down_then_up(w, "n1"), NODE_FLAPPING);
+    /* silence while held: down as usual; back after the hold ran out, but it
+     * went down again, so a new, longer hold */
+    w->clock.now += FLAP_HOLD + (uint64_t)INTERVAL * FALL;
+    assert_int_equal(down_then_up(w, "n1"), NODE_FLAPPING);
+    assert_non_null(strstr(registry_find(w->reg, "n1")->reason, "held out for 2000 ms"));
+    /* an unhealthy report while held is a down too */
+    struct hb_msg m = hb_msg_for("n1", 1);
+    m.healthy = false;
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    /* admin drain takes a flapping node to draining, undrain respects the hold */
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_FLAPPING);
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    assert_int_equal(registry_undrain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_FLAPPING);
+    keep_beating(w, "n1", FLAP_HOLD_MAX + INTERVAL);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+}
+
+static void test_flap_damping_off(void **state)
+{
+    struct world *w = world_of(state); /* plain setup: flap_count 0 */
+    make_healthy(w, "n1", 1);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(down_then_up(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_count_state(w->reg, NODE_FLAPPING), 0);
+}
+
+/* ---- panic ---- */
+
+#define PANIC_NODES 10
+
+struct panic_log {
+    int entered, left;
+    char last[256];
+};
+
+static void record_panic(void *ctx, bool entered, const char *reason)
+{
+    struct panic_log *p = ctx;
+    if (entered)
+        p->entered++;
+    else
+        p->left++;
+    snprintf(p->last, sizeof p->last, "%s", reason);
+}
+
+static int setup_panic(void **state)
+{
+    struct world *w = test_calloc(1, sizeof *w);
+    assert_non_null(w);
+    struct registry_config cfg = {.interval_ms = INTERVAL,
+                                  .fall = FALL,
+                                  .rise = 1,
+                                  .forget_ms = FORGET,
+                                  .panic_percent = 50};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    *state = w;
+    return 0;
+}
+
+static void panic_ids(char ids[PANIC_NODES][8])
+{
+    for (int i = 0; i < PANIC_NODES; i++)
+        snprintf(ids[i], 8, "p%d", i);
+}
+
+/* Time moves in reap periods (interval/5); node i heartbeats when its phase
+ * comes round, i.e. the nodes' heartbeats are spread over the interval, and
+ * only while alive[i]. */
+static void run_spread(struct world *w, const bool *alive, uint64_t ms)
+{
+    char ids[PANIC_NODES][8];
+    panic_ids(ids);
+    uint64_t step = INTERVAL / 5;
+    for (uint64_t t = 0; t < ms; t += step) {
+        w->clock.now += step;
+        for (int i = 0; i < PANIC_NODES; i++)
+            if (alive[i] && (w->clock.now / step) % 5 == (uint64_t)(i % 5)) {
+                struct hb_msg m = hb_msg_for(ids[i], 1);
+                assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+            }
+        registry_reap(w->reg);
+    }
+}
+
+static void panic_start(struct world *w, bool *alive)
+{
+    char ids[PANIC_NODES][8];
+    panic_ids(ids);
+    for (int i = 0; i < PANIC_NODES; i++) {
+        do_register(w, ids[i], 1);
+        alive[i] = true;
+    }
+    run_spread(w, alive, 4 * INTERVAL);
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+}
+
+static void test_panic_keeps_silent_majority(void **state)
+{
+    struct world *w = world_of(state);
+    struct panic_log log = {0};
+    registry_on_panic(w->reg, record_panic, &log);
+    bool alive[PANIC_NODES];
+    panic_start(w, alive);
+    assert_false(registry_panic(w->reg));
+
+    /* 6 of 10 fall silent at once (the balancer's side of the network) */
+    for (int i = 0; i < 6; i++)
+        alive[i] = false;
+    run_spread(w, alive, 10 * INTERVAL);
+    assert_true(registry_panic(w->reg));
+    assert_int_equal(log.entered, 1);
+    assert_int_equal(log.left, 0);
+    assert_non_null(strstr(registry_panic_reason(w->reg), "6 of 10"));
+    /* the last healthy set stays in rotation, including those silence had
+     * already taken out before the share was crossed */
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+    assert_int_equal(registry_panic_held(w->reg), 6);
+    assert_true(registry_panic_since(w->reg) > 0);
+
+    /* heartbeats resume: panic ends, once */
+    for (int i = 0; i < 6; i++)
+        alive[i] = true;
+    run_spread(w, alive, 2 * INTERVAL);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(log.entered, 1);
+    assert_int_equal(log.left, 1);
+    assert_non_null(strstr(log.last, "heartbeats resumed"));
+    assert_string_equal(registry_panic_reason(w->reg), "");
+    assert_int_equal(registry_panic_held(w->reg), 0);
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+}
+
+static void test_panic_not_for_a_minority(void **state)
+{
+    struct world *w = world_of(state);
+    struct panic_log log = {0};
+    registry_on_panic(w->reg, record_panic, &log);
+    bool alive[PANIC_NODES];
+    panic_start(w, alive);
+    /* exactly half is not more than half: they go down as usual */
+    for (int i = 0; i < 5; i++)
+        alive[i] = false;
+    run_spread(w, alive, 10 * INTERVAL);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(log.entered, 0);
+    assert_int_equal(registry_rotation_size(w->reg), 5);
+    assert_int_equal(registry_count_state(w->reg, NODE_DOWN), 5);
+}
+
+static void test_panic_ignores_leave_and_unhealthy(void **state)
+{
+    struct world *w = world_of(state);
+    struct panic_log log = {0};
+    registry_on_panic(w->reg, record_panic, &log);
+    bool alive[PANIC_NODES];
+    panic_start(w, alive);
+    char ids[PANIC_NODES][8];
+    panic_ids(ids);
+    /* 4 leave and 4 say they are unhealthy: they said so, no silence */
+    for (int i = 0; i < 8; i++) {
+        struct hb_msg m = hb_msg_for(ids[i], 1);
+        if (i < 4) {
+            m.type = HB_LEAVE;
+            assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
+        } else {
+            m.healthy = false;
+            assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+        }
+        alive[i] = false;
+    }
+    run_spread(w, alive, 10 * INTERVAL);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(registry_rotation_size(w->reg), 2);
+    assert_int_equal(log.entered, 0);
+}
+
+static void test_panic_all_silent_never_empties(void **state)
+{
+    struct world *w = world_of(state);
+    bool alive[PANIC_NODES];
+    panic_start(w, alive);
+    for (int i = 0; i < PANIC_NODES; i++)
+        alive[i] = false;
+    run_spread(w, alive, 100 * INTERVAL);
+    assert_true(registry_panic(w->reg));
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+    assert_int_equal(registry_panic_held(w->reg), PANIC_NODES);
+    /* a node that leaves still leaves */
+    struct hb_msg m = hb_msg_for("p3", 1);
+    assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1131,6 +1435,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_drain_while_joining_and_suspect, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_left_rotation_and_picks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flap_hold_grows_and_settles, setup_flap, teardown),
+        cmocka_unit_test_setup_teardown(test_flapping_node_silent_goes_down_and_is_held_again,
+                                        setup_flap, teardown),
+        cmocka_unit_test_setup_teardown(test_flap_damping_off, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_panic_keeps_silent_majority, setup_panic, teardown),
+        cmocka_unit_test_setup_teardown(test_panic_not_for_a_minority, setup_panic, teardown),
+        cmocka_unit_test_setup_teardown(test_panic_ignores_leave_and_unhealthy, setup_panic,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_panic_all_silent_never_empties, setup_panic,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
