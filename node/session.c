@@ -4,6 +4,7 @@
 #include "session.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,8 @@ struct session {
     bool draining;    /* node shutdown: read nothing more, then BYE */
     bool peer_closed; /* EOF or close_notify: read nothing more */
     bool rerun;       /* the last session_handle stopped on its budget */
+    bool read_more;   /* this session_handle may read (again): not yet read, or
+                       * OpenSSL holds bytes epoll will not signal */
     uint32_t hs_wait; /* epoll events the handshake's last TLS_AGAIN asked for */
     uint32_t read_wait;  /* ... the last read's TLS_AGAIN (0: plain EPOLLIN) */
     uint32_t write_wait; /* ... the last write's TLS_AGAIN (0: plain EPOLLOUT) */
@@ -40,6 +43,24 @@ struct session {
     uint64_t created_ms, last_active_ms, closing_ms;
     const char *reason; /* why it closes; static string */
 };
+
+/* SHA-256 for SEND, fetched once: EVP_Digest with EVP_sha256() looks the
+ * implementation up in the provider store on every call. Shared by all
+ * workers (an EVP_MD is immutable and reference counted) and kept until exit. */
+static pthread_once_t session_sha256_once = PTHREAD_ONCE_INIT;
+static EVP_MD *session_sha256_md;
+
+static void session_sha256_fetch(void)
+{
+    session_sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+static const EVP_MD *session_sha256(void)
+{
+    if (pthread_once(&session_sha256_once, session_sha256_fetch) != 0)
+        return NULL;
+    return session_sha256_md;
+}
 
 /* Reads land here first, so an idle session holds no 16 KiB buffer. */
 static _Thread_local uint8_t session_scratch[SESSION_READ_CHUNK];
@@ -215,7 +236,9 @@ static bool session_on_send(struct session *s, const struct frame *f, uint64_t n
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     static const uint8_t empty = 0;
-    if (EVP_Digest(req.len ? req.data : &empty, req.len, md, &mdlen, EVP_sha256(), NULL) != 1 ||
+    const EVP_MD *sha256 = session_sha256();
+    if (!sha256 ||
+        EVP_Digest(req.len ? req.data : &empty, req.len, md, &mdlen, sha256, NULL) != 1 ||
         mdlen != FRAME_SHA256_LEN) {
         session_error(s, rid, FRAME_ERR_INTERNAL, "SHA-256 failed", now);
         return false;
@@ -366,6 +389,11 @@ static bool session_read(struct session *s, uint64_t now)
 {
     size_t n = 0;
     enum tls_status st = tls_conn_read(s->tls, session_scratch, sizeof(session_scratch), &n);
+    /* One socket read per wake-up: more bytes in the socket keep the
+     * level-triggered fd ready, so another read now would mostly return
+     * EAGAIN for the price of a syscall. Only bytes OpenSSL has already
+     * taken in (epoll cannot see them) are read on at once. */
+    s->read_more = st == TLS_DONE && tls_conn_has_pending(s->tls);
     switch (st) {
     case TLS_DONE:
         s->read_wait = 0;
@@ -460,6 +488,7 @@ void session_handle(struct session *s, uint32_t events, uint64_t now_ms)
         /* The client may have sent its first frames with its Finished. */
     }
     bool any = false;
+    s->read_more = true;
     int round;
     for (round = 0; round < SESSION_PUMP_MAX; round++) {
         bool progress = session_flush(s, now_ms);
@@ -468,9 +497,9 @@ void session_handle(struct session *s, uint32_t events, uint64_t now_ms)
         progress |= session_process(s, now_ms);
         /* Read only after the replies so far are written or queued: with
          * the output above --max-output this is where reading stops. Bytes
-         * OpenSSL already decrypted are read here too, since the loop runs
-         * until a read says TLS_AGAIN. */
-        if (session_can_read(s))
+         * OpenSSL already holds are read here too: read_more stays set
+         * while it holds any. */
+        if (s->read_more && session_can_read(s))
             progress |= session_read(s, now_ms);
         if (s->state == SESSION_CLOSED)
             return;

@@ -38,7 +38,8 @@ void tls_conn_shutdown(struct tls_conn *c);
 
 /* EPOLLIN and/or EPOLLOUT that the last TLS_AGAIN is waiting for. */
 uint32_t tls_conn_events(const struct tls_conn *c);
-/* Decrypted bytes OpenSSL already holds: epoll will not signal them again. */
+/* Bytes OpenSSL already holds, decrypted or read ahead as whole records:
+ * epoll will not signal them again. */
 bool tls_conn_has_pending(const struct tls_conn *c);
 int tls_conn_fd(const struct tls_conn *c);
 /* Negotiated protocol ("TLSv1.3") and cipher, after the handshake. */
