@@ -300,6 +300,7 @@ int main(int argc, char **argv)
         .flap_holdoff_max_ms = (uint32_t)config_int(b.cfg, "flap-holdoff-max"),
         .panic_percent = (uint32_t)config_int(b.cfg, "panic-threshold"),
     };
+    rcfg.warmup_ms = rcfg.fall * rcfg.interval_ms;
     if (rcfg.flap_holdoff_max_ms < rcfg.flap_holdoff_ms) {
         fprintf(stderr, PROGRAM ": --flap-holdoff-max: must not be below --flap-holdoff\n");
         goto out;

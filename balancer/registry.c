@@ -37,6 +37,7 @@ struct registry {
     struct registry_config cfg;
     registry_clock_fn clock;
     void *clock_ctx;
+    uint64_t born_ms; /* clock time at registry_new, for warmup_ms */
     registry_change_fn on_change;
     void *on_change_ctx;
 
@@ -413,6 +414,7 @@ struct registry *registry_new(const struct registry_config *cfg, registry_clock_
     r->cfg = *cfg;
     r->clock = clock;
     r->clock_ctx = clock_ctx;
+    r->born_ms = registry_now(r);
     r->nslots = INDEX_MIN_SLOTS;
     r->slots = calloc(r->nslots, sizeof *r->slots);
     if (r->slots == NULL)
@@ -460,7 +462,8 @@ uint64_t registry_now(const struct registry *r)
 int registry_register(struct registry *r, const struct hb_msg *m)
 {
     uint64_t now = registry_now(r);
-    enum node_state fresh = rise_of(r) <= 1 ? NODE_HEALTHY : NODE_JOINING;
+    bool warming_up = now - r->born_ms < r->cfg.warmup_ms;
+    enum node_state fresh = rise_of(r) <= 1 || warming_up ? NODE_HEALTHY : NODE_JOINING;
     struct reg_entry *e = lookup(r, m->node_id);
 
     if (e == NULL) {

@@ -43,6 +43,11 @@ struct registry_config {
      * silent within one interval, the silent nodes are kept in rotation
      * until heartbeats resume. 0 turns it off. */
     uint32_t panic_percent;
+    /* A registry younger than this (a balancer that just restarted) has no
+     * history to judge a node by: a node registering then is admitted at
+     * once instead of after `rise` heartbeats, so a restart does not empty
+     * the rotation. 0 turns it off; the balancer uses fall x interval. */
+    uint32_t warmup_ms;
 };
 
 #define REGISTRY_FLAP_COUNT_MAX 32

@@ -205,6 +205,32 @@ static void test_rise_one_is_healthy_at_register(void **state)
     test_free(w);
 }
 
+/* A balancer that just restarted admits registering nodes at once for its
+ * first warmup_ms, and goes back to rise after that. */
+static void test_warmup_admits_at_once(void **state)
+{
+    (void)state;
+    struct world *w = test_calloc(1, sizeof *w);
+    assert_non_null(w);
+    struct registry_config cfg = {.interval_ms = INTERVAL, .fall = FALL, .rise = RISE,
+                                  .forget_ms = FORGET, .warmup_ms = FALL * INTERVAL};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    registry_on_change(w->reg, record_change, w);
+
+    w->clock.now += INTERVAL; /* the nodes' first heartbeats got "reregister" */
+    do_register(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+
+    w->clock.now = 1000 + FALL * INTERVAL; /* warm-up over */
+    do_register(w, "n2", 1);
+    assert_int_equal(state_of(w, "n2"), NODE_JOINING);
+    registry_free(w->reg);
+    test_free(w);
+}
+
 /* After a partition heals, heartbeats queued in the old connection arrive
  * in one burst; they must not add up to `rise` (seen in the compose test). */
 static void test_rise_ignores_burst_of_queued_heartbeats(void **state)
@@ -1404,6 +1430,7 @@ int main(void)
         cmocka_unit_test(test_rise_one_is_healthy_at_register),
         cmocka_unit_test(test_rise_needs_consecutive_heartbeats),
         cmocka_unit_test(test_rise_ignores_burst_of_queued_heartbeats),
+        cmocka_unit_test(test_warmup_admits_at_once),
         cmocka_unit_test_setup_teardown(test_fall_exactly_at_fall_intervals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_silence_goes_straight_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_falls_down, setup, teardown),
