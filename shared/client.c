@@ -2,6 +2,7 @@
  * (pure functions over decoded frames); the bottom half moves bytes over
  * TLS with poll, every wait bounded by the session's timeout. */
 #include "client.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -62,19 +63,6 @@ struct client {
 
 /* ---------------------------------------------------------------- checks */
 
-static void client_errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void client_errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Node text may hold anything; control characters become '?' before it
  * reaches a terminal or a log line. */
 static void client_clean_text(char *s)
@@ -98,12 +86,12 @@ enum client_reply client_check_reply(const struct frame *f, uint8_t want_type, u
     if (f->h.type == FRAME_ERROR) {
         struct frame_error_body eb;
         if (frame_parse_error(f, &eb) != 0) {
-            client_errf(err, errlen, "%s: protocol error: malformed ERROR frame (%" PRIu32
+            errbuf_setf(err, errlen, "%s: protocol error: malformed ERROR frame (%" PRIu32
                         " bytes)", label, f->h.length);
             return CLIENT_REPLY_PROTOCOL;
         }
         client_clean_text(eb.text);
-        client_errf(err, errlen, "%s: error %u %s: %s", label, (unsigned)eb.code,
+        errbuf_setf(err, errlen, "%s: error %u %s: %s", label, (unsigned)eb.code,
                     frame_error_name((enum frame_error)eb.code),
                     eb.text[0] ? eb.text : frame_error_text((enum frame_error)eb.code));
         return CLIENT_REPLY_ERROR;
@@ -111,10 +99,10 @@ enum client_reply client_check_reply(const struct frame *f, uint8_t want_type, u
     if (f->h.type == want_type && f->h.request_id == want_id)
         return CLIENT_REPLY_OK;
     if (f->h.type == FRAME_BYE && f->h.request_id == 0) {
-        client_errf(err, errlen, "%s: the node is draining and ended the session (BYE)", label);
+        errbuf_setf(err, errlen, "%s: the node is draining and ended the session (BYE)", label);
         return CLIENT_REPLY_DRAIN;
     }
-    client_errf(err, errlen,
+    errbuf_setf(err, errlen,
                 "%s: protocol error: expected %s for request %" PRIu64 ", got %s for request %" PRIu64,
                 label, client_type_text(want_type), want_id, client_type_text(f->h.type),
                 f->h.request_id);
@@ -140,12 +128,12 @@ enum client_reply client_check_ack(const struct frame *f, uint64_t want_id, uint
         return r;
     struct frame_ack ack;
     if (frame_parse_ack(f, &ack) != 0) {
-        client_errf(err, errlen, "%s: protocol error: malformed ACK (%" PRIu32 " bytes)", label,
+        errbuf_setf(err, errlen, "%s: protocol error: malformed ACK (%" PRIu32 " bytes)", label,
                     f->h.length);
         return CLIENT_REPLY_PROTOCOL;
     }
     if (ack.message_id != want_message) {
-        client_errf(err, errlen,
+        errbuf_setf(err, errlen,
                     "%s: protocol error: ACK for request %" PRIu64 " names message %" PRIu64
                     ", expected %" PRIu64,
                     label, want_id, ack.message_id, want_message);
@@ -155,7 +143,7 @@ enum client_reply client_check_ack(const struct frame *f, uint64_t want_id, uint
         char got[2 * FRAME_SHA256_LEN + 1], want[2 * FRAME_SHA256_LEN + 1];
         client_sha256_hex(ack.sha256, got);
         client_sha256_hex(want_sha, want);
-        client_errf(err, errlen,
+        errbuf_setf(err, errlen,
                     "%s: message %" PRIu64 " arrived damaged: the node's SHA-256 is %s, ours %s",
                     label, want_message, got, want);
         return CLIENT_REPLY_PROTOCOL;
@@ -173,12 +161,12 @@ enum client_reply client_check_welcome(const struct frame *f, uint64_t want_id, 
         return r;
     struct frame_welcome w;
     if (frame_parse_welcome(f, &w) != 0) {
-        client_errf(err, errlen, "%s: protocol error: malformed WELCOME (%" PRIu32 " bytes)",
+        errbuf_setf(err, errlen, "%s: protocol error: malformed WELCOME (%" PRIu32 " bytes)",
                     label, f->h.length);
         return CLIENT_REPLY_PROTOCOL;
     }
     if (w.version != FRAME_VERSION) {
-        client_errf(err, errlen, "%s: protocol error: WELCOME offers version %u, we speak %d",
+        errbuf_setf(err, errlen, "%s: protocol error: WELCOME offers version %u, we speak %d",
                     label, (unsigned)w.version, FRAME_VERSION);
         return CLIENT_REPLY_PROTOCOL;
     }
@@ -208,7 +196,7 @@ static int client_usable(struct client *c)
     if (c->broken)
         return -1; /* c->err still says why */
     if (c->closed) {
-        client_errf(c->err, sizeof(c->err), "%s: the session is closed", c->label);
+        errbuf_setf(c->err, sizeof(c->err), "%s: the session is closed", c->label);
         return -1;
     }
     return 0;
@@ -359,13 +347,13 @@ static int client_tcp_connect(int fd, const struct sockaddr_storage *sa, socklen
         return 0;
     /* EINTR: the connection carries on in the background, as for EINPROGRESS. */
     if (errno != EINPROGRESS && errno != EINTR) {
-        client_errf(err, errlen, "%s", strerror(errno));
+        errbuf_setf(err, errlen, "%s", strerror(errno));
         return -1;
     }
     for (;;) {
         uint64_t now = mono_now_ms();
         if (now >= deadline) {
-            client_errf(err, errlen, "timed out");
+            errbuf_setf(err, errlen, "timed out");
             return -1;
         }
         uint64_t left = deadline - now;
@@ -374,7 +362,7 @@ static int client_tcp_connect(int fd, const struct sockaddr_storage *sa, socklen
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            client_errf(err, errlen, "poll: %s", strerror(errno));
+            errbuf_setf(err, errlen, "poll: %s", strerror(errno));
             return -1;
         }
         if (r > 0)
@@ -383,11 +371,11 @@ static int client_tcp_connect(int fd, const struct sockaddr_storage *sa, socklen
     int soerr = 0;
     socklen_t len = sizeof(soerr);
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) {
-        client_errf(err, errlen, "getsockopt(SO_ERROR): %s", strerror(errno));
+        errbuf_setf(err, errlen, "getsockopt(SO_ERROR): %s", strerror(errno));
         return -1;
     }
     if (soerr != 0) {
-        client_errf(err, errlen, "%s", strerror(soerr));
+        errbuf_setf(err, errlen, "%s", strerror(soerr));
         return -1;
     }
     return 0;
@@ -398,7 +386,7 @@ static struct client *client_connect_fail(struct client *c, enum client_fail why
 {
     if (fail)
         *fail = why;
-    client_errf(err, errlen, "%s", c->err);
+    errbuf_setf(err, errlen, "%s", c->err);
     client_free(c);
     return NULL;
 }
@@ -409,31 +397,31 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
     if (fail)
         *fail = CLIENT_FAIL_SETUP;
     if (!o || !addr_text) {
-        client_errf(err, errlen, "client_connect: no options or address");
+        errbuf_setf(err, errlen, "client_connect: no options or address");
         return NULL;
     }
     if (o->timeout_ms <= 0) {
-        client_errf(err, errlen, "client timeout must be positive, not %ld ms", o->timeout_ms);
+        errbuf_setf(err, errlen, "client timeout must be positive, not %ld ms", o->timeout_ms);
         return NULL;
     }
     const char *name = o->name ? o->name : "";
     size_t namelen = strlen(name);
     if (namelen == 0 || namelen > FRAME_NAME_MAX) {
-        client_errf(err, errlen, "client name must be 1..%d bytes, not %zu", FRAME_NAME_MAX,
+        errbuf_setf(err, errlen, "client name must be 1..%d bytes, not %zu", FRAME_NAME_MAX,
                     namelen);
         return NULL;
     }
     for (size_t i = 0; i < namelen; i++) {
         unsigned char ch = (unsigned char)name[i];
         if (ch < 0x20 || ch == 0x7f) {
-            client_errf(err, errlen, "client name holds a control character");
+            errbuf_setf(err, errlen, "client name holds a control character");
             return NULL;
         }
     }
 
     struct client *c = calloc(1, sizeof(*c));
     if (!c) {
-        client_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         return NULL;
     }
     buf_init(&c->in);
@@ -450,26 +438,26 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
     char e[512];
     struct addr a;
     if (addr_parse(addr_text, false, &a, e, sizeof(e)) != 0) {
-        client_errf(c->err, sizeof(c->err), "%s: bad address: %s", c->label, e);
+        errbuf_setf(c->err, sizeof(c->err), "%s: bad address: %s", c->label, e);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
 
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
     if (addr_resolve(&a, SOCK_STREAM, &ss, &sslen, e, sizeof(e)) != 0) {
-        client_errf(c->err, sizeof(c->err), "%s: %s", c->label, e);
+        errbuf_setf(c->err, sizeof(c->err), "%s: %s", c->label, e);
         return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
     }
 
     SSL_CTX *ctx = tls_ctx_client_new(o->ca_file, o->verify, e, sizeof(e));
     if (!ctx) {
-        client_errf(c->err, sizeof(c->err), "%s", e);
+        errbuf_setf(c->err, sizeof(c->err), "%s", e);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
 
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        client_errf(c->err, sizeof(c->err), "%s: socket: %s", c->label, strerror(errno));
+        errbuf_setf(c->err, sizeof(c->err), "%s: socket: %s", c->label, strerror(errno));
         SSL_CTX_free(ctx);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
@@ -477,14 +465,14 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
      * them back (it would add tens of ms to every PING). */
     int one = 1;
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
-        client_errf(c->err, sizeof(c->err), "%s: setsockopt(TCP_NODELAY): %s", c->label,
+        errbuf_setf(c->err, sizeof(c->err), "%s: setsockopt(TCP_NODELAY): %s", c->label,
                  strerror(errno));
         close(fd);
         SSL_CTX_free(ctx);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
     if (client_tcp_connect(fd, &ss, sslen, deadline, e, sizeof(e)) != 0) {
-        client_errf(c->err, sizeof(c->err), "%s: connect: %s", c->label, e);
+        errbuf_setf(c->err, sizeof(c->err), "%s: connect: %s", c->label, e);
         close(fd);
         SSL_CTX_free(ctx);
         return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
@@ -494,7 +482,7 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
     c->tls = tls_conn_new_client(ctx, fd, a.host, e, sizeof(e));
     SSL_CTX_free(ctx);
     if (!c->tls) {
-        client_errf(c->err, sizeof(c->err), "%s: %s", c->label, e);
+        errbuf_setf(c->err, sizeof(c->err), "%s: %s", c->label, e);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
 
@@ -507,13 +495,13 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
                 return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
             continue;
         }
-        client_errf(c->err, sizeof(c->err), "%s: TLS %s", c->label, tls_conn_error(c->tls));
+        errbuf_setf(c->err, sizeof(c->err), "%s: TLS %s", c->label, tls_conn_error(c->tls));
         return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
     }
 
     uint64_t rid = c->next_request_id++;
     if (frame_append_hello(&c->out, rid, FRAME_VERSION, name) != 0) {
-        client_errf(c->err, sizeof(c->err), "%s: cannot encode HELLO", c->label);
+        errbuf_setf(c->err, sizeof(c->err), "%s: cannot encode HELLO", c->label);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
     struct frame f;
@@ -564,7 +552,7 @@ static int client_sync_ready(struct client *c, const char *what)
     if (client_usable(c) != 0)
         return -1;
     if (c->pending_count) {
-        client_errf(c->err, sizeof(c->err), "%s: cannot send %s with %zu SENDs in flight",
+        errbuf_setf(c->err, sizeof(c->err), "%s: cannot send %s with %zu SENDs in flight",
                  c->label, what, c->pending_count);
         return -1;
     }
@@ -576,7 +564,7 @@ static int client_sync_ready(struct client *c, const char *what)
 static int client_payload_fits(struct client *c, size_t len, const char *what)
 {
     if (len > c->welcome.max_payload) {
-        client_errf(c->err, sizeof(c->err),
+        errbuf_setf(c->err, sizeof(c->err),
                  "%s: %s of %zu bytes is above the node's limit of %" PRIu32 " bytes",
                  c->label, what, len, c->welcome.max_payload);
         return -1;
@@ -687,12 +675,12 @@ int client_send_start(struct client *c, uint64_t message_id, const void *data, s
     if (client_usable(c) != 0)
         return -1;
     if (c->pending_count >= CLIENT_WINDOW_MAX) {
-        client_errf(c->err, sizeof(c->err), "%s: %d SENDs already in flight", c->label,
+        errbuf_setf(c->err, sizeof(c->err), "%s: %d SENDs already in flight", c->label,
                  CLIENT_WINDOW_MAX);
         return -1;
     }
     if (c->welcome.max_payload < 8 || len > c->welcome.max_payload - 8) {
-        client_errf(c->err, sizeof(c->err),
+        errbuf_setf(c->err, sizeof(c->err),
                  "%s: message %" PRIu64 " of %zu bytes is above the node's limit of %" PRIu32
                  " bytes per message",
                  c->label, message_id, len,
@@ -723,7 +711,7 @@ int client_send_finish(struct client *c, struct frame_ack *ack)
     if (client_usable(c) != 0)
         return -1;
     if (c->pending_count == 0) {
-        client_errf(c->err, sizeof(c->err), "%s: no SEND in flight", c->label);
+        errbuf_setf(c->err, sizeof(c->err), "%s: no SEND in flight", c->label);
         return -1;
     }
     const struct client_pending *p = &c->pending[c->pending_head];

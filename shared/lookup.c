@@ -1,9 +1,9 @@
 /* lookup: the balancer's HTTP client. libcurl does HTTP, jansson reads the
  * JSON; this file builds the URLs and checks every field of the answers. */
 #include "lookup.h"
+#include "errbuf.h"
 
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,19 +33,6 @@ struct lookup_body {
     bool too_large; /* the server sent more than LOOKUP_BODY_MAX */
 };
 
-static void lookup_errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void lookup_errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static pthread_once_t lookup_once = PTHREAD_ONCE_INIT;
 static CURLcode lookup_init_result = CURLE_OK;
 
@@ -57,11 +44,11 @@ static void lookup_global_init_once(void)
 int lookup_global_init(char *err, size_t errlen)
 {
     if (pthread_once(&lookup_once, lookup_global_init_once) != 0) {
-        lookup_errf(err, errlen, "pthread_once failed");
+        errbuf_setf(err, errlen, "pthread_once failed");
         return -1;
     }
     if (lookup_init_result != CURLE_OK) {
-        lookup_errf(err, errlen, "curl_global_init: %s", curl_easy_strerror(lookup_init_result));
+        errbuf_setf(err, errlen, "curl_global_init: %s", curl_easy_strerror(lookup_init_result));
         return -1;
     }
     return 0;
@@ -108,12 +95,12 @@ void lookup_format_http_error(const char *body, size_t len, long status, char *e
         lookup_clean_text(code, ccode, sizeof(ccode));
         if (message) {
             lookup_clean_text(message, cmsg, sizeof(cmsg));
-            lookup_errf(err, errlen, "%ld %s: %s", status, ccode, cmsg);
+            errbuf_setf(err, errlen, "%ld %s: %s", status, ccode, cmsg);
         } else {
-            lookup_errf(err, errlen, "%ld %s", status, ccode);
+            errbuf_setf(err, errlen, "%ld %s", status, ccode);
         }
     } else {
-        lookup_errf(err, errlen, "HTTP %ld%s", status,
+        errbuf_setf(err, errlen, "HTTP %ld%s", status,
                     root ? "" : " (the body is not the documented JSON error)");
     }
     json_decref(root);
@@ -127,56 +114,56 @@ int lookup_parse_pick(const char *body, size_t len, long status, struct lookup_n
         return -1;
     }
     if (!body || len == 0) {
-        lookup_errf(err, errlen, "bad /v1/pick answer: empty body");
+        errbuf_setf(err, errlen, "bad /v1/pick answer: empty body");
         return -1;
     }
     json_error_t jerr;
     json_t *root = json_loadb(body, len, 0, &jerr);
     if (!root) {
-        lookup_errf(err, errlen, "bad /v1/pick answer: not JSON: %s (line %d)", jerr.text,
+        errbuf_setf(err, errlen, "bad /v1/pick answer: not JSON: %s (line %d)", jerr.text,
                     jerr.line);
         return -1;
     }
     int rc = -1;
     if (!json_is_object(root)) {
-        lookup_errf(err, errlen, "bad /v1/pick answer: not a JSON object");
+        errbuf_setf(err, errlen, "bad /v1/pick answer: not a JSON object");
         goto done;
     }
 
     const char *id = json_string_value(json_object_get(root, "id"));
     if (!id) {
-        lookup_errf(err, errlen, "bad /v1/pick answer: \"id\": missing or not a string");
+        errbuf_setf(err, errlen, "bad /v1/pick answer: \"id\": missing or not a string");
         goto done;
     }
     if (!lookup_id_ok(id)) {
         char clean[LOOKUP_ID_MAX + 1];
         lookup_clean_text(id, clean, sizeof(clean));
-        lookup_errf(err, errlen, "bad /v1/pick answer: \"id\" \"%s\" is not a node id", clean);
+        errbuf_setf(err, errlen, "bad /v1/pick answer: \"id\" \"%s\" is not a node id", clean);
         goto done;
     }
 
     const char *addr_text = json_string_value(json_object_get(root, "addr"));
     if (!addr_text) {
-        lookup_errf(err, errlen, "bad /v1/pick answer: \"addr\": missing or not a string");
+        errbuf_setf(err, errlen, "bad /v1/pick answer: \"addr\": missing or not a string");
         goto done;
     }
     struct addr a;
     char aerr[256];
     if (strlen(addr_text) > LOOKUP_ADDR_MAX) {
-        lookup_errf(err, errlen, "bad /v1/pick answer: \"addr\" is longer than %d bytes",
+        errbuf_setf(err, errlen, "bad /v1/pick answer: \"addr\" is longer than %d bytes",
                     LOOKUP_ADDR_MAX);
         goto done;
     }
     if (addr_parse(addr_text, false, &a, aerr, sizeof(aerr)) != 0) {
         char clean[LOOKUP_ADDR_MAX + 1];
         lookup_clean_text(addr_text, clean, sizeof(clean));
-        lookup_errf(err, errlen, "bad /v1/pick answer: \"addr\" \"%s\": %s", clean, aerr);
+        errbuf_setf(err, errlen, "bad /v1/pick answer: \"addr\" \"%s\": %s", clean, aerr);
         goto done;
     }
 
     json_t *epoch = json_object_get(root, "epoch");
     if (!json_is_integer(epoch) || json_integer_value(epoch) < 0) {
-        lookup_errf(err, errlen,
+        errbuf_setf(err, errlen,
                     "bad /v1/pick answer: \"epoch\": missing or not a non-negative integer");
         goto done;
     }
@@ -197,12 +184,12 @@ struct lookup *lookup_new(const char *balancer_url, long timeout_ms, char *err, 
         return NULL;
     if (!balancer_url || (strncmp(balancer_url, "http://", 7) != 0 &&
                           strncmp(balancer_url, "https://", 8) != 0)) {
-        lookup_errf(err, errlen, "balancer URL \"%s\" must start with http:// or https://",
+        errbuf_setf(err, errlen, "balancer URL \"%s\" must start with http:// or https://",
                     balancer_url ? balancer_url : "");
         return NULL;
     }
     if (timeout_ms <= 0) {
-        lookup_errf(err, errlen, "lookup timeout must be positive, not %ld ms", timeout_ms);
+        errbuf_setf(err, errlen, "lookup timeout must be positive, not %ld ms", timeout_ms);
         return NULL;
     }
 
@@ -210,25 +197,25 @@ struct lookup *lookup_new(const char *balancer_url, long timeout_ms, char *err, 
      * rather than as a connection error later. */
     CURLU *u = curl_url();
     if (!u) {
-        lookup_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         return NULL;
     }
     CURLUcode uc = curl_url_set(u, CURLUPART_URL, balancer_url, 0);
     curl_url_cleanup(u);
     if (uc != CURLUE_OK) {
-        lookup_errf(err, errlen, "balancer URL \"%s\": %s", balancer_url, curl_url_strerror(uc));
+        errbuf_setf(err, errlen, "balancer URL \"%s\": %s", balancer_url, curl_url_strerror(uc));
         return NULL;
     }
 
     struct lookup *l = calloc(1, sizeof(*l));
     if (!l) {
-        lookup_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         return NULL;
     }
     l->timeout_ms = timeout_ms;
     l->base = strdup(balancer_url);
     if (!l->base) {
-        lookup_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         goto fail;
     }
     size_t n = strlen(l->base);
@@ -237,7 +224,7 @@ struct lookup *lookup_new(const char *balancer_url, long timeout_ms, char *err, 
 
     l->curl = curl_easy_init();
     if (!l->curl) {
-        lookup_errf(err, errlen, "curl_easy_init failed");
+        errbuf_setf(err, errlen, "curl_easy_init failed");
         goto fail;
     }
     return l;
@@ -290,7 +277,7 @@ static int lookup_get(struct lookup *l, const char *path_and_query, long *status
     size_t ulen = strlen(l->base) + strlen(path_and_query) + 1;
     char *url = malloc(ulen);
     if (!url) {
-        lookup_errf(err, errlen, "out of memory");
+        errbuf_setf(err, errlen, "out of memory");
         return -1;
     }
     snprintf(url, ulen, "%s%s", l->base, path_and_query);
@@ -303,7 +290,7 @@ static int lookup_get(struct lookup *l, const char *path_and_query, long *status
     do {                                                                                        \
         cc = curl_easy_setopt(l->curl, opt, val);                                               \
         if (cc != CURLE_OK) {                                                                   \
-            lookup_errf(err, errlen, "balancer %s: curl_easy_setopt(%s): %s", l->base, #opt,    \
+            errbuf_setf(err, errlen, "balancer %s: curl_easy_setopt(%s): %s", l->base, #opt,    \
                         curl_easy_strerror(cc));                                                \
             goto done;                                                                          \
         }                                                                                       \
@@ -323,16 +310,16 @@ static int lookup_get(struct lookup *l, const char *path_and_query, long *status
     cc = curl_easy_perform(l->curl);
     if (cc != CURLE_OK) {
         if (body->too_large)
-            lookup_errf(err, errlen, "balancer %s: answer larger than %u bytes", l->base,
+            errbuf_setf(err, errlen, "balancer %s: answer larger than %u bytes", l->base,
                         LOOKUP_BODY_MAX);
         else
-            lookup_errf(err, errlen, "balancer %s: %s", l->base,
+            errbuf_setf(err, errlen, "balancer %s: %s", l->base,
                         l->curl_err[0] ? l->curl_err : curl_easy_strerror(cc));
         goto done;
     }
     cc = curl_easy_getinfo(l->curl, CURLINFO_RESPONSE_CODE, status);
     if (cc != CURLE_OK) {
-        lookup_errf(err, errlen, "balancer %s: no HTTP status: %s", l->base,
+        errbuf_setf(err, errlen, "balancer %s: no HTTP status: %s", l->base,
                     curl_easy_strerror(cc));
         goto done;
     }
@@ -402,14 +389,14 @@ int lookup_pick(struct lookup *l, const char *key, const char *const *exclude, s
         goto done;
     char perr[768];
     if (lookup_parse_pick(body.data, body.len, status, out, perr, sizeof(perr)) != 0)
-        lookup_errf(err, errlen, "balancer %s: %s", l->base, perr);
+        errbuf_setf(err, errlen, "balancer %s: %s", l->base, perr);
     else
         rc = 0;
     free(body.data);
     goto done;
 
 oom:
-    lookup_errf(err, errlen, "out of memory");
+    errbuf_setf(err, errlen, "out of memory");
 done:
     free(q);
     return rc;
@@ -419,7 +406,7 @@ int lookup_get_json(struct lookup *l, const char *path, char **body_out, char *e
 {
     *body_out = NULL;
     if (!path || path[0] != '/') {
-        lookup_errf(err, errlen, "balancer path \"%s\" must start with '/'", path ? path : "");
+        errbuf_setf(err, errlen, "balancer path \"%s\" must start with '/'", path ? path : "");
         return -1;
     }
     long status = 0;
@@ -429,7 +416,7 @@ int lookup_get_json(struct lookup *l, const char *path, char **body_out, char *e
     char herr[768];
     if (status < 200 || status > 299) {
         lookup_format_http_error(body.data, body.len, status, herr, sizeof(herr));
-        lookup_errf(err, errlen, "balancer %s: %s", l->base, herr);
+        errbuf_setf(err, errlen, "balancer %s: %s", l->base, herr);
         free(body.data);
         return -1;
     }
@@ -438,7 +425,7 @@ int lookup_get_json(struct lookup *l, const char *path, char **body_out, char *e
     bool ok = root && json_is_object(root);
     json_decref(root);
     if (!ok) {
-        lookup_errf(err, errlen, "balancer %s: %s answer is not a JSON object", l->base, path);
+        errbuf_setf(err, errlen, "balancer %s: %s answer is not a JSON object", l->base, path);
         free(body.data);
         return -1;
     }
