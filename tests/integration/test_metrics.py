@@ -61,6 +61,9 @@ def test():
     with cluster.Cluster(n=3, balancer_args=["--log-format", "json"],
                          node_args={1: ["--log-format", "json"]}) as c:
         c.wait_healthy(3)
+        # A fresh balancer admits nodes on REGISTER, before any heartbeat.
+        cluster.wait_until(lambda: all(n["heartbeats"] > 0 for n in c.health()["nodes"]),
+                           5, 0.02, "a heartbeat from every node")
         for _ in range(30):
             assert c.pick()[0] == 200
         cluster.http_get(c.http_port, "/nope")  # one 404
