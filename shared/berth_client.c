@@ -78,6 +78,7 @@ struct berth_client {
     size_t nnodes;
     uint64_t nodes_at_ms;           /* when fetched; 0 = never */
     uint64_t epoch;                 /* the balancers' membership epoch seen last */
+    uint64_t nodes_epoch;           /* the epoch the cached node list was taken at */
     struct retry_exclude excluded;  /* nodes that just failed */
     struct client *s;               /* the session, or NULL */
     struct bc_msg ring[CLIENT_WINDOW_MAX]; /* unacknowledged, oldest at head */
@@ -250,7 +251,7 @@ static int bc_parse_nodes(berth_client *c, const char *body)
         snprintf(c->nodes[c->nnodes].addr, sizeof(c->nodes[0].addr), "%s", addr);
         c->nnodes++;
     }
-    c->epoch = (uint64_t)json_integer_value(epoch);
+    c->epoch = c->nodes_epoch = (uint64_t)json_integer_value(epoch);
     c->nodes_at_ms = mono_now_ms();
     json_decref(root);
     return 0;
@@ -314,7 +315,10 @@ static berth_err bc_choose(berth_client *c, struct bc_node *out)
 {
     berth_err r = bc_pick(c, out);
     uint64_t now = mono_now_ms();
-    bool fresh = c->nodes_at_ms != 0 && now - c->nodes_at_ms < (uint64_t)c->o.cache_ttl_ms;
+    /* A newer membership epoch means the cached list is out of date at once,
+     * whatever its TTL says. */
+    bool fresh = c->nodes_at_ms != 0 && now - c->nodes_at_ms < (uint64_t)c->o.cache_ttl_ms &&
+                 c->epoch <= c->nodes_epoch;
     if (r == BERTH_OK) {
         if (!c->key && !fresh)
             (void)bc_refresh(c); /* only warms the fallback; a failure changes nothing */
