@@ -282,10 +282,9 @@ static berth_err bc_refresh(berth_client *c)
 /* Asks /v1/pick (with the affinity key, if any), skipping the nodes that
  * just failed; each balancer is asked in turn, starting with the one that
  * answered last. */
-static berth_err bc_pick(berth_client *c, struct bc_node *out)
+static berth_err bc_pick_excluding(berth_client *c, const char *const *ex, size_t nex,
+                                   struct bc_node *out)
 {
-    const char *ex[RETRY_EXCLUDE_MAX];
-    size_t nex = retry_exclude_list(&c->excluded, mono_now_ms(), ex, RETRY_EXCLUDE_MAX);
     char e[BC_ERR_MAX] = "";
     bool empty = false;
     for (size_t k = 0; k < c->nlookups; k++) {
@@ -305,6 +304,19 @@ static berth_err bc_pick(berth_client *c, struct bc_node *out)
     }
     bc_errf(c, "%s", e[0] ? e : "no balancer answered");
     return empty ? BERTH_E_NO_NODE : BERTH_E_LOOKUP;
+}
+
+static berth_err bc_pick(berth_client *c, struct bc_node *out)
+{
+    const char *ex[RETRY_EXCLUDE_MAX];
+    size_t nex = retry_exclude_list(&c->excluded, mono_now_ms(), ex, RETRY_EXCLUDE_MAX);
+    berth_err r = bc_pick_excluding(c, ex, nex, out);
+    /* Every node in rotation failed for us a moment ago, yet the balancers
+     * still hold them healthy (a restart, a blip): try them again rather
+     * than give up while the nodes are there. */
+    if (r == BERTH_E_NO_NODE && nex > 0)
+        r = bc_pick_excluding(c, NULL, 0, out);
+    return r;
 }
 
 /* Chooses a node that did not just fail. The balancer decides first, so its
@@ -334,6 +346,18 @@ static berth_err bc_choose(berth_client *c, struct bc_node *out)
         return r;
     *out = c->nodes[ok[(size_t)rand_r(&c->seed) % nok]];
     return BERTH_OK;
+}
+
+/* The largest unacknowledged message, which the next node must take. */
+static size_t bc_largest_unacked(const berth_client *c)
+{
+    size_t max = 0;
+    for (size_t i = 0; i < c->count; i++) {
+        const struct bc_msg *m = &c->ring[(c->head + i) % CLIENT_WINDOW_MAX];
+        if (m->len > max)
+            max = m->len;
+    }
+    return max;
 }
 
 /* Sends every unacknowledged message on the new session. */
@@ -384,6 +408,14 @@ static berth_err bc_connect_any(berth_client *c)
         enum client_fail fail = CLIENT_FAIL_NONE;
         char e[BC_ERR_MAX];
         c->s = client_connect(&co, n.addr, &fail, e, sizeof(e));
+        if (c->s && bc_largest_unacked(c) > client_max_payload(c->s) - 8) {
+            /* Not the node's fault: it is healthy, its limit is smaller. */
+            bc_errf(c, "node %s takes messages up to %u bytes; an unacknowledged one has %zu",
+                    client_node_id(c->s), client_max_payload(c->s) - 8, bc_largest_unacked(c));
+            client_free(c->s);
+            c->s = NULL;
+            return BERTH_E_TOO_LARGE;
+        }
         if (c->s && bc_resend(c) == 0)
             return BERTH_OK;
         if (c->s) {
@@ -418,8 +450,10 @@ static berth_err bc_failover(berth_client *c)
         retry_exclude_add(&c->excluded, id, mono_now_ms(), c->o.exclude_ms);
     client_free(c->s);
     c->s = NULL;
-    if (++c->episode > c->o.max_retries)
+    if (++c->episode > c->o.max_retries) {
+        c->episode = 0; /* the next failure gets its own retries */
         return BERTH_E_NODE;
+    }
     c->failovers++;
     bc_sleep_ms(retry_delay_ms(c->episode - 1, c->o.backoff_base_ms, c->o.backoff_max_ms,
                                (uint32_t)rand_r(&c->seed)));

@@ -130,8 +130,9 @@ static int hb_check(const struct hb_msg *m, char *err, size_t errlen)
             return fail(err, errlen, "field \"version\" must be 1 to %d bytes", HB_VERSION_MAX);
         break;
     case HB_HEARTBEAT:
-        if (!isfinite(m->msgs_per_sec) || m->msgs_per_sec < 0)
-            return fail(err, errlen, "field \"msgs_per_sec\" must be a finite number >= 0");
+        if (!isfinite(m->msgs_per_sec) || m->msgs_per_sec < 0 || m->msgs_per_sec > HB_RATE_MAX)
+            return fail(err, errlen, "field \"msgs_per_sec\" must be a number from 0 to %g",
+                        HB_RATE_MAX);
         if (strnlen(m->reason, sizeof m->reason) > HB_REASON_MAX)
             return fail(err, errlen, "field \"reason\" is longer than %d bytes", HB_REASON_MAX);
         if (m->nworkers > HB_MAX_WORKERS)
@@ -363,8 +364,8 @@ static int get_number(json_t *o, const char *key, double *out, char *err, size_t
     if (!json_is_number(v))
         return fail(err, errlen, "field \"%s\" must be a number", key);
     double d = json_number_value(v);
-    if (!isfinite(d) || d < 0)
-        return fail(err, errlen, "field \"%s\" must be a finite number >= 0", key);
+    if (!isfinite(d) || d < 0 || d > HB_RATE_MAX)
+        return fail(err, errlen, "field \"%s\" must be a number from 0 to %g", key, HB_RATE_MAX);
     *out = d;
     return 0;
 }

@@ -13,6 +13,8 @@
 #define HB_REASON_MAX 127
 #define HB_MAX_WORKERS 64
 #define HB_MAX_MESSAGE 16384 /* a larger ZeroMQ message is rejected unread */
+#define HB_RATE_MAX 1e12      /* msgs_per_sec above this is refused: consumers
+                               * turn it into integers (history, metrics) */
 
 enum hb_type {
     HB_REGISTER,   /* node -> balancer: id, boot, addr, capacity, version */

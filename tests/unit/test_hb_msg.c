@@ -235,6 +235,13 @@ static void test_encode_rejects(void **state)
     m.msgs_per_sec = -1;
     assert_null(hb_msg_encode(&m, &len, err, sizeof err));
     assert_non_null(strstr(err, "\"msgs_per_sec\""));
+    /* a huge finite rate would overflow the integers the balancer makes of it */
+    m.msgs_per_sec = 1e300;
+    assert_null(hb_msg_encode(&m, &len, err, sizeof err));
+    m.msgs_per_sec = HB_RATE_MAX;
+    char *ok = hb_msg_encode(&m, &len, err, sizeof err);
+    assert_non_null(ok);
+    free(ok);
 
     fill_heartbeat(&m);
     m.nworkers = HB_MAX_WORKERS + 1;
