@@ -257,12 +257,17 @@ static void node_on_signal(struct node *n, uint64_t now)
     }
 }
 
+static unsigned node_finished_workers(const struct node *n)
+{
+    unsigned done = 0;
+    for (unsigned i = 0; i < n->nworkers; i++)
+        done += worker_finished(n->workers[i]);
+    return done;
+}
+
 static bool node_all_finished(const struct node *n)
 {
-    for (unsigned i = 0; i < n->nworkers; i++)
-        if (!worker_finished(n->workers[i]))
-            return false;
-    return true;
+    return node_finished_workers(n) == n->nworkers;
 }
 
 /* The main loop: returns when the drain is over (or at a fatal error, -1). */
@@ -326,8 +331,11 @@ static int node_run(struct node *n)
                 log_warn("drain_timeout", "sessions=%" PRIu64, node_stats_sessions(&n->stats));
                 return 0;
             }
-        } else if (node_all_finished(n)) {
-            log_error("worker_exited", "reason=\"a worker loop ended unexpectedly\"");
+        } else if (node_finished_workers(n) > 0) {
+            /* A node serving with fewer loops than it reports is worse than
+             * one that exits and is restarted (and leaves rotation meanwhile). */
+            log_error("worker_exited", "workers=%u reason=\"a worker loop ended unexpectedly\"",
+                      node_finished_workers(n));
             return -1;
         }
     }

@@ -420,16 +420,22 @@ static void worker_sweep(struct worker *w, uint64_t now)
     w->next_sweep_ms = now + WORKER_SWEEP_MS;
 }
 
+/* Stops accepting; closing the socket also drops its backlog, so the kernel
+ * sends new connections to the other workers' listeners. */
+static void worker_close_listener(struct worker *w)
+{
+    if (w->listen_fd < 0)
+        return;
+    if (epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL) != 0)
+        log_warn("epoll_ctl_failed", "op=del what=listener error=\"%s\"", strerror(errno));
+    close(w->listen_fd);
+    w->listen_fd = -1;
+}
+
 static void worker_begin_drain(struct worker *w, uint64_t now)
 {
     w->draining = true;
-    if (w->listen_fd >= 0) {
-        /* Stop accepting now; closing the socket also drops its backlog. */
-        if (epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->listen_fd, NULL) != 0)
-            log_warn("epoll_ctl_failed", "op=del what=listener error=\"%s\"", strerror(errno));
-        close(w->listen_fd);
-        w->listen_fd = -1;
-    }
+    worker_close_listener(w);
     log_debug("worker_drain", "worker=%u sessions=%zu", w->index, w->nconns);
     struct worker_conn *c = w->conns, *next;
     for (; c; c = next) {
@@ -527,7 +533,9 @@ static void *worker_main(void *arg)
         worker_reap(w);
     }
 
-    /* Stopped (drain timeout) or drained: whatever is left closes now. */
+    /* Stopped (drain timeout), drained, or the loop failed: whatever is left
+     * closes now, the listener first so no connection waits in its backlog. */
+    worker_close_listener(w);
     size_t forced = w->nconns;
     while (w->conns)
         worker_retire(w, w->conns);

@@ -104,11 +104,47 @@ static void put_u64(uint8_t *p, uint64_t v)
     put_u32(p + 4, (uint32_t)v);
 }
 
-/* HELLO names: printable ASCII or any byte of a UTF-8 multi-byte sequence;
- * no control characters (they would end up in logs). */
+/* HELLO names end up in logs and JSON: printable ASCII but the quote and
+ * backslash, or any byte of a UTF-8 multi-byte sequence; no control
+ * characters. */
 static bool name_byte_ok(uint8_t c)
 {
-    return (c >= 0x20 && c <= 0x7E) || c >= 0x80;
+    return (c >= 0x20 && c <= 0x7E && c != '"' && c != '\\') || c >= 0x80;
+}
+
+/* Well-formed UTF-8: no overlong forms, no surrogates, nothing above
+ * U+10FFFF (RFC 3629), so the name is a valid JSON string. */
+static bool utf8_valid(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t c = p[i];
+        size_t more;
+        uint32_t cp, min;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            more = 1, cp = c & 0x1F, min = 0x80;
+        } else if ((c & 0xF0) == 0xE0) {
+            more = 2, cp = c & 0x0F, min = 0x800;
+        } else if ((c & 0xF8) == 0xF0) {
+            more = 3, cp = c & 0x07, min = 0x10000;
+        } else {
+            return false;
+        }
+        if (n - i <= more)
+            return false;
+        for (size_t k = 1; k <= more; k++) {
+            if ((p[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += more + 1;
+    }
+    return true;
 }
 
 /* WELCOME node ids follow the node id rule of the heartbeat channel. */
@@ -203,7 +239,8 @@ int frame_append(struct buf *out, uint8_t type, uint64_t request_id, const void 
 int frame_append_hello(struct buf *out, uint64_t request_id, uint16_t version, const char *name)
 {
     size_t n = name != NULL ? strlen(name) : 0;
-    if (n < 1 || n > FRAME_NAME_MAX || !bytes_ok((const uint8_t *)name, n, name_byte_ok))
+    if (n < 1 || n > FRAME_NAME_MAX || !bytes_ok((const uint8_t *)name, n, name_byte_ok) ||
+        !utf8_valid((const uint8_t *)name, n))
         return -1;
     uint8_t *p = frame_start(out, FRAME_HELLO, request_id, 3 + n);
     if (p == NULL)
@@ -302,7 +339,8 @@ int frame_parse_hello(const struct frame *f, struct frame_hello *out)
         return -1;
     size_t n = p[2];
     /* Requests are exact: a trailing byte means the sender and we disagree. */
-    if (n < 1 || n > FRAME_NAME_MAX || len != 3 + n || !bytes_ok(p + 3, n, name_byte_ok))
+    if (n < 1 || n > FRAME_NAME_MAX || len != 3 + n || !bytes_ok(p + 3, n, name_byte_ok) ||
+        !utf8_valid(p + 3, n))
         return -1;
     out->version = get_u16(p);
     memcpy(out->name, p + 3, n);

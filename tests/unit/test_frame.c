@@ -429,8 +429,12 @@ static void test_malformed_hello(void **state)
     /* Empty name. */
     assert_true(decode_raw(FRAME_HELLO, "\x00\x01\x00" "x", 4, store, &f, &err) > 0);
     assert_int_equal(frame_parse_hello(&f, &h), -1);
-    /* Control characters, DEL and NUL. */
-    const char *bad_names[] = {"de\x01o", "de\no", "de\x7fo", "de\x00o", "\x1b[2J"};
+    /* Control characters, DEL, NUL, the quote and backslash (they would end
+     * a quoted log value), and bytes that are not well-formed UTF-8:
+     * invalid bytes, a truncated sequence, an overlong '/', a surrogate. */
+    const char *bad_names[] = {"de\x01o", "de\no", "de\x7fo", "de\x00o", "\x1b[2J",
+                               "de\"o",   "de\\o", "\xff\xfe\xfd\xfc", "abc\xc3",
+                               "a\xc0\xaf" "b", "\xed\xa0\x80" "a"};
     for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
         uint8_t p[3 + 4] = {0, 1, 4};
         memcpy(p + 3, bad_names[i], 4);
@@ -447,8 +451,11 @@ static void test_malformed_hello(void **state)
                          .payload = p65};
     assert_int_equal(frame_parse_hello(&hand, &h), -1);
 
-    /* The valid one, for contrast. */
+    /* The valid ones, for contrast: ASCII, and UTF-8 ("dé" + a 4-byte emoji). */
     assert_true(decode_raw(FRAME_HELLO, "\x00\x01\x04" "demo", 7, store, &f, &err) > 0);
+    assert_int_equal(frame_parse_hello(&f, &h), 0);
+    assert_true(decode_raw(FRAME_HELLO, "\x00\x01\x07" "d\xc3\xa9\xf0\x9f\x9a\xa2", 10, store, &f,
+                           &err) > 0);
     assert_int_equal(frame_parse_hello(&f, &h), 0);
 
     /* A parser refuses a frame of another type. */

@@ -303,6 +303,10 @@ static void test_decode_garbage(void **state)
     reject("42", "JSON object");
     reject("null", "JSON object");
     reject("{}", "missing field \"type\"");
+    /* A NUL inside a string would hide the rest from every check on the C
+     * string; jansson refuses it while parsing (no JSON_ALLOW_NUL). */
+    reject("{\"type\":\"leave\",\"node\":\"n1\\u0000x\",\"boot\":\"0000000000000001\",\"seq\":1}",
+           "not allowed");
     reject("{\"type\":7}", "field \"type\" must be a string");
     reject("{\"type\":\"bogus\",\"node\":\"n\"}", "unknown type \"bogus\"");
     reject("{\"type\":\"Leave\",\"node\":\"n\"}", "unknown type");
