@@ -31,6 +31,7 @@ static const char *const reject_names[HB_REJECT_COUNT] = {
     [HB_REJECT_TYPE] = "type",
     [HB_REJECT_FIELD] = "field",
     [HB_REJECT_UNEXPECTED] = "unexpected",
+    [HB_REJECT_FULL] = "full",
     [HB_REJECT_HANDSHAKE] = "handshake",
 };
 
@@ -178,7 +179,13 @@ static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, si
     enum hb_type reply = HB_ACK;
     switch (m.type) {
     case HB_REGISTER:
-        if (registry_register(s->reg, &m) != 0) {
+        switch (registry_register(s->reg, &m)) {
+        case 0:
+            break;
+        case REGISTRY_FULL:
+            reject(s, HB_REJECT_FULL, peer, "registry full (--max-nodes)");
+            return;
+        default:
             /* No answer: the node registers again when it hears nothing. */
             log_error("hb_register_failed", "node_id=%s detail=\"out of memory\"", m.node_id);
             return;

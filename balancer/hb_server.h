@@ -20,6 +20,7 @@ enum hb_reject {
     HB_REJECT_FIELD,      /* a field missing, of the wrong JSON type or out of limits */
     HB_REJECT_UNEXPECTED, /* a valid message a node must not send (ack, reregister) */
     HB_REJECT_HANDSHAKE,  /* a peer failed the ZeroMQ handshake (garbage on the port) */
+    HB_REJECT_FULL,       /* REGISTER of a new id with the registry at --max-nodes */
     HB_REJECT_COUNT
 };
 

@@ -467,6 +467,8 @@ int registry_register(struct registry *r, const struct hb_msg *m)
     struct reg_entry *e = lookup(r, m->node_id);
 
     if (e == NULL) {
+        if (r->cfg.max_nodes && r->nall >= r->cfg.max_nodes)
+            return REGISTRY_FULL;
         /* Reserve everything first so a failure leaves the registry as it was. */
         if (index_reserve(r) != 0 || grow(&r->all, &r->all_cap, r->nall + 1) != 0 ||
             grow(&r->rotation, &r->rot_cap, r->all_cap) != 0)

@@ -48,6 +48,9 @@ struct registry_config {
      * once instead of after `rise` heartbeats, so a restart does not empty
      * the rotation. 0 turns it off; the balancer uses fall x interval. */
     uint32_t warmup_ms;
+    /* REGISTER of a new id is refused while the registry holds this many
+     * nodes, so a peer inventing ids cannot grow it without bound. 0: no cap. */
+    uint32_t max_nodes;
 };
 
 #define REGISTRY_FLAP_COUNT_MAX 32
@@ -102,7 +105,9 @@ uint64_t registry_now(const struct registry *r);
 
 /* REGISTER: adds the node, or resets it when boot_id changed (a restart).
  * A node registering again with the same boot_id keeps its state.
- * Returns 0, or -1 on out of memory. */
+ * Returns 0, -1 on out of memory, or REGISTRY_FULL for a new id while the
+ * registry holds max_nodes nodes. */
+#define REGISTRY_FULL (-2)
 int registry_register(struct registry *r, const struct hb_msg *m);
 
 enum registry_result {

@@ -205,6 +205,32 @@ static void test_rise_one_is_healthy_at_register(void **state)
     test_free(w);
 }
 
+/* A peer inventing ids cannot grow the registry past max_nodes; known ids
+ * (a restart, a re-register) still get through. */
+static void test_max_nodes(void **state)
+{
+    (void)state;
+    struct world *w = test_calloc(1, sizeof *w);
+    assert_non_null(w);
+    struct registry_config cfg = {.interval_ms = INTERVAL, .fall = FALL, .rise = RISE,
+                                  .forget_ms = FORGET, .max_nodes = 2};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    struct hb_msg m = reg_msg("n1", 1);
+    assert_int_equal(registry_register(w->reg, &m), 0);
+    m = reg_msg("n2", 1);
+    assert_int_equal(registry_register(w->reg, &m), 0);
+    m = reg_msg("n3", 1);
+    assert_int_equal(registry_register(w->reg, &m), REGISTRY_FULL);
+    assert_int_equal(registry_size(w->reg), 2);
+    assert_null(registry_find(w->reg, "n3"));
+    m = reg_msg("n2", 2); /* n2 restarted: known id */
+    assert_int_equal(registry_register(w->reg, &m), 0);
+    registry_free(w->reg);
+    test_free(w);
+}
+
 /* A balancer that just restarted admits registering nodes at once for its
  * first warmup_ms, and goes back to rise after that. */
 static void test_warmup_admits_at_once(void **state)
@@ -1431,6 +1457,7 @@ int main(void)
         cmocka_unit_test(test_rise_needs_consecutive_heartbeats),
         cmocka_unit_test(test_rise_ignores_burst_of_queued_heartbeats),
         cmocka_unit_test(test_warmup_admits_at_once),
+        cmocka_unit_test(test_max_nodes),
         cmocka_unit_test_setup_teardown(test_fall_exactly_at_fall_intervals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_silence_goes_straight_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_joining_falls_down, setup, teardown),
