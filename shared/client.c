@@ -260,29 +260,38 @@ static int client_wait(struct client *c, uint32_t events, uint64_t deadline, con
     }
 }
 
+/* What every blocking read or write does with a status other than TLS_DONE:
+ * wait for the socket, or turn the failure into the session's error.
+ * 0 to try again, -1 when the session is over. `doing` is "sending" or
+ * "waiting for". */
+static int client_io_wait(struct client *c, enum tls_status st, uint64_t deadline,
+                          const char *doing, const char *what)
+{
+    switch (st) {
+    case TLS_AGAIN:
+        return client_wait(c, tls_conn_events(c->tls), deadline, what);
+    case TLS_CLOSED:
+        client_failf(c, "%s: connection lost while %s %s (%s)", c->label, doing, what,
+                     tls_conn_error(c->tls));
+        return -1;
+    case TLS_DONE:
+    case TLS_ERROR:
+    default:
+        client_failf(c, "%s: TLS %s", c->label, tls_conn_error(c->tls));
+        return -1;
+    }
+}
+
 /* Writes all of c->out. */
 static int client_flush(struct client *c, uint64_t deadline, const char *what)
 {
     while (buf_size(&c->out) > 0) {
         size_t n = 0;
         enum tls_status st = tls_conn_write(c->tls, buf_head(&c->out), buf_size(&c->out), &n);
-        switch (st) {
-        case TLS_DONE:
+        if (st == TLS_DONE)
             buf_consume(&c->out, n);
-            break;
-        case TLS_AGAIN:
-            if (client_wait(c, tls_conn_events(c->tls), deadline, what) != 0)
-                return -1;
-            break;
-        case TLS_CLOSED:
-            client_failf(c, "%s: connection lost while sending %s (%s)", c->label, what,
-                         tls_conn_error(c->tls));
+        else if (client_io_wait(c, st, deadline, "sending", what) != 0)
             return -1;
-        case TLS_ERROR:
-        default:
-            client_failf(c, "%s: TLS %s", c->label, tls_conn_error(c->tls));
-            return -1;
-        }
     }
     buf_clear(&c->out);
     return 0;
@@ -319,23 +328,10 @@ static int client_read_frame(struct client *c, uint64_t deadline, const char *wh
         }
         size_t got = 0;
         enum tls_status st = tls_conn_read(c->tls, buf_tail(&c->in), CLIENT_READ_CHUNK, &got);
-        switch (st) {
-        case TLS_DONE:
+        if (st == TLS_DONE)
             buf_commit(&c->in, got);
-            break;
-        case TLS_AGAIN:
-            if (client_wait(c, tls_conn_events(c->tls), deadline, what) != 0)
-                return -1;
-            break;
-        case TLS_CLOSED:
-            client_failf(c, "%s: connection lost while waiting for %s (%s)", c->label, what,
-                         tls_conn_error(c->tls));
+        else if (client_io_wait(c, st, deadline, "waiting for", what) != 0)
             return -1;
-        case TLS_ERROR:
-        default:
-            client_failf(c, "%s: TLS %s", c->label, tls_conn_error(c->tls));
-            return -1;
-        }
     }
 }
 
