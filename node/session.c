@@ -243,7 +243,7 @@ static bool session_on_send(struct session *s, const struct frame *f, uint64_t n
         session_error(s, rid, FRAME_ERR_INTERNAL, "SHA-256 failed", now);
         return false;
     }
-    if (frame_append_ack(&s->out, rid, req.message_id, md) != 0) {
+    if (frame_append_ack(&s->out, rid, req.message_id, md, 0) != 0) {
         session_error(s, rid, FRAME_ERR_INTERNAL, NULL, now);
         return false;
     }

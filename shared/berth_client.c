@@ -86,7 +86,6 @@ struct berth_client {
     unsigned episode;               /* failovers since the last ACK */
     unsigned long failovers;
     unsigned int seed;              /* for jitter */
-    berth_ack_fn ack_fn;            /* at most one of ack_fn, ack_handler */
     berth_ack_handler ack_handler;
     void *ack_arg;
     char err[BC_ERR_MAX];
@@ -201,21 +200,11 @@ long berth_idle_timeout_ms(const berth_client *c)
 size_t berth_unacked(const berth_client *c) { return c ? c->count : 0; }
 unsigned long berth_failovers(const berth_client *c) { return c ? c->failovers : 0; }
 
-void berth_set_ack_callback(berth_client *c, berth_ack_fn fn, void *arg)
-{
-    if (!c)
-        return;
-    c->ack_fn = fn;
-    c->ack_handler = NULL;
-    c->ack_arg = arg;
-}
-
 void berth_set_ack_handler(berth_client *c, berth_ack_handler fn, void *arg)
 {
     if (!c)
         return;
     c->ack_handler = fn;
-    c->ack_fn = NULL;
     c->ack_arg = arg;
 }
 
@@ -486,8 +475,6 @@ static berth_err bc_collect(berth_client *c)
         struct frame_ack ack;
         if (client_send_finish(c->s, &ack) == 0) {
             struct bc_msg *m = &c->ring[c->head];
-            if (c->ack_fn)
-                c->ack_fn(c->ack_arg, m->id, ack.sha256, client_node_id(c->s));
             if (c->ack_handler) {
                 struct berth_ack a = {
                     .message_id = m->id,
@@ -495,6 +482,7 @@ static berth_err bc_collect(berth_client *c)
                     .sha256 = ack.sha256,
                     .node_id = client_node_id(c->s),
                     .node_addr = client_addr(c->s),
+                    .seq = ack.seq,
                 };
                 c->ack_handler(c->ack_arg, &a);
             }

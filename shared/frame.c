@@ -288,14 +288,15 @@ int frame_append_send(struct buf *out, uint64_t request_id, uint64_t message_id,
 }
 
 int frame_append_ack(struct buf *out, uint64_t request_id, uint64_t message_id,
-                     const uint8_t sha256[FRAME_SHA256_LEN])
+                     const uint8_t sha256[FRAME_SHA256_LEN], uint64_t seq)
 {
-    uint8_t *p = frame_start(out, FRAME_ACK, request_id, 8 + FRAME_SHA256_LEN);
+    uint8_t *p = frame_start(out, FRAME_ACK, request_id, FRAME_ACK_LEN);
     if (p == NULL)
         return -1;
     put_u64(p, message_id);
     memcpy(p + 8, sha256, FRAME_SHA256_LEN);
-    buf_commit(out, FRAME_HEADER_SIZE + 8 + FRAME_SHA256_LEN);
+    put_u64(p + 8 + FRAME_SHA256_LEN, seq);
+    buf_commit(out, FRAME_HEADER_SIZE + FRAME_ACK_LEN);
     return 0;
 }
 
@@ -385,6 +386,8 @@ int frame_parse_ack(const struct frame *f, struct frame_ack *out)
         return -1;
     out->message_id = get_u64(f->payload);
     memcpy(out->sha256, f->payload + 8, FRAME_SHA256_LEN);
+    /* A 40-byte ACK comes from a node that predates journaling. */
+    out->seq = f->h.length >= FRAME_ACK_LEN ? get_u64(f->payload + 8 + FRAME_SHA256_LEN) : 0;
     return 0;
 }
 

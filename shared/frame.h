@@ -15,6 +15,7 @@
 #define FRAME_NAME_MAX 64    /* HELLO client name, bytes */
 #define FRAME_NODE_ID_MAX 64 /* WELCOME node id, bytes */
 #define FRAME_SHA256_LEN 32
+#define FRAME_ACK_LEN (8 + FRAME_SHA256_LEN + 8) /* message_id, sha256, seq */
 
 /* Requests have the high bit clear; a reply is its request's type | 0x80. */
 enum frame_type {
@@ -86,7 +87,7 @@ int frame_append_hello(struct buf *out, uint64_t request_id, uint16_t version, c
 int frame_append_send(struct buf *out, uint64_t request_id, uint64_t message_id, const void *data,
                       size_t len);
 int frame_append_ack(struct buf *out, uint64_t request_id, uint64_t message_id,
-                     const uint8_t sha256[FRAME_SHA256_LEN]);
+                     const uint8_t sha256[FRAME_SHA256_LEN], uint64_t seq);
 /* text may be NULL (then frame_error_text(code) is used). */
 int frame_append_error(struct buf *out, uint64_t request_id, enum frame_error code,
                        const char *text);
@@ -110,6 +111,8 @@ struct frame_send {
 struct frame_ack {
     uint64_t message_id;
     uint8_t sha256[FRAME_SHA256_LEN];
+    uint64_t seq; /* the node's journal sequence number; 0: not journaled
+                   * (journaling off, or a node that predates it) */
 };
 struct frame_error_body {
     uint16_t code;

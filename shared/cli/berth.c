@@ -74,7 +74,7 @@ static const char commands_help[] =
     "  berth info    print the node's INFO JSON\n"
     "  berth health  ask the balancer's /healthz: exit 0 when it answers (container checks)\n"
     "  berth send    send stdin to the node, one message per line (or --whole),\n"
-    "                print one \"ack id=... bytes=... sha256=... node=...\" line per message\n"
+    "                print one \"ack id=... bytes=... sha256=... node=... seq=...\" line per message\n"
     "  berth bench   load generator against one node (--node, or one the balancer picks):\n"
     "                --mode handshake|echo|send, --connections, --pipeline, --size,\n"
     "                --duration, --threads; progress each second on stderr, the result\n"
@@ -259,8 +259,8 @@ static void sender_on_ack(void *arg, const struct berth_ack *a)
     char hex[65];
     for (int i = 0; i < 32; i++)
         snprintf(hex + 2 * i, 3, "%02x", a->sha256[i]);
-    printf("ack id=%" PRIu64 " bytes=%zu sha256=%s node=%s\n", a->message_id, a->bytes, hex,
-           a->node_id);
+    printf("ack id=%" PRIu64 " bytes=%zu sha256=%s node=%s seq=%" PRIu64 "\n", a->message_id,
+           a->bytes, hex, a->node_id, a->seq);
     if (strcmp(s->last_node, a->node_id) != 0) {
         if (s->last_node[0])
             log_debug("node_changed", "from=%s to=%s addr=%s first_id=%" PRIu64, s->last_node,

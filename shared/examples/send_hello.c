@@ -8,13 +8,13 @@
 
 #include <berth/berth.h>
 
-static void on_ack(void *arg, uint64_t id, const uint8_t *sha256, const char *node)
+static void on_ack(void *arg, const struct berth_ack *a)
 {
     (void)arg;
-    printf("ack id=%" PRIu64 " sha256=", id);
+    printf("ack id=%" PRIu64 " sha256=", a->message_id);
     for (int i = 0; i < 32; i++)
-        printf("%02x", sha256[i]);
-    printf(" node=%s\n", node);
+        printf("%02x", a->sha256[i]);
+    printf(" node=%s seq=%" PRIu64 "\n", a->node_id, a->seq);
 }
 
 int main(int argc, char **argv)
@@ -40,7 +40,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "send_hello: %s\n", berth_strerror(r));
         return 1;
     }
-    berth_set_ack_callback(c, on_ack, NULL);
+    berth_set_ack_handler(c, on_ack, NULL);
     for (uint64_t id = 1; r == BERTH_OK && i < argc; i++, id++)
         r = berth_send(c, id, argv[i], strlen(argv[i]));
     if (r == BERTH_OK)

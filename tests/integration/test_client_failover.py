@@ -13,7 +13,7 @@ import time
 import cluster
 from cluster import CLI_BIN
 
-ACK = re.compile(r"^ack id=(\d+) bytes=(\d+) sha256=([0-9a-f]{64}) node=(\S+)$")
+ACK = re.compile(r"^ack id=(\d+) bytes=(\d+) sha256=([0-9a-f]{64}) node=(\S+) seq=(\d+)$")
 LINES = 2000
 BATCH = 20          # lines per write
 PAUSE_S = 0.03      # between writes: 100 writes, about 3 s in all

@@ -127,7 +127,7 @@ static void test_check_ack(void **state)
     sha256("hello", 5, sha);
     sha256("hellO", 5, other);
 
-    assert_int_equal(frame_append_ack(&e.b, 2, 42, sha), 0);
+    assert_int_equal(frame_append_ack(&e.b, 2, 42, sha, 0), 0);
     decode(&e);
     struct frame_ack ack;
     assert_int_equal(client_check_ack(&e.f, 2, 42, sha, "node n1", &ack, err, sizeof(err)),
@@ -368,7 +368,7 @@ static int fake_answer(struct fake_node *node, const struct frame *f, struct buf
         sha256(s.data, s.len, sha);
         if (node->mode == NODE_BAD_SHA)
             sha[0] ^= 1;
-        frame_append_ack(out, rid, s.message_id, sha);
+        frame_append_ack(out, rid, s.message_id, sha, 0);
         return 0;
     }
     case FRAME_BYE:

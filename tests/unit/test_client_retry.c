@@ -155,7 +155,6 @@ static void test_api_before_session(void **state)
     assert_string_equal(berth_error(c), "");
     berth_set_ack_handler(c, on_ack_unused, NULL);
     berth_set_ack_handler(NULL, on_ack_unused, NULL);
-    berth_set_ack_callback(NULL, NULL, NULL);
     assert_int_equal(berth_info(c, NULL), BERTH_E_INVALID);
     assert_int_equal(berth_info(NULL, NULL), BERTH_E_INVALID);
     /* Nothing listens on port 1: a connection failure that names the node

@@ -239,7 +239,7 @@ static void test_roundtrip_send_ack(void **state)
     for (int i = 0; i < FRAME_SHA256_LEN; i++)
         sha[i] = (uint8_t)(0xA0 + i);
     buf_clear(&b);
-    assert_int_equal(frame_append_ack(&b, 9, 42, sha), 0);
+    assert_int_equal(frame_append_ack(&b, 9, 42, sha, 0x0102030405060708ull), 0);
     check_truncations(&b);
     decode_one(&b, &f);
     assert_int_equal(f.h.type, FRAME_ACK);
@@ -248,6 +248,14 @@ static void test_roundtrip_send_ack(void **state)
     assert_int_equal(frame_parse_ack(&f, &a), 0);
     assert_int_equal(a.message_id, 42);
     assert_memory_equal(a.sha256, sha, FRAME_SHA256_LEN);
+    assert_int_equal(a.seq, 0x0102030405060708ull);
+    /* A 40-byte ACK (a node before journaling) parses with seq 0. */
+    buf_clear(&b);
+    assert_int_equal(frame_append(&b, FRAME_ACK, 9, f.payload, 8 + FRAME_SHA256_LEN), 0);
+    decode_one(&b, &f);
+    assert_int_equal(frame_parse_ack(&f, &a), 0);
+    assert_int_equal(a.message_id, 42);
+    assert_int_equal(a.seq, 0);
     buf_release(&b);
 }
 
@@ -574,11 +582,12 @@ static const char *const example_hex[] = {
     /* SEND "hello", message id 42, request id 2 */
     "0000000d010400000000000000000002"
     "000000000000002a68656c6c6f",
-    /* ACK */
-    "00000028018400000000000000000002"
+    /* ACK, journal sequence number 7 */
+    "00000030018400000000000000000002"
     "000000000000002a2cf24dba5fb0a30e"
     "26e83b2ac5b9e29e1b161e5c1fa7425e"
-    "73043362938b9824",
+    "73043362938b9824"
+    "0000000000000007",
     /* ERROR unknown_type, request id 3 */
     "0000001601ff00000000000000000003"
     "0002756e6b6e6f776e206d6573736167"
@@ -603,7 +612,7 @@ static void encode_example(struct buf *frames[EXAMPLE_COUNT])
     unsigned int shalen = 0;
     assert_int_equal(EVP_Digest("hello", 5, sha, &shalen, EVP_sha256(), NULL), 1);
     assert_int_equal(shalen, FRAME_SHA256_LEN);
-    assert_int_equal(frame_append_ack(frames[3], 2, 42, sha), 0);
+    assert_int_equal(frame_append_ack(frames[3], 2, 42, sha, 7), 0);
 
     assert_int_equal(frame_append_error(frames[4], 3, FRAME_ERR_UNKNOWN_TYPE, NULL), 0);
 }

@@ -58,19 +58,12 @@ BERTH_API void berth_options_init(struct berth_options *o);
 
 typedef struct berth_client berth_client;
 
-/* Called for each acknowledged message, in order, from inside the call
- * that read the ACK; sha256 is 32 bytes; node_id is borrowed. */
-typedef void (*berth_ack_fn)(void *arg, uint64_t message_id, const uint8_t *sha256,
-                             const char *node_id);
-
 /* Copies what it needs from o. *out is the new client (not yet connected). */
 BERTH_API berth_err berth_client_new(const struct berth_options *o, berth_client **out);
 /* Closes politely (BYE) when a session is up. NULL is a no-op. */
 BERTH_API void berth_client_free(berth_client *c);
 /* The last failure in detail, naming the node or balancer; "" if none. */
 BERTH_API const char *berth_error(const berth_client *c);
-
-BERTH_API void berth_set_ack_callback(berth_client *c, berth_ack_fn fn, void *arg);
 
 /* One acknowledged message, for berth_set_ack_handler; pointers are
  * borrowed for the duration of the call. */
@@ -80,10 +73,11 @@ struct berth_ack {
     const uint8_t *sha256; /* 32 bytes, equal to the digest of what was sent */
     const char *node_id;   /* the node that acknowledged it */
     const char *node_addr; /* its "host:port" */
+    uint64_t seq;          /* where the node journaled it; 0: not journaled */
 };
 typedef void (*berth_ack_handler)(void *arg, const struct berth_ack *ack);
-/* Like berth_set_ack_callback, with the message's length and the node's
- * address; setting one replaces the other. */
+/* Called for each acknowledged message, in order, from inside the call
+ * that read the ACK. */
 BERTH_API void berth_set_ack_handler(berth_client *c, berth_ack_handler fn, void *arg);
 /* Connects now (the other calls connect on demand). */
 BERTH_API berth_err berth_connect(berth_client *c);
