@@ -189,6 +189,15 @@ static enum MHD_Result pick_arg(void *cls, enum MHD_ValueKind kind, const char *
     return q->error[0] ? MHD_NO : MHD_YES;
 }
 
+/* The certificate digest the node registered, for the client to check;
+ * absent when the node gave none. Returns 0, or -1 on out of memory. */
+static int set_cert(json_t *o, const struct registry_node *n)
+{
+    if (n->cert_sha256[0] == '\0')
+        return 0;
+    return json_object_set_new(o, "cert_sha256", json_string(n->cert_sha256));
+}
+
 static enum MHD_Result pick_answer(struct http_api *a, struct MHD_Connection *conn)
 {
     struct pick_query *q = calloc(1, sizeof *q);
@@ -211,6 +220,10 @@ static enum MHD_Result pick_answer(struct http_api *a, struct MHD_Connection *co
     a->picks++;
     json_t *body = json_pack("{s:s, s:s, s:I, s:s}", "id", n->id, "addr", n->addr, "epoch",
                              (json_int_t)registry_epoch(a->reg), "policy", policy);
+    if (body && set_cert(body, n) != 0) {
+        json_decref(body);
+        body = NULL;
+    }
     return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
 }
 
@@ -269,7 +282,7 @@ static enum MHD_Result serve_nodes(struct http_api *a, struct MHD_Connection *co
         json_t *e = json_pack("{s:s, s:s, s:I, s:I}", "id", v[i]->id, "addr", v[i]->addr,
                               "sessions", (json_int_t)v[i]->sessions, "capacity",
                               (json_int_t)v[i]->capacity);
-        ok = e && json_array_append_new(list, e) == 0;
+        ok = e && set_cert(e, v[i]) == 0 && json_array_append_new(list, e) == 0;
     }
     free(v);
     if (!ok) {
@@ -299,8 +312,19 @@ static json_t *node_health(const struct registry_node *n, uint64_t now)
                           "heartbeats", (json_int_t)n->heartbeats, "admin_drained",
                           (int)n->admin_drained, "picks", (json_int_t)n->picks, "workers",
                           workers);
-    if (!e)
+    json_t *balancers = json_array();
+    if (!e || set_cert(e, n) != 0 || json_object_set_new(e, "balancers", balancers) != 0) {
+        json_decref(e);
         return NULL;
+    }
+    for (uint32_t i = 0; i < n->nbalancers && i < HB_MAX_BALANCERS; i++) {
+        json_t *b = json_pack("{s:s, s:b}", "endpoint", n->balancers[i].endpoint, "reached",
+                              (int)n->balancers[i].reached);
+        if (!b || json_array_append_new(balancers, b) != 0) {
+            json_decref(e);
+            return NULL;
+        }
+    }
     uint32_t nw = n->nworkers < HB_MAX_WORKERS ? n->nworkers : HB_MAX_WORKERS;
     for (uint32_t i = 0; i < nw; i++) {
         json_t *w = json_pack("{s:I, s:I, s:I}", "ticks", (json_int_t)n->workers[i].ticks,

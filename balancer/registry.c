@@ -382,6 +382,7 @@ static bool copy_register_fields(struct reg_entry *e, const struct hb_msg *m)
     bool moved = strcmp(e->pub.addr, m->addr) != 0;
     snprintf(e->pub.addr, sizeof e->pub.addr, "%s", m->addr);
     snprintf(e->pub.version, sizeof e->pub.version, "%s", m->version);
+    snprintf(e->pub.cert_sha256, sizeof e->pub.cert_sha256, "%s", m->cert_sha256);
     e->pub.capacity = m->capacity;
     return moved;
 }
@@ -400,6 +401,7 @@ static void reset_process(struct reg_entry *e, const struct hb_msg *m, uint64_t 
     e->pub.reported_healthy = true;
     e->pub.nworkers = 0;
     memset(e->pub.workers, 0, sizeof e->pub.workers);
+    e->pub.nbalancers = 0;
     e->self_draining = false;
 }
 
@@ -543,6 +545,8 @@ enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg 
     e->pub.reported_healthy = m->healthy;
     e->pub.nworkers = m->nworkers <= HB_MAX_WORKERS ? m->nworkers : HB_MAX_WORKERS;
     memcpy(e->pub.workers, m->workers, e->pub.nworkers * sizeof e->pub.workers[0]);
+    e->pub.nbalancers = m->nbalancers <= HB_MAX_BALANCERS ? m->nbalancers : HB_MAX_BALANCERS;
+    memcpy(e->pub.balancers, m->balancers, e->pub.nbalancers * sizeof e->pub.balancers[0]);
 
     if (m->draining) {
         e->self_draining = true;

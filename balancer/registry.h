@@ -64,6 +64,7 @@ struct registry_node {
     char id[HB_NODE_ID_MAX + 1];
     char addr[HB_ADDR_MAX + 1];
     char version[HB_VERSION_MAX + 1];
+    char cert_sha256[HB_CERT_SHA256_HEX + 1]; /* from REGISTER; "" if not given */
     uint64_t boot_id;
     uint32_t capacity;
     enum node_state state;
@@ -79,6 +80,8 @@ struct registry_node {
     char reason[HB_REASON_MAX + 1]; /* why it is out of rotation, "" if in */
     uint32_t nworkers;
     struct hb_worker workers[HB_MAX_WORKERS];
+    uint32_t nbalancers; /* the balancers the node heartbeats to, as it last said */
+    struct hb_peer balancers[HB_MAX_BALANCERS];
     bool admin_drained;        /* put in maintenance by registry_drain */
     uint64_t left_rotation_ms; /* clock time it last left the rotation; 0 = never */
     uint64_t picks;            /* times handed to a client (registry_note_pick) */

@@ -111,6 +111,15 @@ static bool addr_valid(const char *addr)
     return v >= 1 && v <= 65535;
 }
 
+static bool sha256_hex_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++)
+        if (n >= HB_CERT_SHA256_HEX || !((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+            return false;
+    return n == HB_CERT_SHA256_HEX;
+}
+
 /* Checks the values of the fields m's type carries; shared by encode and
  * decode so that what one side writes the other side accepts. */
 static int hb_check(const struct hb_msg *m, char *err, size_t errlen)
@@ -128,6 +137,9 @@ static int hb_check(const struct hb_msg *m, char *err, size_t errlen)
             return fail(err, errlen, "field \"capacity\" must be at least 1");
         if (m->version[0] == '\0' || strnlen(m->version, sizeof m->version) > HB_VERSION_MAX)
             return fail(err, errlen, "field \"version\" must be 1 to %d bytes", HB_VERSION_MAX);
+        if (m->cert_sha256[0] != '\0' && !sha256_hex_valid(m->cert_sha256))
+            return fail(err, errlen, "field \"cert_sha256\" must be %d lower-case hex digits",
+                        HB_CERT_SHA256_HEX);
         break;
     case HB_HEARTBEAT:
         if (!isfinite(m->msgs_per_sec) || m->msgs_per_sec < 0 || m->msgs_per_sec > HB_RATE_MAX)
@@ -138,6 +150,21 @@ static int hb_check(const struct hb_msg *m, char *err, size_t errlen)
         if (m->nworkers > HB_MAX_WORKERS)
             return fail(err, errlen, "field \"workers\" has more than %d entries",
                         HB_MAX_WORKERS);
+        if (m->nbalancers > HB_MAX_BALANCERS)
+            return fail(err, errlen, "field \"balancers\" has more than %d entries",
+                        HB_MAX_BALANCERS);
+        for (uint32_t i = 0; i < m->nbalancers; i++) {
+            /* Printable ASCII only: endpoints end up in logs and pages. */
+            const char *e = m->balancers[i].endpoint;
+            size_t n = strnlen(e, sizeof m->balancers[i].endpoint);
+            bool printable = n >= 1 && n <= HB_ENDPOINT_MAX;
+            for (size_t k = 0; printable && k < n; k++)
+                printable = e[k] > 0x20 && e[k] < 0x7F;
+            if (!printable)
+                return fail(err, errlen,
+                            "field \"balancers[%u].endpoint\" must be 1 to %d printable bytes", i,
+                            HB_ENDPOINT_MAX);
+        }
         break;
     case HB_LEAVE:
         break;
@@ -192,6 +219,22 @@ static int encode_workers(json_t *o, const struct hb_msg *m, char *err, size_t e
     return 0;
 }
 
+static int encode_balancers(json_t *o, const struct hb_msg *m, char *err, size_t errlen)
+{
+    json_t *arr = json_array();
+    if (set_new(o, "balancers", arr, err, errlen) != 0)
+        return -1;
+    for (uint32_t i = 0; i < m->nbalancers; i++) {
+        json_t *b = json_object();
+        if (b == NULL || json_array_append_new(arr, b) != 0)
+            return fail(err, errlen, "out of memory");
+        if (set_new(b, "endpoint", json_string(m->balancers[i].endpoint), err, errlen) != 0 ||
+            set_new(b, "reached", json_boolean(m->balancers[i].reached), err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int encode_fields(json_t *o, const struct hb_msg *m, char *err, size_t errlen)
 {
     char boot[17];
@@ -209,6 +252,9 @@ static int encode_fields(json_t *o, const struct hb_msg *m, char *err, size_t er
             set_u64(o, "capacity", m->capacity, err, errlen) != 0 ||
             set_new(o, "version", json_string(m->version), err, errlen) != 0)
             return -1;
+        if (m->cert_sha256[0] != '\0' &&
+            set_new(o, "cert_sha256", json_string(m->cert_sha256), err, errlen) != 0)
+            return -1;
         return 0;
     case HB_HEARTBEAT:
         if (set_new(o, "boot", json_string(boot), err, errlen) != 0 ||
@@ -220,7 +266,9 @@ static int encode_fields(json_t *o, const struct hb_msg *m, char *err, size_t er
             set_new(o, "draining", json_boolean(m->draining), err, errlen) != 0 ||
             set_new(o, "reason", json_string(m->reason), err, errlen) != 0)
             return -1;
-        return encode_workers(o, m, err, errlen);
+        if (encode_workers(o, m, err, errlen) != 0)
+            return -1;
+        return m->nbalancers > 0 ? encode_balancers(o, m, err, errlen) : 0;
     case HB_LEAVE:
         if (set_new(o, "boot", json_string(boot), err, errlen) != 0 ||
             set_u64(o, "seq", m->seq, err, errlen) != 0)
@@ -400,6 +448,35 @@ static int decode_workers(json_t *o, struct hb_msg *m, char *err, size_t errlen)
     return 0;
 }
 
+static int decode_balancers(json_t *o, struct hb_msg *m, char *err, size_t errlen)
+{
+    json_t *arr = json_object_get(o, "balancers");
+    if (!json_is_array(arr))
+        return fail(err, errlen, "field \"balancers\" must be an array");
+    size_t n = json_array_size(arr);
+    if (n > HB_MAX_BALANCERS)
+        return fail(err, errlen, "field \"balancers\" has more than %d entries",
+                    HB_MAX_BALANCERS);
+    for (size_t i = 0; i < n; i++) {
+        json_t *b = json_array_get(arr, i);
+        if (!json_is_object(b))
+            return fail(err, errlen, "field \"balancers[%zu]\" must be an object", i);
+        json_t *e = json_object_get(b, "endpoint");
+        json_t *r = json_object_get(b, "reached");
+        if (!json_is_string(e) || json_string_length(e) < 1 ||
+            json_string_length(e) > HB_ENDPOINT_MAX)
+            return fail(err, errlen, "field \"balancers[%zu].endpoint\" must be a string of 1 to %d bytes",
+                        i, HB_ENDPOINT_MAX);
+        if (!json_is_boolean(r))
+            return fail(err, errlen, "field \"balancers[%zu].reached\" must be a boolean", i);
+        memcpy(m->balancers[i].endpoint, json_string_value(e), json_string_length(e));
+        m->balancers[i].endpoint[json_string_length(e)] = '\0';
+        m->balancers[i].reached = json_is_true(r);
+    }
+    m->nbalancers = (uint32_t)n;
+    return 0;
+}
+
 static int decode_fields(json_t *o, struct hb_msg *m, char *err, size_t errlen)
 {
     json_t *t = json_object_get(o, "type");
@@ -434,6 +511,11 @@ static int decode_fields(json_t *o, struct hb_msg *m, char *err, size_t errlen)
             get_u32(o, "capacity", &m->capacity, err, errlen) != 0 ||
             get_str(o, "version", 1, HB_VERSION_MAX, m->version, err, errlen) != 0)
             return -1;
+        /* cert_sha256 is optional: absent means the node does not say. */
+        if (json_object_get(o, "cert_sha256") != NULL &&
+            get_str(o, "cert_sha256", HB_CERT_SHA256_HEX, HB_CERT_SHA256_HEX, m->cert_sha256,
+                    err, errlen) != 0)
+            return -1;
         return 0;
     case HB_HEARTBEAT:
         if (get_boot(o, &m->boot_id, err, errlen) != 0 ||
@@ -448,7 +530,10 @@ static int decode_fields(json_t *o, struct hb_msg *m, char *err, size_t errlen)
         if (json_object_get(o, "reason") != NULL &&
             get_str(o, "reason", 0, HB_REASON_MAX, m->reason, err, errlen) != 0)
             return -1;
-        return decode_workers(o, m, err, errlen);
+        if (decode_workers(o, m, err, errlen) != 0)
+            return -1;
+        /* balancers is optional: nodes before it, or with one balancer. */
+        return json_object_get(o, "balancers") != NULL ? decode_balancers(o, m, err, errlen) : 0;
     case HB_LEAVE:
         if (get_boot(o, &m->boot_id, err, errlen) != 0 ||
             get_u64(o, "seq", &m->seq, err, errlen) != 0)

@@ -13,6 +13,9 @@
 #define HB_REASON_MAX 127
 #define HB_MAX_WORKERS 64
 #define HB_MAX_MESSAGE 16384 /* a larger ZeroMQ message is rejected unread */
+#define HB_CERT_SHA256_HEX 64 /* lower-case hex of a SHA-256 */
+#define HB_MAX_BALANCERS 8    /* balancers a node heartbeats to */
+#define HB_ENDPOINT_MAX 255   /* a balancer's ZeroMQ endpoint, "tcp://host:port" */
 #define HB_RATE_MAX 1e12      /* msgs_per_sec above this is refused: consumers
                                * turn it into integers (history, metrics) */
 
@@ -27,6 +30,12 @@ enum hb_type {
 
 /* "register", "heartbeat", "leave", "ack", "reregister". */
 const char *hb_type_name(enum hb_type t);
+
+/* One balancer a node heartbeats to, as the node sees it. */
+struct hb_peer {
+    char endpoint[HB_ENDPOINT_MAX + 1];
+    bool reached; /* it answered within the node's liveness window (fall x interval) */
+};
 
 /* Progress of one node worker loop since the node started. */
 struct hb_worker {
@@ -45,6 +54,10 @@ struct hb_msg {
     char addr[HB_ADDR_MAX + 1]; /* advertised TLS address, host:port */
     uint32_t capacity;          /* sessions the node is sized for, >= 1 */
     char version[HB_VERSION_MAX + 1];
+    /* SHA-256 of the node's TLS certificate (DER), lower-case hex; "" when
+     * the node does not say. Clients refuse a node whose certificate has
+     * another digest than the registry hands out. */
+    char cert_sha256[HB_CERT_SHA256_HEX + 1];
 
     /* HB_HEARTBEAT */
     uint32_t sessions;        /* active sessions now */
@@ -55,6 +68,8 @@ struct hb_msg {
     char reason[HB_REASON_MAX + 1]; /* why not healthy; "" when healthy */
     uint32_t nworkers;
     struct hb_worker workers[HB_MAX_WORKERS];
+    uint32_t nbalancers; /* optional: which balancers the node reaches */
+    struct hb_peer balancers[HB_MAX_BALANCERS];
 
     /* HB_ACK and HB_REREGISTER */
     uint32_t interval_ms; /* the balancer's heartbeat interval, nodes adopt it */

@@ -608,6 +608,57 @@ static void test_workers(void **state)
                           "\"workers[0].hs_ok\"");
 }
 
+static void test_cert_and_balancers(void **state)
+{
+    (void)state;
+    struct hb_msg m, got;
+    fill_register(&m);
+    strcpy(m.cert_sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+    roundtrip(&m, &got);
+    assert_string_equal(got.cert_sha256, m.cert_sha256);
+    fill_register(&m); /* absent: "" both ways */
+    roundtrip(&m, &got);
+    assert_string_equal(got.cert_sha256, "");
+    strcpy(m.cert_sha256, "2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824");
+    size_t len;
+    assert_null(hb_msg_encode(&m, &len, err, sizeof err));
+    assert_non_null(strstr(err, "cert_sha256"));
+    expect_modified_fails(HB_REGISTER, "cert_sha256", json_string("abc"), "\"cert_sha256\"");
+    expect_modified_fails(HB_REGISTER, "cert_sha256", json_integer(1), "\"cert_sha256\"");
+
+    fill_heartbeat(&m);
+    m.nbalancers = 2;
+    strcpy(m.balancers[0].endpoint, "tcp://10.0.0.1:7100");
+    m.balancers[0].reached = true;
+    strcpy(m.balancers[1].endpoint, "tcp://[::1]:7100");
+    roundtrip(&m, &got);
+    assert_int_equal(got.nbalancers, 2);
+    assert_string_equal(got.balancers[0].endpoint, "tcp://10.0.0.1:7100");
+    assert_true(got.balancers[0].reached);
+    assert_string_equal(got.balancers[1].endpoint, "tcp://[::1]:7100");
+    assert_false(got.balancers[1].reached);
+    m.nbalancers = HB_MAX_BALANCERS + 1;
+    assert_null(hb_msg_encode(&m, &len, err, sizeof err));
+    m.nbalancers = 1;
+    strcpy(m.balancers[0].endpoint, "tcp://a b");
+    assert_null(hb_msg_encode(&m, &len, err, sizeof err));
+    assert_non_null(strstr(err, "printable"));
+
+    json_t *arr = json_array();
+    for (int i = 0; i < HB_MAX_BALANCERS + 1; i++)
+        json_array_append_new(arr, json_pack("{s:s,s:b}", "endpoint", "tcp://x:1", "reached", 1));
+    expect_modified_fails(HB_HEARTBEAT, "balancers", arr, "more than 8");
+    expect_modified_fails(HB_HEARTBEAT, "balancers", json_pack("[{s:s}]", "endpoint", "tcp://x:1"),
+                          "\"balancers[0].reached\" must be a boolean");
+    expect_modified_fails(HB_HEARTBEAT, "balancers", json_pack("[{s:s,s:b}]", "endpoint", "",
+                                                               "reached", 1),
+                          "\"balancers[0].endpoint\"");
+    expect_modified_fails(HB_HEARTBEAT, "balancers", json_pack("[{s:s,s:b}]", "endpoint",
+                                                               "tcp://x:1\n", "reached", 1),
+                          "printable");
+    expect_modified_fails(HB_HEARTBEAT, "balancers", json_string("x"), "must be an array");
+}
+
 static void test_duplicates_and_extras(void **state)
 {
     (void)state;
@@ -643,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_boot),
         cmocka_unit_test(test_addrs),
         cmocka_unit_test(test_workers),
+        cmocka_unit_test(test_cert_and_balancers),
         cmocka_unit_test(test_duplicates_and_extras),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

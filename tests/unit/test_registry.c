@@ -207,6 +207,34 @@ static void test_rise_one_is_healthy_at_register(void **state)
 
 /* A peer inventing ids cannot grow the registry past max_nodes; known ids
  * (a restart, a re-register) still get through. */
+/* The certificate digest comes with REGISTER, the balancers a node reaches
+ * with each heartbeat; a restart forgets the latter until it reports again. */
+static void test_cert_and_balancers_kept(void **state)
+{
+    struct world *w = world_of(state);
+    struct hb_msg m = reg_msg("a", 1);
+    snprintf(m.cert_sha256, sizeof m.cert_sha256, "%064d", 7);
+    assert_int_equal(registry_register(w->reg, &m), 0);
+    struct hb_msg hb = hb_msg_for("a", 1);
+    hb.nbalancers = 2;
+    snprintf(hb.balancers[0].endpoint, sizeof hb.balancers[0].endpoint, "tcp://b1:7100");
+    hb.balancers[0].reached = true;
+    snprintf(hb.balancers[1].endpoint, sizeof hb.balancers[1].endpoint, "tcp://b2:7100");
+    assert_int_equal(registry_heartbeat(w->reg, &hb), REGISTRY_OK);
+    const struct registry_node *n = registry_find(w->reg, "a");
+    assert_string_equal(n->cert_sha256, m.cert_sha256);
+    assert_int_equal(n->nbalancers, 2);
+    assert_string_equal(n->balancers[1].endpoint, "tcp://b2:7100");
+    assert_true(n->balancers[0].reached);
+    assert_false(n->balancers[1].reached);
+
+    m = reg_msg("a", 2); /* a new process with no digest and no report yet */
+    assert_int_equal(registry_register(w->reg, &m), 0);
+    n = registry_find(w->reg, "a");
+    assert_string_equal(n->cert_sha256, "");
+    assert_int_equal(n->nbalancers, 0);
+}
+
 static void test_max_nodes(void **state)
 {
     (void)state;
@@ -1452,6 +1480,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_state_names),
+        cmocka_unit_test_setup_teardown(test_cert_and_balancers_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_register_new_node_joins, setup, teardown),
         cmocka_unit_test(test_rise_one_is_healthy_at_register),
         cmocka_unit_test(test_rise_needs_consecutive_heartbeats),
