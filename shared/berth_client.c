@@ -6,6 +6,7 @@
 #include "berth/berth.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,6 +55,7 @@ void berth_options_init(struct berth_options *o)
     o->backoff_max_ms = 2000;
     o->cache_ttl_ms = 1000;
     o->exclude_ms = 5000;
+    o->no_reports = 0;
 }
 
 /* A message kept until its ACK. */
@@ -66,6 +68,8 @@ struct bc_msg {
 struct bc_node {
     char id[LOOKUP_ID_MAX + 1];
     char addr[LOOKUP_ADDR_MAX + 1];
+    char cert_sha256[65]; /* the registered certificate digest, or "" */
+    bool cached;          /* chosen from the cached list: no balancer answered */
 };
 
 struct berth_client {
@@ -88,6 +92,8 @@ struct berth_client {
     unsigned int seed;              /* for jitter */
     berth_ack_handler ack_handler;
     void *ack_arg;
+    berth_notice_handler notice_fn;
+    void *notice_arg;
     char err[BC_ERR_MAX];
     char cause[BC_ERR_MAX];         /* why the last session broke, "" if none */
 };
@@ -208,6 +214,28 @@ void berth_set_ack_handler(berth_client *c, berth_ack_handler fn, void *arg)
     c->ack_arg = arg;
 }
 
+void berth_set_notice_handler(berth_client *c, berth_notice_handler fn, void *arg)
+{
+    if (!c)
+        return;
+    c->notice_fn = fn;
+    c->notice_arg = arg;
+}
+
+static void bc_notice(berth_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void bc_notice(berth_client *c, const char *fmt, ...)
+{
+    if (!c->notice_fn)
+        return;
+    char text[BC_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    c->notice_fn(c->notice_arg, text);
+}
+
 static void bc_sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -233,12 +261,17 @@ static int bc_parse_nodes(berth_client *c, const char *body)
     json_array_foreach(nodes, i, n) {
         const char *id = json_string_value(json_object_get(n, "id"));
         const char *addr = json_string_value(json_object_get(n, "addr"));
+        json_t *cert = json_object_get(n, "cert_sha256");
         if (!id || !addr || strlen(id) > LOOKUP_ID_MAX || strlen(addr) > LOOKUP_ADDR_MAX ||
+            (cert && !(json_is_string(cert) && lookup_sha256_hex_ok(json_string_value(cert)))) ||
             c->nnodes == BC_NODES_MAX)
             continue; /* a bad entry costs that node, not the lookup */
-        snprintf(c->nodes[c->nnodes].id, sizeof(c->nodes[0].id), "%s", id);
-        snprintf(c->nodes[c->nnodes].addr, sizeof(c->nodes[0].addr), "%s", addr);
-        c->nnodes++;
+        struct bc_node *b = &c->nodes[c->nnodes++];
+        memset(b, 0, sizeof(*b));
+        snprintf(b->id, sizeof(b->id), "%s", id);
+        snprintf(b->addr, sizeof(b->addr), "%s", addr);
+        if (cert)
+            snprintf(b->cert_sha256, sizeof(b->cert_sha256), "%s", json_string_value(cert));
     }
     c->epoch = c->nodes_epoch = (uint64_t)json_integer_value(epoch);
     c->nodes_at_ms = mono_now_ms();
@@ -282,8 +315,10 @@ static berth_err bc_pick_excluding(berth_client *c, const char *const *ex, size_
         if (lookup_pick(c->lookups[i], c->key, ex, nex, &n, e, sizeof(e)) == 0) {
             c->good_lookup = i;
             c->epoch = n.epoch;
+            memset(out, 0, sizeof(*out));
             snprintf(out->id, sizeof(out->id), "%s", n.id);
             snprintf(out->addr, sizeof(out->addr), "%s", n.addr);
+            snprintf(out->cert_sha256, sizeof(out->cert_sha256), "%s", n.cert_sha256);
             return BERTH_OK;
         }
         /* lookup_pick reports the documented 503 error code in its text:
@@ -325,8 +360,17 @@ static berth_err bc_choose(berth_client *c, struct bc_node *out)
             (void)bc_refresh(c); /* only warms the fallback; a failure changes nothing */
         return BERTH_OK;
     }
-    if (r != BERTH_E_LOOKUP || c->key || !fresh)
+    if (r != BERTH_E_LOOKUP || c->key)
         return r;
+    if (!fresh) {
+        if (c->nodes_at_ms != 0 && c->epoch <= c->nodes_epoch) {
+            char e[BC_ERR_MAX];
+            snprintf(e, sizeof(e), "%s", c->err);
+            bc_errf(c, "%.900s; the cached node list expired %.1f s ago", e,
+                    (double)(now - c->nodes_at_ms - (uint64_t)c->o.cache_ttl_ms) / 1000.0);
+        }
+        return r;
+    }
     size_t ok[BC_NODES_MAX], nok = 0;
     for (size_t i = 0; i < c->nnodes; i++)
         if (!retry_excluded(&c->excluded, c->nodes[i].id, now))
@@ -334,6 +378,11 @@ static berth_err bc_choose(berth_client *c, struct bc_node *out)
     if (nok == 0)
         return r;
     *out = c->nodes[ok[(size_t)rand_r(&c->seed) % nok]];
+    out->cached = true;
+    bc_notice(c, "no balancer answers (%s); using the cached node list from %.1f s ago "
+                 "(%zu nodes, good for %.1f s more)",
+              c->err, (double)(now - c->nodes_at_ms) / 1000.0, c->nnodes,
+              (double)((uint64_t)c->o.cache_ttl_ms - (now - c->nodes_at_ms)) / 1000.0);
     return BERTH_OK;
 }
 
@@ -347,6 +396,25 @@ static size_t bc_largest_unacked(const berth_client *c)
             max = m->len;
     }
     return max;
+}
+
+/* Tells the balancer that answered last that node n could not be reached,
+ * so that reports from several clients can take it out of rotation while
+ * its heartbeats still arrive. Best effort: a failed report is only a
+ * notice, and a node from the cached list is not reported (no balancer
+ * answers then). */
+static void bc_report(berth_client *c, const struct bc_node *n, enum client_fail fail,
+                      const char *detail)
+{
+    if (c->o.no_reports || n->cached || !n->id[0] || c->nlookups == 0)
+        return;
+    enum lookup_report_reason why =
+        fail == CLIENT_FAIL_TLS ? LOOKUP_REPORT_TLS : LOOKUP_REPORT_CONNECT;
+    if (strstr(detail, "timed out"))
+        why = LOOKUP_REPORT_TIMEOUT;
+    char e[BC_ERR_MAX];
+    if (lookup_report(c->lookups[c->good_lookup], n->id, why, detail, e, sizeof(e)) != 0)
+        bc_notice(c, "could not report node %s to the balancer: %s", n->id, e);
 }
 
 /* Sends every unacknowledged message on the new session. */
@@ -393,6 +461,7 @@ static berth_err bc_connect_any(berth_client *c)
                 continue;
             }
             co.expect_id = n.id;
+            co.expect_cert_sha256 = n.cert_sha256;
         }
         enum client_fail fail = CLIENT_FAIL_NONE;
         char e[BC_ERR_MAX];
@@ -416,6 +485,8 @@ static berth_err bc_connect_any(berth_client *c)
         bc_errf(c, "%s", e);
         if (fail == CLIENT_FAIL_SETUP)
             return BERTH_E_SETUP;
+        if (fail == CLIENT_FAIL_CONNECT || fail == CLIENT_FAIL_TLS)
+            bc_report(c, &n, fail, e);
         last = BERTH_E_CONNECT;
         if (n.id[0])
             retry_exclude_add(&c->excluded, n.id, mono_now_ms(), c->o.exclude_ms);

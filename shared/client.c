@@ -488,11 +488,26 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
             break;
         if (st == TLS_AGAIN) {
             if (client_wait(c, tls_conn_events(c->tls), deadline, "the TLS handshake") != 0)
-                return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
+                return client_connect_fail(c, CLIENT_FAIL_TLS, fail, err, errlen);
             continue;
         }
         errbuf_setf(c->err, sizeof(c->err), "%s: TLS %s", c->label, tls_conn_error(c->tls));
-        return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
+        return client_connect_fail(c, CLIENT_FAIL_TLS, fail, err, errlen);
+    }
+    if (o->expect_cert_sha256 && *o->expect_cert_sha256) {
+        /* The CA vouches for every node it signed; the registry names the
+         * one this entry belongs to. */
+        char got[65];
+        if (tls_conn_peer_sha256(c->tls, got) != 0) {
+            errbuf_setf(c->err, sizeof(c->err), "%s: no peer certificate to check", c->label);
+            return client_connect_fail(c, CLIENT_FAIL_TLS, fail, err, errlen);
+        }
+        if (strcmp(got, o->expect_cert_sha256) != 0) {
+            errbuf_setf(c->err, sizeof(c->err),
+                        "%s: certificate sha256 %.64s is not the %.64s the balancer registered",
+                        c->label, got, o->expect_cert_sha256);
+            return client_connect_fail(c, CLIENT_FAIL_TLS, fail, err, errlen);
+        }
     }
 
     uint64_t rid = c->next_request_id++;

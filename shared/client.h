@@ -20,6 +20,10 @@ struct client_options {
     const char *name;      /* HELLO name: 1..64 printable bytes */
     long timeout_ms;       /* bound on every wait (connect + TLS + HELLO, each reply); > 0 */
     const char *expect_id; /* optional: the node id the balancer gave, used in errors before WELCOME */
+    /* optional: the SHA-256 (64 lower-case hex) of the certificate the node
+     * registered with the balancer; a node presenting another one is
+     * refused even when the CA vouches for it. NULL or "": not checked. */
+    const char *expect_cert_sha256;
 };
 
 /* Why client_connect failed, so a caller knows whether another node may do
@@ -27,7 +31,8 @@ struct client_options {
 enum client_fail {
     CLIENT_FAIL_NONE = 0,
     CLIENT_FAIL_SETUP,   /* local: bad options, CA file, out of memory; no node will do better */
-    CLIENT_FAIL_CONNECT, /* resolve, TCP connect or TLS handshake: try another node */
+    CLIENT_FAIL_CONNECT, /* resolve or TCP connect: try another node */
+    CLIENT_FAIL_TLS,     /* TLS handshake or certificate check: try another node */
     CLIENT_FAIL_SESSION, /* HELLO refused (e.g. the node is draining) or broken reply */
 };
 

@@ -81,6 +81,15 @@ static bool lookup_id_ok(const char *id)
     return true;
 }
 
+bool lookup_sha256_hex_ok(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (n >= 64 || !((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+            return false;
+    return n == 64;
+}
+
 void lookup_format_http_error(const char *body, size_t len, long status, char *err, size_t errlen)
 {
     json_error_t jerr;
@@ -168,7 +177,17 @@ int lookup_parse_pick(const char *body, size_t len, long status, struct lookup_n
         goto done;
     }
 
+    /* Optional: a node that registered no digest is checked by CA alone. */
+    json_t *cert = json_object_get(root, "cert_sha256");
+    if (cert && (!json_is_string(cert) || !lookup_sha256_hex_ok(json_string_value(cert)))) {
+        errbuf_setf(err, errlen,
+                    "bad /v1/pick answer: \"cert_sha256\" is not 64 lower-case hex digits");
+        goto done;
+    }
+
     memset(out, 0, sizeof(*out));
+    if (cert)
+        snprintf(out->cert_sha256, sizeof(out->cert_sha256), "%s", json_string_value(cert));
     snprintf(out->id, sizeof(out->id), "%s", id);
     snprintf(out->addr, sizeof(out->addr), "%s", addr_text);
     out->epoch = (uint64_t)json_integer_value(epoch);
@@ -268,11 +287,13 @@ static size_t lookup_write_cb(char *ptr, size_t size, size_t nmemb, void *userda
     return n;
 }
 
-/* GET base + path_and_query. 0 with *status and *body (caller frees
- * body->data), or -1 with err on a transport failure. */
-static int lookup_get(struct lookup *l, const char *path_and_query, long *status,
-                      struct lookup_body *body, char *err, size_t errlen)
+/* GET base + path_and_query, or POST post (a JSON text) there when post is
+ * not NULL. 0 with *status and *body (caller frees body->data), or -1 with
+ * err on a transport failure. */
+static int lookup_http(struct lookup *l, const char *path_and_query, const char *post,
+                       long *status, struct lookup_body *body, char *err, size_t errlen)
 {
+    struct curl_slist *headers = NULL;
     memset(body, 0, sizeof(*body));
     size_t ulen = strlen(l->base) + strlen(path_and_query) + 1;
     char *url = malloc(ulen);
@@ -305,6 +326,15 @@ static int lookup_get(struct lookup *l, const char *path_and_query, long *status
     SETOPT(CURLOPT_USERAGENT, "berth/" BERTH_VERSION);
     SETOPT(CURLOPT_WRITEFUNCTION, lookup_write_cb);
     SETOPT(CURLOPT_WRITEDATA, body);
+    if (post) {
+        headers = curl_slist_append(NULL, "Content-Type: application/json");
+        if (!headers) {
+            errbuf_setf(err, errlen, "out of memory");
+            goto done;
+        }
+        SETOPT(CURLOPT_HTTPHEADER, headers);
+        SETOPT(CURLOPT_POSTFIELDS, post);
+    }
 #undef SETOPT
 
     cc = curl_easy_perform(l->curl);
@@ -326,6 +356,7 @@ static int lookup_get(struct lookup *l, const char *path_and_query, long *status
     rc = 0;
 done:
     free(url);
+    curl_slist_free_all(headers);
     if (rc != 0) {
         free(body->data);
         memset(body, 0, sizeof(*body));
@@ -385,7 +416,7 @@ int lookup_pick(struct lookup *l, const char *key, const char *const *exclude, s
 
     long status = 0;
     struct lookup_body body;
-    if (lookup_get(l, q, &status, &body, err, errlen) != 0)
+    if (lookup_http(l, q, NULL, &status, &body, err, errlen) != 0)
         goto done;
     char perr[768];
     if (lookup_parse_pick(body.data, body.len, status, out, perr, sizeof(perr)) != 0)
@@ -411,7 +442,7 @@ int lookup_get_json(struct lookup *l, const char *path, char **body_out, char *e
     }
     long status = 0;
     struct lookup_body body;
-    if (lookup_get(l, path, &status, &body, err, errlen) != 0)
+    if (lookup_http(l, path, NULL, &status, &body, err, errlen) != 0)
         return -1;
     char herr[768];
     if (status < 200 || status > 299) {
@@ -431,4 +462,45 @@ int lookup_get_json(struct lookup *l, const char *path, char **body_out, char *e
     }
     *body_out = body.data;
     return 0;
+}
+
+int lookup_report(struct lookup *l, const char *node_id, enum lookup_report_reason reason,
+                  const char *detail, char *err, size_t errlen)
+{
+    static const char *const reasons[] = {
+        [LOOKUP_REPORT_CONNECT] = "connect",
+        [LOOKUP_REPORT_TLS] = "tls",
+        [LOOKUP_REPORT_TIMEOUT] = "timeout",
+    };
+    if (!node_id || !lookup_id_ok(node_id) || (unsigned)reason > LOOKUP_REPORT_TIMEOUT) {
+        errbuf_setf(err, errlen, "report: not a node id or reason");
+        return -1;
+    }
+    char clean[201];
+    lookup_clean_text(detail ? detail : "", clean, sizeof(clean));
+    json_t *o = json_pack("{s:s, s:s, s:s}", "node", node_id, "reason", reasons[reason], "detail",
+                          clean);
+    /* json_pack refuses text that is not UTF-8: send the report without it. */
+    if (!o)
+        o = json_pack("{s:s, s:s}", "node", node_id, "reason", reasons[reason]);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text) {
+        errbuf_setf(err, errlen, "out of memory");
+        return -1;
+    }
+    long status = 0;
+    struct lookup_body body;
+    int rc = lookup_http(l, "/v1/reports", text, &status, &body, err, errlen);
+    free(text);
+    if (rc != 0)
+        return -1;
+    if (status != 202) {
+        char herr[768];
+        lookup_format_http_error(body.data, body.len, status, herr, sizeof(herr));
+        errbuf_setf(err, errlen, "balancer %s: %s", l->base, herr);
+        rc = -1;
+    }
+    free(body.data);
+    return rc;
 }

@@ -3,6 +3,7 @@
 #ifndef BERTH_LOOKUP_H
 #define BERTH_LOOKUP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,6 +18,7 @@ struct lookup_node {
     char id[LOOKUP_ID_MAX + 1];     /* NUL-terminated, validated */
     char addr[LOOKUP_ADDR_MAX + 1]; /* "host:port", validated with addr_parse */
     uint64_t epoch;                 /* the balancer's membership epoch */
+    char cert_sha256[65];           /* the node's registered certificate digest, or "" */
 };
 
 struct lookup;
@@ -43,6 +45,18 @@ void lookup_free(struct lookup *l);
  * no_healthy_node: no healthy node in rotation". */
 int lookup_pick(struct lookup *l, const char *key, const char *const *exclude, size_t nexclude,
                 struct lookup_node *out, char *err, size_t errlen);
+
+/* Why a client reports a node (POST /v1/reports, docs/DESIGN.md). */
+enum lookup_report_reason { LOOKUP_REPORT_CONNECT, LOOKUP_REPORT_TLS, LOOKUP_REPORT_TIMEOUT };
+
+/* POST /v1/reports: tells the balancer this client could not reach node_id
+ * (detail: optional text, control characters replaced, cut at 200 bytes).
+ * 0 when the balancer took it (202), or -1 with err as for lookup_pick. */
+int lookup_report(struct lookup *l, const char *node_id, enum lookup_report_reason reason,
+                  const char *detail, char *err, size_t errlen);
+
+/* True if s is 64 lower-case hex digits (a SHA-256 as the registry gives it). */
+bool lookup_sha256_hex_ok(const char *s);
 
 /* GET <path> (e.g. "/v1/health"; must start with '/'). On a 2xx answer
  * whose body is a JSON object returns 0 and *body (NUL-terminated, caller

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/x509.h>
 
 #include "tls_ctx.h"
@@ -274,6 +275,18 @@ const char *tls_conn_protocol(const struct tls_conn *c)
 const char *tls_conn_cipher(const struct tls_conn *c)
 {
     return SSL_get_cipher_name(c->ssl);
+}
+
+int tls_conn_peer_sha256(const struct tls_conn *c, char hex[65])
+{
+    X509 *x = SSL_get0_peer_certificate(c->ssl);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!x || X509_digest(x, EVP_sha256(), md, &n) != 1 || n != 32)
+        return -1;
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    return 0;
 }
 
 const char *tls_conn_error(const struct tls_conn *c)

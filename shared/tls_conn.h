@@ -45,6 +45,9 @@ int tls_conn_fd(const struct tls_conn *c);
 /* Negotiated protocol ("TLSv1.3") and cipher, after the handshake. */
 const char *tls_conn_protocol(const struct tls_conn *c);
 const char *tls_conn_cipher(const struct tls_conn *c);
+/* SHA-256 of the peer's certificate (DER) as 64 lower-case hex digits and
+ * a NUL, after the handshake. 0, or -1 when the peer sent no certificate. */
+int tls_conn_peer_sha256(const struct tls_conn *c, char hex[65]);
 /* Last error text; borrowed, valid until the next call on c. */
 const char *tls_conn_error(const struct tls_conn *c);
 

@@ -42,6 +42,10 @@ static const struct config_setting settings[] = {
     {"ca", CONFIG_STRING, NULL, 0, 0, NULL,
      "CA certificate file the node's certificate must chain to (empty: system store)"},
     {"insecure", CONFIG_BOOL, "false", 0, 0, NULL, "do not verify the node's certificate"},
+    {"cache-ttl", CONFIG_DURATION, "1s", 0, 86400000, NULL,
+     "how long the cached node list stands in when no balancer answers"},
+    {"no-reports", CONFIG_BOOL, "false", 0, 0, NULL,
+     "do not report nodes that cannot be reached to the balancer (POST /v1/reports)"},
     {"affinity", CONFIG_STRING, NULL, 0, 0, NULL,
      "affinity key: the same key keeps its node while that node is healthy"},
     {"name", CONFIG_STRING, "berth-cli", 0, 0, NULL, "client name sent in HELLO (node logs)"},
@@ -106,6 +110,14 @@ static void cli_setf(char *dst, size_t n, const char *fmt, ...)
 }
 
 /* A libberth client from the settings; NULL with cli->err set. */
+/* The library's notices (running on the cached node list, a report that
+ * did not go through) are for the person at the terminal. */
+static void cli_notice(void *arg, const char *text)
+{
+    (void)arg;
+    fprintf(stderr, PROGRAM ": notice: %s\n", text);
+}
+
 static berth_client *cli_client_new(struct cli *cli)
 {
     berth_client *c = NULL;
@@ -114,6 +126,7 @@ static berth_client *cli_client_new(struct cli *cli)
         cli_setf(cli->err, sizeof(cli->err), "%s", berth_strerror(r));
         return NULL;
     }
+    berth_set_notice_handler(c, cli_notice, NULL);
     return c;
 }
 
@@ -661,6 +674,8 @@ int main(int argc, char **argv)
     cli->bo.max_retries = (unsigned)config_int(cli->cfg, "retries");
     cli->bo.key = cli->key;
     cli->bo.node = cli->node_addr;
+    cli->bo.no_reports = config_bool(cli->cfg, "no-reports");
+    cli->bo.cache_ttl_ms = (long)config_int(cli->cfg, "cache-ttl");
     if (!cli->node_addr) {
         if (cli_split_balancers(cli, config_str(cli->cfg, "balancer"), err, sizeof(err)) != 0) {
             fprintf(stderr, PROGRAM ": --balancer: %s\n", err);

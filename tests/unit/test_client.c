@@ -603,6 +603,22 @@ static void test_session_timeout(void **state)
     fake_node_stop(&node);
 }
 
+/* The SHA-256 of the fake node's certificate, as the registry carries it. */
+static void leaf_sha256(char hex[65])
+{
+    FILE *f = fopen(leaf_pem, "r");
+    assert_non_null(f);
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    assert_non_null(x);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    assert_int_equal(X509_digest(x, EVP_sha256(), md, &n), 1);
+    X509_free(x);
+    for (unsigned int i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
 static void test_connect_failures(void **state)
 {
     (void)state;
@@ -642,8 +658,32 @@ static void test_connect_failures(void **state)
     struct client_options sys = o;
     sys.ca_file = leaf_pem; /* a leaf, not our CA: verification fails */
     assert_null(client_connect(&sys, addr, &fail, err, sizeof(err)));
-    assert_int_equal(fail, CLIENT_FAIL_CONNECT);
+    assert_int_equal(fail, CLIENT_FAIL_TLS);
     assert_non_null(strstr(err, "certificate verify failed"));
+    fake_node_stop(&node);
+
+    /* The CA vouches for it but the registry named another certificate:
+     * refused; with the registered digest it is taken. */
+    fake_node_start(&node, NODE_GOOD);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node.port);
+    char leaf_hex[65];
+    leaf_sha256(leaf_hex);
+    struct client_options pinned = o;
+    pinned.expect_cert_sha256 = "00000000000000000000000000000000000000000000000000000000000000ff";
+    assert_null(client_connect(&pinned, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_TLS);
+    char want_pin[256];
+    snprintf(want_pin, sizeof(want_pin), "certificate sha256 %s is not the %s the balancer registered",
+             leaf_hex, pinned.expect_cert_sha256);
+    assert_non_null(strstr(err, want_pin));
+    fake_node_stop(&node); /* a fake node serves one connection */
+    fake_node_start(&node, NODE_GOOD);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node.port);
+    pinned.expect_cert_sha256 = leaf_hex;
+    struct client *pc = client_connect(&pinned, addr, &fail, err, sizeof(err));
+    if (!pc)
+        fail_msg("client_connect with the right digest: %s", err);
+    client_free(pc);
     fake_node_stop(&node);
 
     /* Local problems. */

@@ -52,6 +52,15 @@ static void test_parse_good(void **state)
     assert_int_equal(parse(body, 200, &n, err, sizeof(err)), 0);
     assert_string_equal(n.id, id64);
     assert_string_equal(n.addr, "node.example.org:443");
+    assert_string_equal(n.cert_sha256, "");
+
+    /* The registered certificate digest comes along when the node gave one. */
+    assert_int_equal(parse("{\"id\":\"n1\",\"addr\":\"127.0.0.1:7001\",\"epoch\":7,\"cert_sha256\":"
+                           "\"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"}",
+                           200, &n, err, sizeof(err)),
+                     0);
+    assert_string_equal(n.cert_sha256,
+                        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
 }
 
 static void expect_bad(const char *body, long status, const char *want)
@@ -66,6 +75,10 @@ static void expect_bad(const char *body, long status, const char *want)
 static void test_parse_bad_fields(void **state)
 {
     (void)state;
+    expect_bad("{\"id\":\"n1\",\"addr\":\"127.0.0.1:7001\",\"epoch\":7,\"cert_sha256\":\"AB\"}", 200,
+               "\"cert_sha256\" is not 64 lower-case hex digits");
+    expect_bad("{\"id\":\"n1\",\"addr\":\"127.0.0.1:7001\",\"epoch\":7,\"cert_sha256\":1}", 200,
+               "\"cert_sha256\"");
     expect_bad("{\"addr\":\"127.0.0.1:1\",\"epoch\":1}", 200, "\"id\": missing");
     expect_bad("{\"id\":7,\"addr\":\"127.0.0.1:1\",\"epoch\":1}", 200, "\"id\": missing or not");
     expect_bad("{\"id\":\"\",\"addr\":\"127.0.0.1:1\",\"epoch\":1}", 200, "is not a node id");
@@ -247,6 +260,35 @@ static void test_pick_over_http(void **state)
     lookup_free(l);
 }
 
+static void test_report(void **state)
+{
+    (void)state;
+    struct http_server s;
+    http_server_start(&s, "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+                          "Connection: close\r\n\r\n{\"node\":\"n1\",\"reporters\":1,\"ejected\":false}");
+    struct lookup *l = lookup_for(&s, "");
+    char err[512];
+    int rc = lookup_report(l, "n1", LOOKUP_REPORT_TLS, "handshake\nfailed", err, sizeof(err));
+    http_server_stop(&s);
+    if (rc != 0)
+        fail_msg("lookup_report: %s", err);
+    assert_memory_equal(s.request, "POST /v1/reports HTTP/1.1\r\n", 27);
+    assert_non_null(strstr(s.request, "Content-Type: application/json\r\n"));
+    lookup_free(l);
+
+    http_server_start(&s, "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+                          "Connection: close\r\n\r\n"
+                          "{\"error\":\"unknown_node\",\"message\":\"no node n1\"}");
+    l = lookup_for(&s, "");
+    rc = lookup_report(l, "n1", LOOKUP_REPORT_CONNECT, NULL, err, sizeof(err));
+    http_server_stop(&s);
+    assert_int_equal(rc, -1);
+    assert_non_null(strstr(err, "404 unknown_node: no node n1"));
+    /* Not a node id: refused before any request. */
+    assert_int_equal(lookup_report(l, "a b", LOOKUP_REPORT_CONNECT, NULL, err, sizeof(err)), -1);
+    lookup_free(l);
+}
+
 static void test_pick_http_error(void **state)
 {
     (void)state;
@@ -337,6 +379,7 @@ int main(void)
         cmocka_unit_test(test_new_rejects),
         cmocka_unit_test(test_pick_over_http),
         cmocka_unit_test(test_pick_http_error),
+        cmocka_unit_test(test_report),
         cmocka_unit_test(test_pick_transport_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

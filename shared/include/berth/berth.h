@@ -50,6 +50,8 @@ struct berth_options {
     const char *key;              /* affinity key, or NULL; with a key the balancer's
                                    * rendezvous hashing keeps the same node while that
                                    * node is healthy (GET /v1/pick?key=K) */
+    int no_reports;               /* nonzero: do not tell the balancer about nodes that
+                                   * could not be reached (POST /v1/reports) */
 };
 
 /* Fills o with the defaults: balancer http://127.0.0.1:8080, timeout 5 s,
@@ -79,6 +81,11 @@ typedef void (*berth_ack_handler)(void *arg, const struct berth_ack *ack);
 /* Called for each acknowledged message, in order, from inside the call
  * that read the ACK. */
 BERTH_API void berth_set_ack_handler(berth_client *c, berth_ack_handler fn, void *arg);
+/* Things worth telling a person that are not failures, e.g. that no
+ * balancer answers and the client runs on its cached node list; text is
+ * one line, borrowed for the call. */
+typedef void (*berth_notice_handler)(void *arg, const char *text);
+BERTH_API void berth_set_notice_handler(berth_client *c, berth_notice_handler fn, void *arg);
 /* Connects now (the other calls connect on demand). */
 BERTH_API berth_err berth_connect(berth_client *c);
 /* The node of the current session, or "" (borrowed). */
