@@ -74,7 +74,7 @@ struct bc_node {
 
 struct berth_client {
     struct berth_options o;         /* strings below are our copies */
-    char *node, *ca_file, *name, *key;
+    char *node, *ca_file, *name, *key, *cert_file, *key_file;
     struct lookup **lookups;        /* one per balancer URL */
     size_t nlookups;
     size_t good_lookup;             /* the balancer that answered last */
@@ -141,8 +141,11 @@ berth_err berth_client_new(const struct berth_options *o, berth_client **out)
     c->ca_file = bc_dup(o->ca_file, &fail);
     c->name = bc_dup(o->name, &fail);
     c->key = bc_dup(o->key && *o->key ? o->key : NULL, &fail);
+    c->cert_file = bc_dup(o->cert_file && *o->cert_file ? o->cert_file : NULL, &fail);
+    c->key_file = bc_dup(o->key_file && *o->key_file ? o->key_file : NULL, &fail);
     c->o.balancers = NULL;
     c->o.node = c->o.ca_file = c->o.name = c->o.key = NULL; /* use the copies */
+    c->o.cert_file = c->o.key_file = NULL;
     retry_exclude_init(&c->excluded);
     c->seed = (unsigned)(mono_now_ms() ^ ((uint64_t)getpid() << 16) ^ (uintptr_t)c);
     if (fail)
@@ -185,6 +188,8 @@ void berth_client_free(berth_client *c)
     free(c->ca_file);
     free(c->name);
     free(c->key);
+    free(c->cert_file);
+    free(c->key_file);
     free(c);
 }
 
@@ -439,6 +444,8 @@ static berth_err bc_connect_any(berth_client *c)
         .verify = !c->o.insecure,
         .name = c->name,
         .timeout_ms = c->o.timeout_ms,
+        .cert_file = c->cert_file,
+        .key_file = c->key_file,
     };
     char conn_err[BC_ERR_MAX] = ""; /* the last node that could not be reached */
     berth_err last = BERTH_E_CONNECT;

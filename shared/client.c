@@ -450,6 +450,13 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
         errbuf_setf(c->err, sizeof(c->err), "%s", e);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
+    if ((o->cert_file && *o->cert_file) || (o->key_file && *o->key_file)) {
+        if (tls_ctx_use_client_cert(ctx, o->cert_file, o->key_file, e, sizeof(e)) != 0) {
+            errbuf_setf(c->err, sizeof(c->err), "%s", e);
+            SSL_CTX_free(ctx);
+            return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
+        }
+    }
 
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {

@@ -24,6 +24,10 @@ struct client_options {
      * registered with the balancer; a node presenting another one is
      * refused even when the CA vouches for it. NULL or "": not checked. */
     const char *expect_cert_sha256;
+    /* optional: a client certificate and its key, for nodes that require
+     * mutual TLS (--client-ca); both or neither. */
+    const char *cert_file;
+    const char *key_file;
 };
 
 /* Why client_connect failed, so a caller knows whether another node may do

@@ -289,6 +289,50 @@ int tls_conn_peer_sha256(const struct tls_conn *c, char hex[65])
     return 0;
 }
 
+int tls_conn_peer_identity(const struct tls_conn *c, char *out, size_t outlen)
+{
+    if (outlen == 0)
+        return -1;
+    out[0] = '\0';
+    X509 *x = SSL_get0_peer_certificate(c->ssl);
+    if (!x)
+        return -1;
+    X509_NAME *subject = X509_get_subject_name(x);
+    int at = X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+    unsigned char *text = NULL;
+    int n = -1;
+    if (at >= 0) {
+        ASN1_STRING *cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, at));
+        n = ASN1_STRING_to_UTF8(&text, cn);
+    }
+    if (n < 0) {
+        BIO *b = BIO_new(BIO_s_mem());
+        char *p = NULL;
+        long len;
+        if (!b || X509_NAME_print_ex(b, subject, 0, XN_FLAG_RFC2253) < 0 ||
+            (len = BIO_get_mem_data(b, &p)) < 0) {
+            BIO_free(b);
+            ERR_clear_error();
+            return -1;
+        }
+        size_t k = (size_t)len < outlen - 1 ? (size_t)len : outlen - 1;
+        memcpy(out, p, k);
+        out[k] = '\0';
+        BIO_free(b);
+    } else {
+        size_t k = (size_t)n < outlen - 1 ? (size_t)n : outlen - 1;
+        memcpy(out, text, k);
+        out[k] = '\0';
+        OPENSSL_free(text);
+    }
+    /* The identity goes into logs and JSON: no control characters, no
+     * quotes or backslashes that could forge fields. */
+    for (char *p = out; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"' || *p == '\\')
+            *p = '?';
+    return 0;
+}
+
 const char *tls_conn_error(const struct tls_conn *c)
 {
     return c->err;

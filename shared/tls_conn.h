@@ -48,6 +48,10 @@ const char *tls_conn_cipher(const struct tls_conn *c);
 /* SHA-256 of the peer's certificate (DER) as 64 lower-case hex digits and
  * a NUL, after the handshake. 0, or -1 when the peer sent no certificate. */
 int tls_conn_peer_sha256(const struct tls_conn *c, char hex[65]);
+/* The verified peer certificate's identity for logs and INFO: its subject
+ * common name, else the whole subject in RFC 2253 form, control
+ * characters replaced. 0, or -1 (and "") without a peer certificate. */
+int tls_conn_peer_identity(const struct tls_conn *c, char *out, size_t outlen);
 /* Last error text; borrowed, valid until the next call on c. */
 const char *tls_conn_error(const struct tls_conn *c);
 

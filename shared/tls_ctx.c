@@ -164,6 +164,58 @@ fail:
     return NULL;
 }
 
+int tls_ctx_require_client_cert(SSL_CTX *ctx, const char *ca_file, char *err, size_t errlen)
+{
+    char what[512];
+    ERR_clear_error();
+    if (!ca_file || !*ca_file) {
+        snprintf(err, errlen, "no client CA file given");
+        return -1;
+    }
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        snprintf(what, sizeof(what), "cannot load client CA file %s", ca_file);
+        tls_ctx_error(err, errlen, what);
+        return -1;
+    }
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_file);
+    if (!names) {
+        snprintf(what, sizeof(what), "no CA certificate in client CA file %s", ca_file);
+        tls_ctx_error(err, errlen, what);
+        return -1;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names); /* takes names */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    return 0;
+}
+
+int tls_ctx_use_client_cert(SSL_CTX *ctx, const char *cert_file, const char *key_file, char *err,
+                            size_t errlen)
+{
+    char what[512];
+    ERR_clear_error();
+    if (!cert_file || !*cert_file || !key_file || !*key_file) {
+        snprintf(err, errlen, "a client certificate needs both a certificate and a key file");
+        return -1;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        snprintf(what, sizeof(what), "cannot load client certificate %s", cert_file);
+        tls_ctx_error(err, errlen, what);
+        return -1;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        snprintf(what, sizeof(what), "cannot load client key %s", key_file);
+        tls_ctx_error(err, errlen, what);
+        return -1;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(what, sizeof(what), "client key %s does not match certificate %s", key_file,
+                 cert_file);
+        tls_ctx_error(err, errlen, what);
+        return -1;
+    }
+    return 0;
+}
+
 int tls_ctx_expect_host(SSL *ssl, const char *host, char *err, size_t errlen)
 {
     char what[300];

@@ -42,6 +42,9 @@ static const struct config_setting settings[] = {
     {"ca", CONFIG_STRING, NULL, 0, 0, NULL,
      "CA certificate file the node's certificate must chain to (empty: system store)"},
     {"insecure", CONFIG_BOOL, "false", 0, 0, NULL, "do not verify the node's certificate"},
+    {"cert", CONFIG_STRING, NULL, 0, 0, NULL,
+     "client certificate (PEM) for nodes that require mutual TLS (with --key)"},
+    {"key", CONFIG_STRING, NULL, 0, 0, NULL, "the client certificate's private key (PEM)"},
     {"cache-ttl", CONFIG_DURATION, "1s", 0, 86400000, NULL,
      "how long the cached node list stands in when no balancer answers"},
     {"no-reports", CONFIG_BOOL, "false", 0, 0, NULL,
@@ -675,6 +678,8 @@ int main(int argc, char **argv)
     cli->bo.key = cli->key;
     cli->bo.node = cli->node_addr;
     cli->bo.no_reports = config_bool(cli->cfg, "no-reports");
+    cli->bo.cert_file = config_str(cli->cfg, "cert");
+    cli->bo.key_file = config_str(cli->cfg, "key");
     cli->bo.cache_ttl_ms = (long)config_int(cli->cfg, "cache-ttl");
     if (!cli->node_addr) {
         if (cli_split_balancers(cli, config_str(cli->cfg, "balancer"), err, sizeof(err)) != 0) {

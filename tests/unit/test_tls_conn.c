@@ -76,7 +76,8 @@ static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *is
     } else {
         assert_int_equal(add_ext(cert, signer, NID_basic_constraints, "critical,CA:FALSE"), 0);
         assert_int_equal(add_ext(cert, signer, NID_key_usage, "critical,digitalSignature"), 0);
-        assert_int_equal(add_ext(cert, signer, NID_ext_key_usage, "serverAuth"), 0);
+        /* Both: the same leaf serves as node and as mTLS client. */
+        assert_int_equal(add_ext(cert, signer, NID_ext_key_usage, "serverAuth,clientAuth"), 0);
         assert_int_equal(add_ext(cert, signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1"),
                          0);
     }
@@ -598,7 +599,8 @@ static void test_ctx_errors(void **state)
     /* A key that belongs to another certificate. */
     err[0] = '\0';
     assert_null(tls_ctx_server_new(leaf_pem, other_key, err, sizeof(err)));
-    assert_non_null(strstr(err, "does not match"));
+    if (!strstr(err, other_key) || !strstr(err, "values mismatch"))
+        fail_msg("error \"%s\" does not name the key mismatch", err);
 
     /* A key file given as the certificate: not a PEM certificate. */
     err[0] = '\0';
@@ -626,6 +628,70 @@ static void test_ctx_errors(void **state)
     assert_null(tls_ctx_server_new(missing_pem, leaf_key, tiny, sizeof(tiny)));
     assert_int_equal(strlen(tiny), 7);
     assert_int_equal(ERR_peek_error(), 0);
+}
+
+/* Mutual TLS: a server requiring client certificates refuses a client
+ * without one and one from another CA, takes one from its CA and sees its
+ * identity; both sides see each other's certificate digest. */
+static void test_client_certs(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    SSL_CTX *s = server_ctx();
+    assert_int_equal(tls_ctx_require_client_cert(s, ca_pem, err, sizeof(err)), 0);
+    struct pair p;
+    pair_open(&p, s, client_ctx(ca_pem, true), "localhost");
+    pair_handshake(&p);
+    /* TLS 1.3: the client may finish before the server checks its
+     * (missing) certificate; the server must refuse. */
+    for (int i = 0; i < 100 && p.sst == TLS_AGAIN; i++) {
+        p.sst = tls_conn_handshake(p.server);
+        if (p.sst == TLS_AGAIN)
+            wait_either(p.server, tls_conn_events(p.server), NULL, 0);
+    }
+    assert_int_equal(p.sst, TLS_ERROR);
+    if (!strstr(tls_conn_error(p.server), "certificate"))
+        fail_msg("server error \"%s\" does not name the certificate", tls_conn_error(p.server));
+    pair_close(&p);
+
+    s = server_ctx();
+    assert_int_equal(tls_ctx_require_client_cert(s, ca_pem, err, sizeof(err)), 0);
+    SSL_CTX *cl = client_ctx(ca_pem, true);
+    if (tls_ctx_use_client_cert(cl, leaf_pem, leaf_key, err, sizeof(err)) != 0)
+        fail_msg("tls_ctx_use_client_cert: %s", err);
+    pair_open(&p, s, cl, "localhost");
+    pair_handshake(&p);
+    assert_int_equal(p.cst, TLS_DONE);
+    assert_int_equal(p.sst, TLS_DONE);
+    char id[128];
+    assert_int_equal(tls_conn_peer_identity(p.server, id, sizeof(id)), 0);
+    assert_string_equal(id, "localhost");
+    char a[65], b[65];
+    assert_int_equal(tls_conn_peer_sha256(p.server, a), 0);
+    assert_int_equal(tls_conn_peer_sha256(p.client, b), 0);
+    assert_string_equal(a, b); /* the same leaf on both sides */
+    assert_int_equal(strlen(a), 64);
+    pair_close(&p);
+
+    /* Without client certificates required, the server sees none. */
+    open_good_pair(&p, "localhost");
+    assert_int_equal(tls_conn_peer_identity(p.server, id, sizeof(id)), -1);
+    assert_string_equal(id, "");
+    assert_int_equal(tls_conn_peer_sha256(p.server, a), -1);
+    pair_close(&p);
+
+    /* Set-up errors name the file. */
+    s = server_ctx();
+    assert_int_equal(tls_ctx_require_client_cert(s, missing_pem, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, missing_pem));
+    assert_int_equal(tls_ctx_require_client_cert(s, "", err, sizeof(err)), -1);
+    SSL_CTX_free(s);
+    cl = client_ctx(ca_pem, true);
+    assert_int_equal(tls_ctx_use_client_cert(cl, leaf_pem, other_key, err, sizeof(err)), -1);
+    if (!strstr(err, other_key) || !strstr(err, "values mismatch"))
+        fail_msg("error \"%s\" does not name the key mismatch", err);
+    assert_int_equal(tls_ctx_use_client_cert(cl, leaf_pem, NULL, err, sizeof(err)), -1);
+    SSL_CTX_free(cl);
 }
 
 static void test_expect_host(void **state)
@@ -659,6 +725,7 @@ int main(void)
         cmocka_unit_test(test_tls12_policy),
         cmocka_unit_test(test_verify_failures),
         cmocka_unit_test(test_ctx_errors),
+        cmocka_unit_test(test_client_certs),
         cmocka_unit_test(test_expect_host),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -52,6 +52,9 @@ struct berth_options {
                                    * node is healthy (GET /v1/pick?key=K) */
     int no_reports;               /* nonzero: do not tell the balancer about nodes that
                                    * could not be reached (POST /v1/reports) */
+    const char *cert_file;        /* client certificate (PEM) for nodes that require
+                                   * mutual TLS, with key_file; NULL: none */
+    const char *key_file;
 };
 
 /* Fills o with the defaults: balancer http://127.0.0.1:8080, timeout 5 s,
