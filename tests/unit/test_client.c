@@ -23,11 +23,11 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-#include <openssl/x509v3.h>
 
 #include "buf.h"
 #include "client.h"
 #include "frame.h"
+#include "test_certs.h"
 #include "tls_ctx.h"
 
 /* ---- reply checks on encoded frames ---- */
@@ -201,89 +201,19 @@ static void test_check_welcome(void **state)
 
 /* ---- a scripted fake node ---- */
 
-static char dir[64], ca_pem[128], leaf_pem[128], leaf_key[128];
-
-static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX v3;
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, issuer, cert, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-    assert_non_null(ext);
-    assert_int_equal(X509_add_ext(cert, ext, -1), 1);
-    X509_EXTENSION_free(ext);
-}
-
-static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, long serial)
-{
-    X509 *cert = X509_new();
-    assert_non_null(cert);
-    assert_int_equal(X509_set_version(cert, 2), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(cert), serial), 1);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(cert), -3600));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(cert), 86400));
-    assert_int_equal(X509_set_pubkey(cert, key), 1);
-    X509_NAME *name = X509_get_subject_name(cert);
-    assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                                (const unsigned char *)cn, -1, -1, 0), 1);
-    X509 *signer = issuer ? issuer : cert;
-    assert_int_equal(X509_set_issuer_name(cert, X509_get_subject_name(signer)), 1);
-    add_ext(cert, signer, NID_subject_key_identifier, "hash");
-    add_ext(cert, signer, NID_authority_key_identifier, "keyid:always");
-    if (!issuer) {
-        add_ext(cert, signer, NID_basic_constraints, "critical,CA:TRUE");
-        add_ext(cert, signer, NID_key_usage, "critical,keyCertSign,cRLSign");
-    } else {
-        add_ext(cert, signer, NID_basic_constraints, "critical,CA:FALSE");
-        add_ext(cert, signer, NID_ext_key_usage, "serverAuth");
-        add_ext(cert, signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
-    }
-    assert_true(X509_sign(cert, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
-    return cert;
-}
+static struct test_certs certs;
 
 static int group_setup(void **state)
 {
     (void)state;
     signal(SIGPIPE, SIG_IGN);
-    snprintf(dir, sizeof(dir), "/tmp/berth-client-test-XXXXXX");
-    if (!mkdtemp(dir))
-        return -1;
-    snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", dir);
-    snprintf(leaf_pem, sizeof(leaf_pem), "%s/leaf.pem", dir);
-    snprintf(leaf_key, sizeof(leaf_key), "%s/leaf.key", dir);
-    EVP_PKEY *ca_k = EVP_EC_gen("P-256");
-    EVP_PKEY *leaf_k = EVP_EC_gen("P-256");
-    if (!ca_k || !leaf_k)
-        return -1;
-    X509 *ca = make_cert(ca_k, "berth client test CA", NULL, NULL, 1);
-    X509 *leaf = make_cert(leaf_k, "localhost", ca, ca_k, 2);
-    FILE *f = fopen(ca_pem, "w");
-    int ok = f && PEM_write_X509(f, ca) == 1;
-    if (f)
-        fclose(f);
-    f = fopen(leaf_pem, "w");
-    ok = ok && f && PEM_write_X509(f, leaf) == 1;
-    if (f)
-        fclose(f);
-    f = fopen(leaf_key, "w");
-    ok = ok && f && PEM_write_PrivateKey(f, leaf_k, NULL, NULL, 0, NULL, NULL) == 1;
-    if (f)
-        fclose(f);
-    X509_free(ca);
-    X509_free(leaf);
-    EVP_PKEY_free(ca_k);
-    EVP_PKEY_free(leaf_k);
-    return ok ? 0 : -1;
+    return test_certs_make(&certs, "/tmp/berth-client-test");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    unlink(ca_pem);
-    unlink(leaf_pem);
-    unlink(leaf_key);
-    rmdir(dir);
+    test_certs_remove(&certs);
     return 0;
 }
 
@@ -430,7 +360,7 @@ static void fake_node_start(struct fake_node *node, enum node_mode mode)
     memset(node, 0, sizeof(*node));
     node->mode = mode;
     char err[512];
-    node->ctx = tls_ctx_server_new(leaf_pem, leaf_key, err, sizeof(err));
+    node->ctx = tls_ctx_server_new(certs.leaf_pem, certs.leaf_key, err, sizeof(err));
     if (!node->ctx)
         fail_msg("tls_ctx_server_new: %s", err);
     node->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -455,7 +385,7 @@ static struct client *connect_to(struct fake_node *node, long timeout_ms)
 {
     char addr[64], err[768];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", node->port);
-    struct client_options o = {.ca_file = ca_pem, .verify = true, .name = "unit",
+    struct client_options o = {.ca_file = certs.ca_pem, .verify = true, .name = "unit",
                                .timeout_ms = timeout_ms, .expect_id = "n1"};
     enum client_fail fail;
     struct client *c = client_connect(&o, addr, &fail, err, sizeof(err));
@@ -606,7 +536,7 @@ static void test_session_timeout(void **state)
 /* The SHA-256 of the fake node's certificate, as the registry carries it. */
 static void leaf_sha256(char hex[65])
 {
-    FILE *f = fopen(leaf_pem, "r");
+    FILE *f = fopen(certs.leaf_pem, "r");
     assert_non_null(f);
     X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
     fclose(f);
@@ -624,7 +554,7 @@ static void test_connect_failures(void **state)
     (void)state;
     char err[768], addr[64];
     enum client_fail fail;
-    struct client_options o = {.ca_file = ca_pem, .verify = true, .name = "unit",
+    struct client_options o = {.ca_file = certs.ca_pem, .verify = true, .name = "unit",
                                .timeout_ms = 2000};
 
     /* HELLO refused: a session failure, with the node's words. */
@@ -656,7 +586,7 @@ static void test_connect_failures(void **state)
     fake_node_start(&node, NODE_GOOD);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", node.port);
     struct client_options sys = o;
-    sys.ca_file = leaf_pem; /* a leaf, not our CA: verification fails */
+    sys.ca_file = certs.leaf_pem; /* a leaf, not our CA: verification fails */
     assert_null(client_connect(&sys, addr, &fail, err, sizeof(err)));
     assert_int_equal(fail, CLIENT_FAIL_TLS);
     assert_non_null(strstr(err, "certificate verify failed"));

@@ -21,10 +21,9 @@
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <openssl/x509.h>
-#include <openssl/x509v3.h>
 
+#include "test_certs.h"
 #include "tls_conn.h"
 #include "tls_ctx.h"
 
@@ -32,119 +31,20 @@
 #define POLL_TIMEOUT_MS 5000
 
 /* Files made once for the whole group. */
-static char dir[64];
-static char ca_pem[128], leaf_pem[128], leaf_key[128], other_ca_pem[128], other_key[128],
-    missing_pem[128];
-
-/* ---- certificate generation ---- */
-
-static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX v3;
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, issuer, cert, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value);
-    if (!ext)
-        return -1;
-    int ok = X509_add_ext(cert, ext, -1);
-    X509_EXTENSION_free(ext);
-    return ok == 1 ? 0 : -1;
-}
-
-/* A certificate for key, signed by issuer_key (self-signed when issuer is NULL). */
-static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key,
-                       bool ca, long serial)
-{
-    X509 *cert = X509_new();
-    assert_non_null(cert);
-    assert_int_equal(X509_set_version(cert, 2), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(cert), serial), 1);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(cert), -3600));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(cert), 86400));
-    assert_int_equal(X509_set_pubkey(cert, key), 1);
-    X509_NAME *name = X509_get_subject_name(cert);
-    assert_int_equal(X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                                (const unsigned char *)cn, -1, -1, 0),
-                     1);
-    X509 *signer = issuer ? issuer : cert;
-    assert_int_equal(X509_set_issuer_name(cert, X509_get_subject_name(signer)), 1);
-    assert_int_equal(add_ext(cert, signer, NID_subject_key_identifier, "hash"), 0);
-    assert_int_equal(add_ext(cert, signer, NID_authority_key_identifier, "keyid:always"), 0);
-    if (ca) {
-        assert_int_equal(add_ext(cert, signer, NID_basic_constraints, "critical,CA:TRUE"), 0);
-        assert_int_equal(add_ext(cert, signer, NID_key_usage, "critical,keyCertSign,cRLSign"), 0);
-    } else {
-        assert_int_equal(add_ext(cert, signer, NID_basic_constraints, "critical,CA:FALSE"), 0);
-        assert_int_equal(add_ext(cert, signer, NID_key_usage, "critical,digitalSignature"), 0);
-        /* Both: the same leaf serves as node and as mTLS client. */
-        assert_int_equal(add_ext(cert, signer, NID_ext_key_usage, "serverAuth,clientAuth"), 0);
-        assert_int_equal(add_ext(cert, signer, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1"),
-                         0);
-    }
-    assert_true(X509_sign(cert, issuer_key ? issuer_key : key, EVP_sha256()) > 0);
-    return cert;
-}
-
-static void write_cert(const char *path, X509 *cert)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_X509(f, cert), 1);
-    assert_int_equal(fclose(f), 0);
-}
-
-static void write_key(const char *path, EVP_PKEY *key)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
-    assert_int_equal(fclose(f), 0);
-}
+static struct test_certs certs;
 
 static int group_setup(void **state)
 {
     (void)state;
     /* A peer that vanishes mid-write must give EPIPE, not kill the test. */
     signal(SIGPIPE, SIG_IGN);
-    snprintf(dir, sizeof(dir), "/tmp/berth-tls-test-XXXXXX");
-    if (!mkdtemp(dir))
-        return -1;
-    snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", dir);
-    snprintf(leaf_pem, sizeof(leaf_pem), "%s/leaf.pem", dir);
-    snprintf(leaf_key, sizeof(leaf_key), "%s/leaf.key", dir);
-    snprintf(other_ca_pem, sizeof(other_ca_pem), "%s/other-ca.pem", dir);
-    snprintf(other_key, sizeof(other_key), "%s/other.key", dir);
-    snprintf(missing_pem, sizeof(missing_pem), "%s/missing.pem", dir);
-
-    EVP_PKEY *ca_k = EVP_EC_gen("P-256");
-    EVP_PKEY *leaf_k = EVP_EC_gen("P-256");
-    EVP_PKEY *other_k = EVP_EC_gen("P-256");
-    if (!ca_k || !leaf_k || !other_k)
-        return -1;
-    X509 *ca = make_cert(ca_k, "berth test CA", NULL, NULL, true, 1);
-    X509 *leaf = make_cert(leaf_k, "localhost", ca, ca_k, false, 2);
-    X509 *other = make_cert(other_k, "berth other CA", NULL, NULL, true, 3);
-    write_cert(ca_pem, ca);
-    write_cert(leaf_pem, leaf);
-    write_key(leaf_key, leaf_k);
-    write_cert(other_ca_pem, other);
-    write_key(other_key, other_k);
-    X509_free(ca);
-    X509_free(leaf);
-    X509_free(other);
-    EVP_PKEY_free(ca_k);
-    EVP_PKEY_free(leaf_k);
-    EVP_PKEY_free(other_k);
-    return 0;
+    return test_certs_make(&certs, "/tmp/berth-tls-test");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    const char *files[] = {ca_pem, leaf_pem, leaf_key, other_ca_pem, other_key};
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
-        unlink(files[i]);
-    rmdir(dir);
+    test_certs_remove(&certs);
     return 0;
 }
 
@@ -229,7 +129,7 @@ static void pair_handshake(struct pair *p)
 static SSL_CTX *server_ctx(void)
 {
     char err[512] = "";
-    SSL_CTX *ctx = tls_ctx_server_new(leaf_pem, leaf_key, err, sizeof(err));
+    SSL_CTX *ctx = tls_ctx_server_new(certs.leaf_pem, certs.leaf_key, err, sizeof(err));
     if (!ctx)
         fail_msg("tls_ctx_server_new: %s", err);
     return ctx;
@@ -246,7 +146,7 @@ static SSL_CTX *client_ctx(const char *ca, bool verify)
 
 static void open_good_pair(struct pair *p, const char *host)
 {
-    pair_open(p, server_ctx(), client_ctx(ca_pem, true), host);
+    pair_open(p, server_ctx(), client_ctx(certs.ca_pem, true), host);
     pair_handshake(p);
     if (p->cst != TLS_DONE || p->sst != TLS_DONE)
         fail_msg("handshake: client %d (%s), server %d (%s)", p->cst, tls_conn_error(p->client),
@@ -497,7 +397,7 @@ static void test_tls12_policy(void **state)
     (void)state;
     /* A TLS 1.2 client gets an AEAD ECDHE suite. */
     struct pair p;
-    SSL_CTX *cctx = client_ctx(ca_pem, true);
+    SSL_CTX *cctx = client_ctx(certs.ca_pem, true);
     assert_int_equal(SSL_CTX_set_max_proto_version(cctx, TLS1_2_VERSION), 1);
     pair_open(&p, server_ctx(), cctx, "localhost");
     pair_handshake(&p);
@@ -510,7 +410,7 @@ static void test_tls12_policy(void **state)
     pair_close(&p);
 
     /* A TLS 1.2 client offering only CBC suites is refused by the server. */
-    cctx = client_ctx(ca_pem, true);
+    cctx = client_ctx(certs.ca_pem, true);
     assert_int_equal(SSL_CTX_set_max_proto_version(cctx, TLS1_2_VERSION), 1);
     assert_int_equal(SSL_CTX_set_cipher_list(cctx, "ECDHE-ECDSA-AES128-SHA"), 1);
     pair_open(&p, server_ctx(), cctx, "localhost");
@@ -520,7 +420,7 @@ static void test_tls12_policy(void **state)
     pair_close(&p);
 
     /* TLS 1.1 is below the minimum. */
-    cctx = client_ctx(ca_pem, true);
+    cctx = client_ctx(certs.ca_pem, true);
     SSL_CTX_set_security_level(cctx, 0);
     assert_int_equal(SSL_CTX_set_min_proto_version(cctx, TLS1_VERSION), 1);
     assert_int_equal(SSL_CTX_set_max_proto_version(cctx, TLS1_1_VERSION), 1);
@@ -556,14 +456,14 @@ static void expect_verify_failure(const char *ca, const char *host, const char *
 static void test_verify_failures(void **state)
 {
     (void)state;
-    expect_verify_failure(ca_pem, "example.org", "hostname mismatch");
-    expect_verify_failure(ca_pem, "127.0.0.2", "IP address mismatch");
-    expect_verify_failure(ca_pem, "host.localhost", "hostname mismatch");
-    expect_verify_failure(other_ca_pem, "localhost", "unable to get local issuer certificate");
+    expect_verify_failure(certs.ca_pem, "example.org", "hostname mismatch");
+    expect_verify_failure(certs.ca_pem, "127.0.0.2", "IP address mismatch");
+    expect_verify_failure(certs.ca_pem, "host.localhost", "hostname mismatch");
+    expect_verify_failure(certs.other_ca_pem, "localhost", "unable to get local issuer certificate");
 
     /* --insecure: no verification, no host needed, any CA. */
     struct pair p;
-    pair_open(&p, server_ctx(), client_ctx(other_ca_pem, false), NULL);
+    pair_open(&p, server_ctx(), client_ctx(certs.other_ca_pem, false), NULL);
     pair_handshake(&p);
     assert_int_equal(p.cst, TLS_DONE);
     assert_int_equal(p.sst, TLS_DONE);
@@ -572,7 +472,7 @@ static void test_verify_failures(void **state)
     /* A verifying client without a host to check is refused up front. */
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    SSL_CTX *cctx = client_ctx(ca_pem, true);
+    SSL_CTX *cctx = client_ctx(certs.ca_pem, true);
     char err[256] = "";
     assert_null(tls_conn_new_client(cctx, sv[0], NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "host name"));
@@ -587,36 +487,36 @@ static void test_ctx_errors(void **state)
 {
     (void)state;
     char err[512] = "";
-    assert_null(tls_ctx_server_new(missing_pem, leaf_key, err, sizeof(err)));
-    assert_non_null(strstr(err, missing_pem));
+    assert_null(tls_ctx_server_new(certs.missing_pem, certs.leaf_key, err, sizeof(err)));
+    assert_non_null(strstr(err, certs.missing_pem));
     assert_non_null(strstr(err, "certificate"));
 
     err[0] = '\0';
-    assert_null(tls_ctx_server_new(leaf_pem, missing_pem, err, sizeof(err)));
-    assert_non_null(strstr(err, missing_pem));
+    assert_null(tls_ctx_server_new(certs.leaf_pem, certs.missing_pem, err, sizeof(err)));
+    assert_non_null(strstr(err, certs.missing_pem));
     assert_non_null(strstr(err, "private key"));
 
     /* A key that belongs to another certificate. */
     err[0] = '\0';
-    assert_null(tls_ctx_server_new(leaf_pem, other_key, err, sizeof(err)));
-    if (!strstr(err, other_key) || !strstr(err, "values mismatch"))
+    assert_null(tls_ctx_server_new(certs.leaf_pem, certs.other_key, err, sizeof(err)));
+    if (!strstr(err, certs.other_key) || !strstr(err, "values mismatch"))
         fail_msg("error \"%s\" does not name the key mismatch", err);
 
     /* A key file given as the certificate: not a PEM certificate. */
     err[0] = '\0';
-    assert_null(tls_ctx_server_new(leaf_key, leaf_key, err, sizeof(err)));
-    assert_non_null(strstr(err, leaf_key));
+    assert_null(tls_ctx_server_new(certs.leaf_key, certs.leaf_key, err, sizeof(err)));
+    assert_non_null(strstr(err, certs.leaf_key));
 
     err[0] = '\0';
-    assert_null(tls_ctx_server_new(NULL, leaf_key, err, sizeof(err)));
+    assert_null(tls_ctx_server_new(NULL, certs.leaf_key, err, sizeof(err)));
     assert_non_null(strstr(err, "no certificate"));
     err[0] = '\0';
-    assert_null(tls_ctx_server_new(leaf_pem, "", err, sizeof(err)));
+    assert_null(tls_ctx_server_new(certs.leaf_pem, "", err, sizeof(err)));
     assert_non_null(strstr(err, "no private key"));
 
     err[0] = '\0';
-    assert_null(tls_ctx_client_new(missing_pem, true, err, sizeof(err)));
-    assert_non_null(strstr(err, missing_pem));
+    assert_null(tls_ctx_client_new(certs.missing_pem, true, err, sizeof(err)));
+    assert_non_null(strstr(err, certs.missing_pem));
 
     /* The system store is used when no CA file is given. */
     SSL_CTX *ctx = tls_ctx_client_new(NULL, true, err, sizeof(err));
@@ -625,7 +525,7 @@ static void test_ctx_errors(void **state)
 
     /* A tiny buffer is never overrun and the queue is left empty. */
     char tiny[8];
-    assert_null(tls_ctx_server_new(missing_pem, leaf_key, tiny, sizeof(tiny)));
+    assert_null(tls_ctx_server_new(certs.missing_pem, certs.leaf_key, tiny, sizeof(tiny)));
     assert_int_equal(strlen(tiny), 7);
     assert_int_equal(ERR_peek_error(), 0);
 }
@@ -638,9 +538,9 @@ static void test_client_certs(void **state)
     (void)state;
     char err[512] = "";
     SSL_CTX *s = server_ctx();
-    assert_int_equal(tls_ctx_require_client_cert(s, ca_pem, err, sizeof(err)), 0);
+    assert_int_equal(tls_ctx_require_client_cert(s, certs.ca_pem, err, sizeof(err)), 0);
     struct pair p;
-    pair_open(&p, s, client_ctx(ca_pem, true), "localhost");
+    pair_open(&p, s, client_ctx(certs.ca_pem, true), "localhost");
     pair_handshake(&p);
     /* TLS 1.3: the client may finish before the server checks its
      * (missing) certificate; the server must refuse. */
@@ -655,9 +555,9 @@ static void test_client_certs(void **state)
     pair_close(&p);
 
     s = server_ctx();
-    assert_int_equal(tls_ctx_require_client_cert(s, ca_pem, err, sizeof(err)), 0);
-    SSL_CTX *cl = client_ctx(ca_pem, true);
-    if (tls_ctx_use_client_cert(cl, leaf_pem, leaf_key, err, sizeof(err)) != 0)
+    assert_int_equal(tls_ctx_require_client_cert(s, certs.ca_pem, err, sizeof(err)), 0);
+    SSL_CTX *cl = client_ctx(certs.ca_pem, true);
+    if (tls_ctx_use_client_cert(cl, certs.leaf_pem, certs.leaf_key, err, sizeof(err)) != 0)
         fail_msg("tls_ctx_use_client_cert: %s", err);
     pair_open(&p, s, cl, "localhost");
     pair_handshake(&p);
@@ -682,22 +582,22 @@ static void test_client_certs(void **state)
 
     /* Set-up errors name the file. */
     s = server_ctx();
-    assert_int_equal(tls_ctx_require_client_cert(s, missing_pem, err, sizeof(err)), -1);
-    assert_non_null(strstr(err, missing_pem));
+    assert_int_equal(tls_ctx_require_client_cert(s, certs.missing_pem, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, certs.missing_pem));
     assert_int_equal(tls_ctx_require_client_cert(s, "", err, sizeof(err)), -1);
     SSL_CTX_free(s);
-    cl = client_ctx(ca_pem, true);
-    assert_int_equal(tls_ctx_use_client_cert(cl, leaf_pem, other_key, err, sizeof(err)), -1);
-    if (!strstr(err, other_key) || !strstr(err, "values mismatch"))
+    cl = client_ctx(certs.ca_pem, true);
+    assert_int_equal(tls_ctx_use_client_cert(cl, certs.leaf_pem, certs.other_key, err, sizeof(err)), -1);
+    if (!strstr(err, certs.other_key) || !strstr(err, "values mismatch"))
         fail_msg("error \"%s\" does not name the key mismatch", err);
-    assert_int_equal(tls_ctx_use_client_cert(cl, leaf_pem, NULL, err, sizeof(err)), -1);
+    assert_int_equal(tls_ctx_use_client_cert(cl, certs.leaf_pem, NULL, err, sizeof(err)), -1);
     SSL_CTX_free(cl);
 }
 
 static void test_expect_host(void **state)
 {
     (void)state;
-    SSL_CTX *ctx = client_ctx(ca_pem, true);
+    SSL_CTX *ctx = client_ctx(certs.ca_pem, true);
     SSL *ssl = SSL_new(ctx);
     assert_non_null(ssl);
     char err[256];
