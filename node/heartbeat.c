@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <zmq.h>
 
 #include "log.h"
@@ -28,11 +29,16 @@ struct heartbeat {
     uint32_t capacity;
     uint32_t interval_ms;
     uint64_t boot_id;
+    char cert_sha256[HB_CERT_SHA256_HEX + 1]; /* "" when not told */
+    bool curve;                               /* CurveZMQ on the DEALER */
+    struct keys_pair curve_keys;              /* the node's own */
+    uint8_t curve_server_key[KEYS_LEN];       /* the balancer's public key */
     heartbeat_fill_fn fill;
     void *fill_arg;
     uint64_t seq;          /* last message number used */
     uint64_t next_send_ms; /* the next REGISTER or HEARTBEAT */
     uint64_t heard_ms;     /* last reply, or the last (re)connect */
+    uint64_t replied_ms;   /* last reply; 0 = never */
     bool registered;       /* the balancer answered since our last REGISTER was due */
     bool connected;        /* the balancer answers; for the connected/lost logs */
     bool lost_logged;      /* balancer_lost logged for this silence */
@@ -88,6 +94,15 @@ static void *heartbeat_open(struct heartbeat *hb, char *err, size_t errlen)
         zmq_close(s);
         return NULL;
     }
+    if (hb->curve &&
+        (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, hb->curve_server_key, KEYS_LEN) != 0 ||
+         zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, hb->curve_keys.public_key, KEYS_LEN) != 0 ||
+         zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, hb->curve_keys.secret_key, KEYS_LEN) != 0)) {
+        snprintf(err, errlen, "CURVE client set-up (libzmq built without CURVE?): %s",
+                 zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return NULL;
+    }
     if (zmq_connect(s, hb->endpoint) != 0) {
         snprintf(err, errlen, "--balancer %s: %s", hb->endpoint, zmq_strerror(zmq_errno()));
         zmq_close(s);
@@ -139,6 +154,7 @@ static int heartbeat_send_simple(struct heartbeat *hb, enum hb_type type)
         snprintf(m.addr, sizeof(m.addr), "%s", hb->addr);
         m.capacity = hb->capacity;
         snprintf(m.version, sizeof(m.version), "%s", BERTH_VERSION);
+        snprintf(m.cert_sha256, sizeof(m.cert_sha256), "%s", hb->cert_sha256);
     }
     return heartbeat_send(hb, &m);
 }
@@ -170,6 +186,14 @@ struct heartbeat *heartbeat_new(void *zctx, const struct heartbeat_config *cfg,
         snprintf(err, errlen, "balancer endpoint or address too long");
         return NULL;
     }
+    if (cfg->cert_sha256 && cfg->cert_sha256[0] && strlen(cfg->cert_sha256) != HB_CERT_SHA256_HEX) {
+        snprintf(err, errlen, "certificate digest is not %d hex digits", HB_CERT_SHA256_HEX);
+        return NULL;
+    }
+    if (!cfg->curve_keys != !cfg->curve_server_key) {
+        snprintf(err, errlen, "CURVE needs both the node's key pair and the balancer's key");
+        return NULL;
+    }
     struct heartbeat *hb = calloc(1, sizeof(*hb));
     if (!hb) {
         snprintf(err, errlen, "out of memory");
@@ -182,12 +206,18 @@ struct heartbeat *heartbeat_new(void *zctx, const struct heartbeat_config *cfg,
     hb->capacity = cfg->capacity;
     hb->interval_ms = cfg->interval_ms ? cfg->interval_ms : 250;
     hb->boot_id = cfg->boot_id;
+    snprintf(hb->cert_sha256, sizeof(hb->cert_sha256), "%s", cfg->cert_sha256 ? cfg->cert_sha256 : "");
+    if (cfg->curve_keys) {
+        hb->curve = true;
+        hb->curve_keys = *cfg->curve_keys;
+        memcpy(hb->curve_server_key, cfg->curve_server_key, KEYS_LEN);
+    }
     hb->fill = fill;
     hb->fill_arg = fill_arg;
     hb->rng = cfg->boot_id ? cfg->boot_id : 0x9e3779b97f4a7c15ull;
     hb->sock = heartbeat_open(hb, err, errlen);
     if (!hb->sock) {
-        free(hb);
+        heartbeat_free(hb, 0);
         return NULL;
     }
     hb->heard_ms = now_ms;
@@ -204,6 +234,7 @@ void heartbeat_free(struct heartbeat *hb, int linger_ms)
         (void)zmq_setsockopt(hb->sock, ZMQ_LINGER, &linger_ms, sizeof(linger_ms));
         zmq_close(hb->sock);
     }
+    OPENSSL_cleanse(&hb->curve_keys, sizeof(hb->curve_keys));
     free(hb);
 }
 
@@ -212,6 +243,26 @@ uint32_t heartbeat_interval_ms(const struct heartbeat *hb) { return hb->interval
 bool heartbeat_connected(const struct heartbeat *hb) { return hb->connected; }
 uint64_t heartbeat_sent(const struct heartbeat *hb) { return hb->sent; }
 uint64_t heartbeat_dropped(const struct heartbeat *hb) { return hb->dropped; }
+
+bool heartbeat_reached(const struct heartbeat *hb, uint64_t now_ms)
+{
+    return hb->replied_ms != 0 &&
+           now_ms - hb->replied_ms <= (uint64_t)HEARTBEAT_FALL * hb->interval_ms;
+}
+
+void heartbeat_fill_peers(struct heartbeat *const *hbs, unsigned n, struct hb_msg *m,
+                          uint64_t now_ms)
+{
+    m->nbalancers = 0;
+    for (unsigned i = 0; i < n && i < HB_MAX_BALANCERS; i++) {
+        struct hb_peer *p = &m->balancers[m->nbalancers++];
+        /* node/main.c keeps endpoints within HB_ENDPOINT_MAX; cut, never overrun */
+        size_t len = strnlen(hbs[i]->endpoint, HB_ENDPOINT_MAX);
+        memcpy(p->endpoint, hbs[i]->endpoint, len);
+        p->endpoint[len] = '\0';
+        p->reached = heartbeat_reached(hbs[i], now_ms);
+    }
+}
 
 static uint64_t heartbeat_lost_at(const struct heartbeat *hb)
 {
@@ -237,6 +288,7 @@ static void heartbeat_on_reply(struct heartbeat *hb, const struct hb_msg *m, uin
         return;
     }
     hb->heard_ms = now;
+    hb->replied_ms = now;
     hb->lost_logged = false;
     if (!hb->connected) {
         hb->connected = true;
@@ -341,8 +393,14 @@ void heartbeat_tick(struct heartbeat *hb, uint64_t now_ms)
     m.healthy = true;
     if (hb->fill)
         hb->fill(hb->fill_arg, &m, now_ms);
-    heartbeat_send(hb, &m);
-    hb->next_send_ms = now_ms + heartbeat_jittered(hb);
+    /* Not taken (the connection is re-establishing after a blip, with
+     * ZMQ_IMMEDIATE): try again soon, so the balancer, which took the node
+     * out when the connection closed, hears from it within its 1.5-interval
+     * grace and puts it back at once instead of after `rise` heartbeats. */
+    if (heartbeat_send(hb, &m) == 1)
+        hb->next_send_ms = now_ms + HEARTBEAT_RETRY_MS;
+    else
+        hb->next_send_ms = now_ms + heartbeat_jittered(hb);
 }
 
 void heartbeat_leave(struct heartbeat *hb, uint64_t now_ms)

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "hb_msg.h"
+#include "keys.h"
 
 #define HEARTBEAT_FALL 3       /* silent intervals before the balancer counts as lost */
 #define HEARTBEAT_SNDHWM 16    /* queued messages; more are dropped, never block */
@@ -22,6 +23,13 @@ struct heartbeat_config {
     uint32_t capacity;
     uint32_t interval_ms; /* until the balancer says otherwise */
     uint64_t boot_id;
+    /* SHA-256 of the node's TLS certificate (DER), lower-case hex, sent in
+     * REGISTER; NULL or "" when not told. */
+    const char *cert_sha256;
+    /* CurveZMQ: the node's own key pair and the balancer's public key; both
+     * NULL for plaintext. Copied. */
+    const struct keys_pair *curve_keys;
+    const uint8_t *curve_server_key;
 };
 
 /* Fills the load fields of a HEARTBEAT about to be sent (sessions, accepted,
@@ -55,6 +63,14 @@ void heartbeat_leave(struct heartbeat *hb, uint64_t now_ms);
 uint32_t heartbeat_interval_ms(const struct heartbeat *hb);
 /* True while the balancer answers. */
 bool heartbeat_connected(const struct heartbeat *hb);
+/* True when the balancer answered within the node's own liveness window,
+ * HEARTBEAT_FALL intervals (the node does not know the balancer's --fall;
+ * HEARTBEAT_FALL is the same default, 3). */
+bool heartbeat_reached(const struct heartbeat *hb, uint64_t now_ms);
+/* Fills m->balancers with every channel's endpoint and whether it is
+ * reached (at most HB_MAX_BALANCERS). */
+void heartbeat_fill_peers(struct heartbeat *const *hbs, unsigned n, struct hb_msg *m,
+                          uint64_t now_ms);
 /* Messages sent and dropped (socket full or peer not connected). */
 uint64_t heartbeat_sent(const struct heartbeat *hb);
 uint64_t heartbeat_dropped(const struct heartbeat *hb);

@@ -17,9 +17,12 @@
 
 #include "addr.h"
 #include "config.h"
+#include "feed.h"
 #include "frame.h"
 #include "hb_msg.h"
 #include "heartbeat.h"
+#include "keys.h"
+#include "journal.h"
 #include "log.h"
 #include "mono.h"
 #include "node_stats.h"
@@ -44,8 +47,19 @@ static const struct config_setting node_settings[] = {
     {"balancer", CONFIG_STRING, "tcp://127.0.0.1:7100", 0, 0, NULL,
      "balancer heartbeat endpoint (ZeroMQ); a comma-separated list heartbeats to every one "
      "(at most 8), each on its own socket"},
+    {"curve-secret", CONFIG_STRING, NULL, 0, 0, NULL,
+     "this node's CURVE secret key file (NAME.key from `berth keygen`; the balancer allows "
+     "its NAME.pub)"},
+    {"balancer-key", CONFIG_STRING, NULL, 0, 0, NULL,
+     "the balancer's CURVE public key: a .pub file or Z85 text; one for every --balancer, or a "
+     "comma-separated list in --balancer's order"},
+    {"heartbeat-plaintext", CONFIG_BOOL, "false", 0, 0, NULL,
+     "heartbeat without CURVE (the balancer must run with --heartbeat-plaintext too)"},
     {"cert", CONFIG_STRING, NULL, 0, 0, NULL, "PEM certificate chain file (required)"},
     {"key", CONFIG_STRING, NULL, 0, 0, NULL, "PEM private key file (required)"},
+    {"client-ca", CONFIG_STRING, NULL, 0, 0, NULL,
+     "mutual TLS: require every client to present a certificate chaining to a CA in this "
+     "PEM file (default: no client certificate asked for)"},
     {"workers", CONFIG_INT, "0", 0, HB_MAX_WORKERS, NULL,
      "worker threads (0: one per online CPU)"},
     {"capacity", CONFIG_INT, "10000", 1, 100000000, NULL,
@@ -63,12 +77,38 @@ static const struct config_setting node_settings[] = {
      "heartbeat period until the balancer says otherwise"},
     {"max-output", CONFIG_SIZE, "4MiB", 65536, 1ll << 30, NULL,
      "per-session unsent replies above which the node stops reading"},
+    {"max-inflight", CONFIG_INT, "1024", 1, 1000000, NULL,
+     "per-session requests read but not yet answered at which the node stops reading"},
     {"log-level", CONFIG_ENUM, "info", 0, 0, "debug|info|warn|error", "log verbosity"},
     {"log-format", CONFIG_ENUM, "text", 0, 0, "text|json", "log lines as key=value text or JSON"},
     {"debug-hooks", CONFIG_BOOL, "false", 0, 0, NULL,
      "test hooks: SIGUSR2 stalls worker 0 for --debug-stall"},
     {"debug-stall", CONFIG_DURATION, "5s", 1, 600000, NULL,
      "how long SIGUSR2 stalls worker 0 (with --debug-hooks)"},
+    {"journal", CONFIG_ENUM, "on", 0, 0, "on|off",
+     "store every SEND before its ACK (off: ACK seq 0, nothing kept)"},
+    {"journal-dir", CONFIG_STRING, NULL, 0, 0, NULL,
+     "journal directory (default: journal-<id> in the working directory)"},
+    {"fsync", CONFIG_ENUM, "batch", 0, 0, "always|batch|off",
+     "when an ACK may go: always (after the record's fsync), batch (group commit, "
+     "see --fsync-interval/--fsync-batch), off (after write(); UNSAFE: a power loss "
+     "loses ACKed messages)"},
+    {"fsync-interval", CONFIG_DURATION, "2ms", 1, 1000, NULL,
+     "batch: longest a record waits for its fsync"},
+    {"fsync-batch", CONFIG_INT, "1024", 1, 1000000, NULL,
+     "batch: this many records waiting fsync at once"},
+    {"journal-segment-bytes", CONFIG_SIZE, "64MiB", 4096, 1ll << 40, NULL,
+     "a journal segment file rolls before it grows past this"},
+    {"journal-retain-bytes", CONFIG_SIZE, "1GiB", 0, 1ll << 50, NULL,
+     "oldest segments are deleted above this total (0: no limit)"},
+    {"journal-retain-age", CONFIG_DURATION, "168h", 0, 10ll * 365 * 86400000, NULL,
+     "segments last written longer ago are deleted (0: no limit)"},
+    {"journal-recover", CONFIG_ENUM, "refuse", 0, 0, "refuse|truncate",
+     "a corrupt record before the journal's tail: refuse to start, or cut its segment "
+     "there (loses what follows in that segment)"},
+    {"feed", CONFIG_STRING, NULL, 0, 0, NULL,
+     "ZeroMQ endpoint the journal is published on for consumers (berth tail), e.g. "
+     "tcp://127.0.0.1:7101 (default: no feed)"},
 };
 
 /* Everything the main loop and the heartbeat fill callback share. */
@@ -80,6 +120,8 @@ struct node {
     struct worker **workers;
     unsigned nworkers;
     struct watchdog *watchdog;
+    struct journal *journal;  /* NULL with --journal off */
+    struct feed *feed;        /* NULL without --feed */
     void *zctx;
     struct heartbeat *hb[NODE_MAX_BALANCERS]; /* one per balancer */
     unsigned nhb;
@@ -91,6 +133,10 @@ struct node {
     uint64_t prev_requests;   /* for msgs_per_sec */
     uint64_t prev_sample_ms;
     double last_rate;         /* msgs_per_sec at prev_sample_ms */
+    bool curve;                /* CurveZMQ on the heartbeat channels */
+    struct keys_pair curve_keys;
+    uint8_t balancer_keys[NODE_MAX_BALANCERS][KEYS_LEN];
+    char cert_sha256[HB_CERT_SHA256_HEX + 1];
     char id[HB_NODE_ID_MAX + 1];
     char listen[HB_ADDR_MAX + 1];
     char advertise[HB_ADDR_MAX + 1];
@@ -197,6 +243,8 @@ static void node_fill(void *arg, struct hb_msg *m, uint64_t now)
     }
     m->msgs_per_sec = n->last_rate;
 
+    heartbeat_fill_peers(n->hb, n->nhb, m, now);
+
     m->draining = n->draining;
     if (n->draining) {
         /* Drained workers leave their loops; that is not a stall. */
@@ -205,6 +253,10 @@ static void node_fill(void *arg, struct hb_msg *m, uint64_t now)
     } else {
         uint64_t stall = watchdog_stall_ms(node_interval_ms(n));
         m->healthy = watchdog_check(n->watchdog, ticks, now, stall, m->reason, sizeof(m->reason));
+        /* A node that cannot store SENDs leaves rotation instead of
+         * refusing them one by one. */
+        if (m->healthy && n->journal && !journal_healthy(n->journal, m->reason, sizeof(m->reason)))
+            m->healthy = false;
     }
 }
 
@@ -346,6 +398,12 @@ static void node_free(struct node *n)
     for (unsigned i = 0; n->workers && i < n->nworkers; i++)
         if (n->workers[i])
             worker_stop(n->workers[i]);
+    /* Workers end first (no more appends), then the feed and the journal
+     * (which write the workers' eventfds), then the workers' memory. */
+    for (unsigned i = 0; n->workers && i < n->nworkers; i++)
+        worker_join(n->workers[i]);
+    feed_free(n->feed);
+    journal_free(n->journal);
     for (unsigned i = 0; n->workers && i < n->nworkers; i++)
         worker_free(n->workers[i]);
     free(n->workers);
@@ -358,6 +416,7 @@ static void node_free(struct node *n)
         while (rc != 0 && zmq_errno() == EINTR);
     }
     watchdog_free(n->watchdog);
+    OPENSSL_cleanse(&n->curve_keys, sizeof(n->curve_keys));
     free(n->stats.workers);
     SSL_CTX_free(n->ssl_ctx);
     if (n->sig_fd >= 0)
@@ -419,6 +478,151 @@ static int node_parse_balancers(const char *list, char (*endpoints)[NODE_ENDPOIN
         fprintf(stderr, "berth-node: --balancer: no endpoint given\n");
         return -1;
     }
+    return 0;
+}
+
+/* The journal (recovered before any client is served) and the feed, from
+ * the --journal*, --fsync* and --feed settings. 0 or -1 (said on stderr). */
+static int node_open_journal(struct node *n)
+{
+    char err[1024];
+    if (strcmp(config_str(n->cfg, "journal"), "off") == 0) {
+        if (config_str(n->cfg, "feed")[0])
+            log_warn("feed_off", "reason=\"--feed needs the journal; --journal is off\"");
+        return 0;
+    }
+    char dir[4096];
+    const char *d = config_str(n->cfg, "journal-dir");
+    if (d && d[0])
+        snprintf(dir, sizeof(dir), "%s", d);
+    else
+        snprintf(dir, sizeof(dir), "journal-%s", n->id);
+    const char *fs = config_str(n->cfg, "fsync");
+    struct journal_config jc = {
+        .dir = dir,
+        .fsync = strcmp(fs, "always") == 0 ? JOURNAL_FSYNC_ALWAYS
+                 : strcmp(fs, "off") == 0  ? JOURNAL_FSYNC_OFF
+                                           : JOURNAL_FSYNC_BATCH,
+        .fsync_interval_ms = (uint32_t)config_int(n->cfg, "fsync-interval"),
+        .fsync_batch = (uint32_t)config_int(n->cfg, "fsync-batch"),
+        .segment_bytes = (uint64_t)config_int(n->cfg, "journal-segment-bytes"),
+        .retain_bytes = (uint64_t)config_int(n->cfg, "journal-retain-bytes"),
+        .retain_age_ms = (uint64_t)config_int(n->cfg, "journal-retain-age"),
+        .recover = strcmp(config_str(n->cfg, "journal-recover"), "truncate") == 0
+                       ? JOURNAL_RECOVER_TRUNCATE
+                       : JOURNAL_RECOVER_REFUSE,
+    };
+    n->journal = journal_open(&jc, err, sizeof(err));
+    if (!n->journal) {
+        fprintf(stderr, "berth-node: %s\n", err);
+        return -1;
+    }
+    if (jc.fsync == JOURNAL_FSYNC_OFF)
+        log_warn("fsync_off", "dir=%s reason=\"--fsync off: a power loss can lose acknowledged "
+                 "messages\"", dir);
+    n->env.journal = n->journal;
+    const char *feed = config_str(n->cfg, "feed");
+    if (feed && feed[0]) {
+        struct feed_config fc = {.endpoint = feed, .node_id = n->id, .journal = n->journal};
+        n->feed = feed_new(&fc, err, sizeof(err));
+        if (!n->feed) {
+            fprintf(stderr, "berth-node: --feed %s: %s\n", feed, err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The heartbeat channel's security from --curve-secret, --balancer-key and
+ * --heartbeat-plaintext: CURVE unless plaintext is asked for by name.
+ * --balancer-key holds one key for all nend balancers or one per balancer.
+ * Errors go to stderr; returns 0 or -1. */
+static int node_setup_curve(struct node *n, unsigned nend)
+{
+    const char *secret = config_str(n->cfg, "curve-secret");
+    const char *bkeys = config_str(n->cfg, "balancer-key");
+    bool have_secret = secret && *secret, have_bkeys = bkeys && *bkeys;
+    char err[512];
+    if (config_bool(n->cfg, "heartbeat-plaintext")) {
+        if (have_secret || have_bkeys) {
+            fprintf(stderr, "berth-node: --heartbeat-plaintext contradicts --curve-secret/"
+                            "--balancer-key: pass one or the other\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (!have_secret || !have_bkeys) {
+        fprintf(stderr, "berth-node: the heartbeat channel needs --curve-secret FILE (this node's "
+                        "key, from `berth keygen`) and --balancer-key FILE_OR_Z85 (the balancer's "
+                        "public key), or --heartbeat-plaintext to run it without authentication "
+                        "(missing: %s)\n",
+                !have_secret && !have_bkeys ? "both" : !have_secret ? "--curve-secret"
+                                                                    : "--balancer-key");
+        return -1;
+    }
+    bool open_to_others = false;
+    if (keys_load_secret(secret, &n->curve_keys, &open_to_others, err, sizeof(err)) != 0) {
+        fprintf(stderr, "berth-node: --curve-secret: %s\n", err);
+        return -1;
+    }
+    if (open_to_others)
+        fprintf(stderr, "berth-node: warning: --curve-secret %s is readable by group or others: "
+                        "chmod 600 it\n", secret);
+    unsigned nkeys = 0;
+    for (const char *p = bkeys; *p && nkeys <= NODE_MAX_BALANCERS;) {
+        size_t len = strcspn(p, ",");
+        char item[4096];
+        const char *start = p;
+        while (len && (*start == ' ' || *start == '\t')) {
+            start++;
+            len--;
+        }
+        while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+            len--;
+        if (len == 0 || len >= sizeof(item)) {
+            fprintf(stderr, "berth-node: --balancer-key: empty or overlong item\n");
+            return -1;
+        }
+        if (nkeys == NODE_MAX_BALANCERS) {
+            fprintf(stderr, "berth-node: --balancer-key: more than %d keys\n", NODE_MAX_BALANCERS);
+            return -1;
+        }
+        memcpy(item, start, len);
+        item[len] = '\0';
+        if (keys_load_text_or_file(item, n->balancer_keys[nkeys], err, sizeof(err)) != 0) {
+            fprintf(stderr, "berth-node: --balancer-key: %s\n", err);
+            return -1;
+        }
+        nkeys++;
+        p = start + len;
+        while (*p && *p != ',')
+            p++;
+        if (*p == ',')
+            p++;
+    }
+    if (nkeys == 1) {
+        for (unsigned i = 1; i < nend; i++)
+            memcpy(n->balancer_keys[i], n->balancer_keys[0], KEYS_LEN);
+    } else if (nkeys != nend) {
+        fprintf(stderr, "berth-node: --balancer-key: %u keys for %u --balancer endpoints (give "
+                        "one key for all, or one per endpoint in the same order)\n", nkeys, nend);
+        return -1;
+    }
+    n->curve = true;
+    return 0;
+}
+
+/* SHA-256 of the certificate the node serves (DER), lower-case hex: sent in
+ * REGISTER so clients can check they reached the node the balancer named. */
+static int node_cert_sha256(SSL_CTX *ctx, char out[HB_CERT_SHA256_HEX + 1])
+{
+    X509 *cert = SSL_CTX_get0_certificate(ctx);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (!cert || X509_digest(cert, EVP_sha256(), md, &mdlen) != 1 || mdlen != 32)
+        return -1;
+    for (unsigned i = 0; i < mdlen; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
     return 0;
 }
 
@@ -502,6 +706,21 @@ static int node_setup(struct node *n, int argc, char **argv)
         fprintf(stderr, "berth-node: %s\n", err);
         return NODE_EXIT_USAGE;
     }
+    if (node_cert_sha256(n->ssl_ctx, n->cert_sha256) != 0) {
+        fprintf(stderr, "berth-node: --cert %s: cannot compute its SHA-256 digest\n", cert);
+        return NODE_EXIT_USAGE;
+    }
+    const char *client_ca = config_str(n->cfg, "client-ca");
+    if (client_ca && *client_ca) {
+        if (node_check_file("client-ca", client_ca) != 0)
+            return NODE_EXIT_USAGE;
+        if (tls_ctx_require_client_cert(n->ssl_ctx, client_ca, err, sizeof(err)) != 0) {
+            fprintf(stderr, "berth-node: --client-ca: %s\n", err);
+            return NODE_EXIT_USAGE;
+        }
+    }
+    if (node_setup_curve(n, nend) != 0)
+        return NODE_EXIT_USAGE;
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof(ss);
     if (addr_resolve(&listen_addr, SOCK_STREAM, &ss, &sslen, err, sizeof(err)) != 0) {
@@ -554,6 +773,7 @@ static int node_setup(struct node *n, int argc, char **argv)
     n->env.handshake_timeout_ms = (uint32_t)config_int(n->cfg, "handshake-timeout");
     n->env.max_connections = (uint32_t)config_int(n->cfg, "max-connections");
     n->env.max_output = (size_t)config_int(n->cfg, "max-output");
+    n->env.max_inflight = (uint32_t)config_int(n->cfg, "max-inflight");
     n->env.stats = &n->stats;
     n->env.node_id = n->id;
     n->env.advertise = n->advertise;
@@ -589,6 +809,8 @@ static int node_setup(struct node *n, int argc, char **argv)
     log_set_format(strcmp(config_str(n->cfg, "log-format"), "json") == 0 ? LOG_FORMAT_JSON
                                                                          : LOG_FORMAT_TEXT);
     log_setup(level, "node", n->id);
+    if (node_open_journal(n) != 0)
+        return 1;
 
     uint64_t boot = 0;
     ssize_t got;
@@ -612,9 +834,15 @@ static int node_setup(struct node *n, int argc, char **argv)
         .capacity = (uint32_t)config_int(n->cfg, "capacity"),
         .interval_ms = (uint32_t)config_int(n->cfg, "heartbeat-interval"),
         .boot_id = boot,
+        .cert_sha256 = n->cert_sha256,
+        .curve_keys = n->curve ? &n->curve_keys : NULL,
     };
+    if (!n->curve)
+        log_warn("heartbeat_plaintext", "detail=\"heartbeats are not authenticated or encrypted; "
+                 "use --curve-secret and --balancer-key\"");
     for (unsigned i = 0; i < nend; i++) {
         hc.endpoint = endpoints[i];
+        hc.curve_server_key = n->curve ? n->balancer_keys[i] : NULL;
         n->hb[i] = heartbeat_new(n->zctx, &hc, node_fill, n, mono_now_ms(), err, sizeof(err));
         if (!n->hb[i]) {
             fprintf(stderr, "berth-node: --balancer %s: %s\n", endpoints[i], err);
@@ -632,6 +860,8 @@ static int node_setup(struct node *n, int argc, char **argv)
              " max_connections=%u max_frame=%u",
              n->listen, n->advertise, n->nworkers, list, BERTH_VERSION, boot,
              n->env.max_connections, n->env.max_frame);
+    if (client_ca && *client_ca)
+        log_info("client_cert_required", "client_ca=%s", client_ca);
     return 0;
 }
 

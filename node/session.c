@@ -20,6 +20,12 @@
 #define SESSION_PUMP_MAX 64       /* rounds per session_handle, for fairness */
 #define SESSION_KEEP_BUF 4096u    /* an empty buffer larger than this is released */
 
+/* An ACK held until its journal record is durable. */
+struct session_held {
+    uint64_t pos; /* output stream offset where the ACK frame starts */
+    uint64_t seq; /* its record */
+};
+
 struct session {
     const struct session_env *env; /* node settings, borrowed */
     struct node_worker_stats *ws;  /* this worker's counters, borrowed */
@@ -40,6 +46,14 @@ struct session {
     struct buf in;    /* client bytes not yet parsed */
     struct buf out;   /* replies not yet written */
     uint64_t requests, bytes_in, bytes_out;
+    uint64_t inflight;     /* requests parsed whose reply is not yet written */
+    size_t out_head_left;  /* bytes of the output's first frame not yet written; 0: at a
+                            * frame boundary */
+    uint8_t *cert;    /* mTLS: the client certificate's SHA-256, then its identity text
+                       * and a NUL (the journal's JOURNAL_IDENT_CERT field); NULL without */
+    size_t cert_len;  /* digest + identity, without the NUL */
+    struct session_held *held; /* FIFO [held_head, nheld) of ACKs awaiting the journal */
+    size_t held_head, nheld, held_cap;
     uint64_t created_ms, last_active_ms, closing_ms;
     const char *reason; /* why it closes; static string */
 };
@@ -93,6 +107,8 @@ void session_free(struct session *s)
     tls_conn_free(s->tls);
     buf_release(&s->in);
     buf_release(&s->out);
+    free(s->held);
+    free(s->cert);
     free(s);
 }
 
@@ -102,6 +118,43 @@ int session_fd(const struct session *s) { return s->tls ? tls_conn_fd(s->tls) : 
 const char *session_close_reason(const struct session *s) { return s->reason ? s->reason : ""; }
 struct buf *session_output(struct session *s) { return &s->out; }
 bool session_needs_rerun(const struct session *s) { return s->rerun; }
+bool session_journal_wait(const struct session *s) { return s->held_head < s->nheld; }
+uint64_t session_inflight(const struct session *s) { return s->inflight; }
+
+/* The client certificate's identity for logs and JSON; "" without one. */
+static const char *session_cert_id(const struct session *s)
+{
+    return s->cert ? (const char *)s->cert + JOURNAL_CERT_SHA256_LEN : "";
+}
+
+/* Counts the reply frames the first n output bytes complete (they are
+ * about to be consumed): each answers one request in flight. The frames
+ * are our own, so their headers are whole; the walk stays inside the
+ * buffer all the same. */
+static void session_count_written(struct session *s, size_t n)
+{
+    const uint8_t *p = buf_head(&s->out);
+    size_t avail = buf_size(&s->out);
+    while (n > 0) {
+        if (s->out_head_left == 0) {
+            if (avail < FRAME_HEADER_SIZE) {
+                s->out_head_left = n; /* cannot happen: frames are appended whole */
+            } else {
+                uint32_t len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+                               (uint32_t)p[2] << 8 | p[3];
+                s->out_head_left = FRAME_HEADER_SIZE + (size_t)len;
+            }
+        }
+        size_t k = n < s->out_head_left ? n : s->out_head_left;
+        p += k;
+        avail -= k;
+        n -= k;
+        s->out_head_left -= k;
+        /* Frames nobody asked for (BYE at drain, ERROR timeout) come last. */
+        if (s->out_head_left == 0 && s->inflight > 0)
+            s->inflight--;
+    }
+}
 
 static void session_closed(struct session *s, const char *reason, uint64_t now)
 {
@@ -111,10 +164,10 @@ static void session_closed(struct session *s, const char *reason, uint64_t now)
         s->reason = reason;
     s->state = SESSION_CLOSED;
     log_debug("session_close",
-              "session=%" PRIu64 " peer=%s client=\"%s\" reason=%s requests=%" PRIu64
-              " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " age_ms=%" PRIu64,
-              s->id, s->peer, s->client, s->reason, s->requests, s->bytes_in, s->bytes_out,
-              now - s->created_ms);
+              "session=%" PRIu64 " peer=%s client=\"%s\" client_cert=\"%s\" reason=%s "
+              "requests=%" PRIu64 " bytes_in=%" PRIu64 " bytes_out=%" PRIu64 " age_ms=%" PRIu64,
+              s->id, s->peer, s->client, session_cert_id(s), s->reason, s->requests, s->bytes_in,
+              s->bytes_out, now - s->created_ms);
 }
 
 /* A final frame is queued: stop reading and parsing, flush, then close. */
@@ -159,10 +212,15 @@ static char *session_info_json(const struct session *s, uint64_t now)
         proto = tls_conn_protocol(s->tls);
         cipher = tls_conn_cipher(s->tls);
     }
+    char cert_hex[2 * JOURNAL_CERT_SHA256_LEN + 1];
+    if (s->cert) {
+        for (size_t i = 0; i < JOURNAL_CERT_SHA256_LEN; i++)
+            snprintf(cert_hex + 2 * i, 3, "%02x", s->cert[i]);
+    }
     json_t *j = json_pack(
         "{s:s, s:s, s:s, s:I, s:I, s:I, s:I,"
-        " s:{s:I, s:s, s:s, s:I, s:I, s:I, s:I},"
-        " s:{s:I, s:I, s:I, s:I},"
+        " s:{s:I, s:s, s:s, s:s?, s:s?, s:I, s:I, s:I, s:I},"
+        " s:{s:I, s:I, s:I, s:I, s:I},"
         " s:{s:s?, s:s?}}",
         "node", env->node_id, "version", BERTH_VERSION, "addr", env->advertise,
         "uptime_ms", (json_int_t)(now - env->start_ms),
@@ -171,6 +229,8 @@ static char *session_info_json(const struct session *s, uint64_t now)
         "workers", (json_int_t)env->stats->nworkers,
         "session",
         "id", (json_int_t)s->id, "peer", s->peer, "client", s->client,
+        "client_cert", s->cert ? session_cert_id(s) : NULL,
+        "client_cert_sha256", s->cert ? cert_hex : NULL,
         "requests", (json_int_t)s->requests, "bytes_in", (json_int_t)s->bytes_in,
         "bytes_out", (json_int_t)s->bytes_out, "age_ms", (json_int_t)(now - s->created_ms),
         "limits",
@@ -178,6 +238,7 @@ static char *session_info_json(const struct session *s, uint64_t now)
         "idle_timeout_ms", (json_int_t)env->idle_timeout_ms,
         "handshake_timeout_ms", (json_int_t)env->handshake_timeout_ms,
         "max_connections", (json_int_t)env->max_connections,
+        "max_inflight", (json_int_t)env->max_inflight,
         "tls", "protocol", proto, "cipher", cipher);
     if (!j)
         return NULL;
@@ -225,6 +286,79 @@ static bool session_on_hello(struct session *s, const struct frame *f, uint64_t 
     return true;
 }
 
+/* Queues an ACK at stream offset pos to wait for seq. 0 or -1 (memory). */
+static int session_hold(struct session *s, uint64_t pos, uint64_t seq)
+{
+    if (s->nheld == s->held_cap) {
+        if (s->held_head > 0) {
+            /* Slide the live part down before growing. */
+            memmove(s->held, s->held + s->held_head,
+                    (s->nheld - s->held_head) * sizeof(*s->held));
+            s->nheld -= s->held_head;
+            s->held_head = 0;
+        }
+        if (s->nheld == s->held_cap) {
+            size_t nc = s->held_cap ? s->held_cap * 2 : 16;
+            struct session_held *n = realloc(s->held, nc * sizeof(*n));
+            if (!n)
+                return -1;
+            s->held = n;
+            s->held_cap = nc;
+        }
+    }
+    s->held[s->nheld].pos = pos;
+    s->held[s->nheld].seq = seq;
+    s->nheld++;
+    return 0;
+}
+
+/* Lets go of the ACKs whose records are durable. A record whose fsync
+ * failed is never acknowledged: the output is cut where its ACK starts and
+ * an ERROR takes its place (the replies before it still go out). */
+static void session_release(struct session *s, uint64_t now)
+{
+    struct journal *j = s->env->journal;
+    while (s->held_head < s->nheld) {
+        struct session_held *h = &s->held[s->held_head];
+        enum journal_state st = journal_state(j, h->seq);
+        if (st == JOURNAL_PENDING)
+            return;
+        if (st == JOURNAL_LOST) {
+            size_t keep = (size_t)(h->pos - s->bytes_out);
+            s->out.len = s->out.off + keep;
+            s->held_head = s->nheld = 0;
+            s->in.off = s->in.len; /* nothing more is answered */
+            char reason[160];
+            if (journal_healthy(j, reason, sizeof(reason)))
+                snprintf(reason, sizeof(reason), "journal: fsync failed");
+            if (s->state == SESSION_OPEN || s->state == SESSION_CLOSING) {
+                s->state = SESSION_OPEN;
+                s->reason = NULL;
+                session_error(s, 0, FRAME_ERR_INTERNAL, reason, now);
+            }
+            return;
+        }
+        s->held_head++;
+    }
+    s->held_head = s->nheld = 0;
+}
+
+size_t session_output_ready(struct session *s)
+{
+    if (s->held_head < s->nheld)
+        session_release(s, s->last_active_ms);
+    if (s->held_head == s->nheld)
+        return buf_size(&s->out);
+    return (size_t)(s->held[s->held_head].pos - s->bytes_out);
+}
+
+void session_output_consume(struct session *s, size_t n)
+{
+    session_count_written(s, n);
+    buf_consume(&s->out, n);
+    s->bytes_out += n;
+}
+
 static bool session_on_send(struct session *s, const struct frame *f, uint64_t now)
 {
     uint64_t rid = f->h.request_id;
@@ -243,8 +377,33 @@ static bool session_on_send(struct session *s, const struct frame *f, uint64_t n
         session_error(s, rid, FRAME_ERR_INTERNAL, "SHA-256 failed", now);
         return false;
     }
-    if (frame_append_ack(&s->out, rid, req.message_id, md, 0) != 0) {
+    uint64_t seq = 0;
+    struct journal *j = s->env->journal;
+    if (j) {
+        struct journal_entry e = {
+            .message_id = req.message_id,
+            .name = s->client, .name_len = strlen(s->client),
+            .peer = s->peer, .peer_len = strlen(s->peer),
+            .cert = s->cert, .cert_len = s->cert_len,
+            .data = req.data, .len = req.len,
+        };
+        char err[200];
+        if (journal_append(j, &e, &seq, err, sizeof(err)) != 0) {
+            /* Nothing is acknowledged that is not stored: the client sends
+             * it again elsewhere. */
+            log_debug("journal_refused", "session=%" PRIu64 " peer=%s error=\"%s\"", s->id,
+                      s->peer, err);
+            session_error(s, rid, FRAME_ERR_INTERNAL, err, now);
+            return false;
+        }
+    }
+    uint64_t pos = s->bytes_out + buf_size(&s->out);
+    if (frame_append_ack(&s->out, rid, req.message_id, md, seq) != 0) {
         session_error(s, rid, FRAME_ERR_INTERNAL, NULL, now);
+        return false;
+    }
+    if (seq && journal_state(j, seq) != JOURNAL_DURABLE && session_hold(s, pos, seq) != 0) {
+        session_closed(s, "out_of_memory", now);
         return false;
     }
     return true;
@@ -317,12 +476,21 @@ static void session_on_frame(struct session *s, const struct frame *f, uint64_t 
     node_stats_add(&s->ws->requests, 1);
 }
 
-/* Answers every complete frame in the input while the output is below
- * --max-output. Returns true if anything changed. */
+/* Below both limits on unanswered work: --max-output bytes of replies not
+ * yet written, --max-inflight requests without a written reply (0: none). */
+static bool session_below_limits(const struct session *s)
+{
+    return buf_size(&s->out) < s->env->max_output &&
+           (s->env->max_inflight == 0 || s->inflight < s->env->max_inflight);
+}
+
+/* Answers every complete frame in the input while the session is below its
+ * limits; what is buffered beyond them waits, unparsed. Returns true if
+ * anything changed. */
 static bool session_process(struct session *s, uint64_t now)
 {
     bool progress = false;
-    while (s->state == SESSION_OPEN && buf_size(&s->out) < s->env->max_output) {
+    while (s->state == SESSION_OPEN && session_below_limits(s)) {
         struct frame f;
         enum frame_error err = FRAME_ERR_NONE;
         memset(&f, 0, sizeof(f));
@@ -354,6 +522,7 @@ static bool session_process(struct session *s, uint64_t now)
             break;
         }
         s->last_active_ms = now;
+        s->inflight++; /* every request gets exactly one reply, ERROR included */
         session_on_frame(s, &f, now);
         buf_consume(&s->in, (size_t)n);
         progress = true;
@@ -380,7 +549,7 @@ int session_feed(struct session *s, const void *data, size_t len, uint64_t now_m
 static bool session_can_read(const struct session *s)
 {
     return s->state == SESSION_OPEN && !s->draining && !s->peer_closed &&
-           buf_size(&s->out) < s->env->max_output;
+           session_below_limits(s);
 }
 
 /* One TLS read into the input. Returns true if bytes arrived or the state
@@ -426,10 +595,14 @@ static bool session_read(struct session *s, uint64_t now)
 static bool session_flush(struct session *s, uint64_t now)
 {
     bool progress = false;
-    while (buf_size(&s->out) > 0) {
+    if (s->held_head < s->nheld)
+        session_release(s, now);
+    size_t ready;
+    while ((ready = session_output_ready(s)) > 0) {
         size_t n = 0;
-        enum tls_status st = tls_conn_write(s->tls, buf_head(&s->out), buf_size(&s->out), &n);
+        enum tls_status st = tls_conn_write(s->tls, buf_head(&s->out), ready, &n);
         if (st == TLS_DONE && n > 0) {
+            session_count_written(s, n);
             buf_consume(&s->out, n);
             s->bytes_out += n;
             s->last_active_ms = now;
@@ -450,17 +623,71 @@ static bool session_flush(struct session *s, uint64_t now)
     return progress;
 }
 
+/* The length of the longest prefix of t ending in a whole UTF-8 character
+ * (JSON needs valid UTF-8; the identity may be cut at SESSION_CERT_ID_MAX). */
+static size_t session_utf8_whole(const char *t, size_t len)
+{
+    size_t i = len, cont = 0;
+    while (i > 0 && cont < 3 && ((unsigned char)t[i - 1] & 0xC0) == 0x80) {
+        i--;
+        cont++;
+    }
+    if (i == 0 || (unsigned char)t[i - 1] < 0xC0)
+        return len; /* ends in ASCII (or is not UTF-8 to begin with) */
+    unsigned char lead = (unsigned char)t[i - 1];
+    size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+    return cont + 1 >= need ? len : i - 1;
+}
+
+static int session_hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* After the handshake: keeps the verified client certificate's digest and
+ * identity (mTLS; nothing without a certificate). 0, or -1 out of memory. */
+static int session_take_cert(struct session *s)
+{
+    char id[SESSION_CERT_ID_MAX + 1], hex[2 * JOURNAL_CERT_SHA256_LEN + 1];
+    if (tls_conn_peer_identity(s->tls, id, sizeof(id)) != 0 ||
+        tls_conn_peer_sha256(s->tls, hex) != 0)
+        return 0;
+    size_t idlen = session_utf8_whole(id, strlen(id));
+    s->cert = malloc(JOURNAL_CERT_SHA256_LEN + idlen + 1);
+    if (!s->cert)
+        return -1;
+    for (size_t i = 0; i < JOURNAL_CERT_SHA256_LEN; i++) {
+        int hi = session_hex_nibble(hex[2 * i]), lo = session_hex_nibble(hex[2 * i + 1]);
+        s->cert[i] = (uint8_t)((hi < 0 ? 0 : hi) << 4 | (lo < 0 ? 0 : lo));
+    }
+    memcpy(s->cert + JOURNAL_CERT_SHA256_LEN, id, idlen);
+    s->cert[JOURNAL_CERT_SHA256_LEN + idlen] = '\0';
+    s->cert_len = JOURNAL_CERT_SHA256_LEN + idlen;
+    return 0;
+}
+
 static void session_handshake(struct session *s, uint64_t now)
 {
     enum tls_status st = tls_conn_handshake(s->tls);
     switch (st) {
     case TLS_DONE:
+        if (session_take_cert(s) != 0) {
+            node_stats_add(&s->ws->handshakes_failed, 1);
+            log_warn("session_create_failed", "peer=%s reason=out_of_memory", s->peer);
+            session_closed(s, "out_of_memory", now);
+            break;
+        }
         s->state = SESSION_OPEN;
         s->hs_wait = 0;
         s->last_active_ms = now;
         node_stats_add(&s->ws->handshakes_ok, 1);
-        log_debug("session_open", "session=%" PRIu64 " peer=%s protocol=%s cipher=%s", s->id,
-                  s->peer, tls_conn_protocol(s->tls), tls_conn_cipher(s->tls));
+        log_debug("session_open",
+                  "session=%" PRIu64 " peer=%s protocol=%s cipher=%s client_cert=\"%s\"", s->id,
+                  s->peer, tls_conn_protocol(s->tls), tls_conn_cipher(s->tls), session_cert_id(s));
         break;
     case TLS_AGAIN:
         s->hs_wait = tls_conn_events(s->tls);
@@ -496,7 +723,8 @@ void session_handle(struct session *s, uint32_t events, uint64_t now_ms)
             return;
         progress |= session_process(s, now_ms);
         /* Read only after the replies so far are written or queued: with
-         * the output above --max-output this is where reading stops. Bytes
+         * the output above --max-output, or --max-inflight requests
+         * unanswered, this is where reading stops. Bytes
          * OpenSSL already holds are read here too: read_more stays set
          * while it holds any. */
         if (s->read_more && session_can_read(s))
@@ -534,7 +762,10 @@ uint32_t session_events(const struct session *s)
         uint32_t ev = 0;
         if (session_can_read(s))
             ev |= s->read_wait ? s->read_wait : EPOLLIN;
-        if (buf_size(&s->out) > 0)
+        size_t ready = buf_size(&s->out);
+        if (s->held_head < s->nheld)
+            ready = (size_t)(s->held[s->held_head].pos - s->bytes_out);
+        if (ready > 0)
             ev |= s->write_wait ? s->write_wait : EPOLLOUT;
         return ev;
     }

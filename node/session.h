@@ -9,11 +9,13 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "journal.h"
 #include "node_stats.h"
 #include "tls_conn.h"
 
 #define SESSION_PEER_MAX 263       /* "[v6 address]:port" */
 #define SESSION_CLOSE_LINGER_MS 5000 /* how long a closing session may take to flush */
+#define SESSION_CERT_ID_MAX 255      /* bytes of a client certificate's identity kept */
 
 /* What sessions share, read-only once workers run. */
 struct session_env {
@@ -25,7 +27,11 @@ struct session_env {
     uint32_t handshake_timeout_ms;
     uint32_t max_connections;
     size_t max_output;              /* --max-output: stop reading above this */
+    uint32_t max_inflight;          /* --max-inflight: requests read but not yet answered
+                                     * (reply written) at which reading stops */
     struct node_stats *stats;       /* node-wide counters for INFO */
+    struct journal *journal;        /* SENDs are stored here before their ACK; NULL: not
+                                     * journaled (ACK seq 0) */
 };
 
 enum session_state {
@@ -56,11 +62,23 @@ const char *session_close_reason(const struct session *s);
 
 /* Protocol without I/O: appends len bytes of client plaintext to the input
  * and answers every complete frame into the output, in order, until the
- * output exceeds --max-output. session_feed(s, NULL, 0, now) resumes after
+ * output exceeds --max-output or --max-inflight requests are unanswered
+ * (their replies not consumed). session_feed(s, NULL, 0, now) resumes after
  * output was consumed. Returns 0, or -1 on out of memory (session closed). */
 int session_feed(struct session *s, const void *data, size_t len, uint64_t now_ms);
-/* The replies not yet written; the caller may consume from it (tests). */
+/* The replies not yet written (tests read them here and consume them
+ * through session_output_consume, which keeps the in-flight count). */
 struct buf *session_output(struct session *s);
+/* Bytes at the front of the output that may go out now: replies behind an
+ * ACK whose record is not yet durable are held back (request order). */
+size_t session_output_ready(struct session *s);
+/* Consumes n <= session_output_ready bytes as if written (tests). */
+void session_output_consume(struct session *s, size_t n);
+/* True while replies wait for the journal: the owner runs session_handle
+ * again when the journal's durable seq advances. */
+bool session_journal_wait(const struct session *s);
+/* Requests read whose reply is not yet written (or consumed). */
+uint64_t session_inflight(const struct session *s);
 
 /* Does the I/O the events allow (handshake, read, process, write); events
  * are epoll bits, 0 to just make progress (session_needs_rerun). May change

@@ -33,8 +33,10 @@ struct worker_conn {
     struct session *s;              /* owned */
     struct worker_conn *prev, *next; /* w->conns, or w->dead once retired */
     struct worker_conn *ready_next; /* w->ready */
+    struct worker_conn *jwait_next; /* w->jwait */
     uint32_t registered;            /* epoll events registered now */
     bool in_ready;                  /* on w->ready */
+    bool in_jwait;                  /* on w->jwait */
     bool dead;                      /* out of epoll; freed at the end of the iteration */
 };
 
@@ -46,6 +48,7 @@ struct worker {
     int epfd;
     int listen_fd;                  /* -1 once draining */
     int wake_fd;                    /* eventfd: main -> worker */
+    int journal_fd;                 /* eventfd: journal -> worker, durable seq advanced */
     int notify_fd;                  /* eventfd: worker -> main when the thread ends; borrowed */
     uint16_t port;
     pthread_t thread;
@@ -58,13 +61,14 @@ struct worker {
     struct worker_conn *conns;      /* every live session */
     size_t nconns;
     struct worker_conn *ready;      /* sessions to run without waiting for epoll */
+    struct worker_conn *jwait;      /* sessions holding replies for the journal */
     struct worker_conn *dead;       /* retired this iteration, freed at its end */
     uint64_t session_counter;
     uint64_t next_sweep_ms;
 };
 
 /* epoll data.ptr tags for the two non-session descriptors. */
-static char worker_tag_listen, worker_tag_wake;
+static char worker_tag_listen, worker_tag_wake, worker_tag_journal;
 
 static int worker_listen(struct worker *w, const struct sockaddr *sa, socklen_t len, char *err,
                          size_t errlen)
@@ -139,7 +143,7 @@ struct worker *worker_new(const struct worker_config *cfg, char *err, size_t err
     w->ssl_ctx = cfg->ssl_ctx;
     w->st = cfg->stats;
     w->notify_fd = cfg->notify_fd;
-    w->epfd = w->listen_fd = w->wake_fd = -1;
+    w->epfd = w->listen_fd = w->wake_fd = w->journal_fd = -1;
     atomic_init(&w->drain_req, false);
     atomic_init(&w->stop_req, false);
     atomic_init(&w->finished, false);
@@ -153,6 +157,17 @@ struct worker *worker_new(const struct worker_config *cfg, char *err, size_t err
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->wake_fd < 0) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    /* The journal thread writes it after each fsync (worker_start hands it
+     * over): sessions holding ACKs run then; the loop never waits for the disk. */
+    w->journal_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->journal_fd < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if (worker_epoll_add(w, w->journal_fd, EPOLLIN, &worker_tag_journal) != 0) {
+        snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
         goto fail;
     }
     w->listen_fd = worker_listen(w, cfg->listen, cfg->listen_len, err, errlen);
@@ -248,11 +263,26 @@ static void worker_ready_remove(struct worker *w, struct worker_conn *c)
  * out of epoll, and no epoll_wait runs before that close (events already
  * fetched for it are skipped through c->dead). One syscall less per
  * connection. */
+static void worker_jwait_remove(struct worker *w, struct worker_conn *c)
+{
+    if (!c->in_jwait)
+        return;
+    for (struct worker_conn **p = &w->jwait; *p; p = &(*p)->jwait_next) {
+        if (*p == c) {
+            *p = c->jwait_next;
+            break;
+        }
+    }
+    c->in_jwait = false;
+    c->jwait_next = NULL;
+}
+
 static void worker_retire(struct worker *w, struct worker_conn *c)
 {
     if (c->dead)
         return;
     worker_ready_remove(w, c);
+    worker_jwait_remove(w, c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -303,6 +333,31 @@ static void worker_after(struct worker *w, struct worker_conn *c)
     }
     if (session_needs_rerun(c->s))
         worker_ready_push(w, c);
+    if (!c->in_jwait && session_journal_wait(c->s)) {
+        c->in_jwait = true;
+        c->jwait_next = w->jwait;
+        w->jwait = c;
+    }
+}
+
+/* The journal made records durable: every session holding ACKs runs. */
+static void worker_run_jwait(struct worker *w, uint64_t now)
+{
+    uint64_t v;
+    while (read(w->journal_fd, &v, sizeof(v)) < 0 && errno == EINTR)
+        ;
+    struct worker_conn *list = w->jwait;
+    w->jwait = NULL;
+    while (list) {
+        struct worker_conn *c = list;
+        list = c->jwait_next;
+        c->jwait_next = NULL;
+        c->in_jwait = false;
+        if (c->dead)
+            continue;
+        session_handle(c->s, 0, now);
+        worker_after(w, c);
+    }
 }
 
 static void worker_admit(struct worker *w, int fd, const struct sockaddr_storage *ss, uint64_t now)
@@ -515,6 +570,8 @@ static void *worker_main(void *arg)
             void *p = evs[i].data.ptr;
             if (p == &worker_tag_listen) {
                 worker_accept(w, now);
+            } else if (p == &worker_tag_journal) {
+                worker_run_jwait(w, now);
             } else if (p == &worker_tag_wake) {
                 uint64_t v;
                 while (read(w->wake_fd, &v, sizeof(v)) < 0 && errno == EINTR)
@@ -551,6 +608,10 @@ static void *worker_main(void *arg)
 
 int worker_start(struct worker *w, char *err, size_t errlen)
 {
+    if (w->env->journal && journal_add_waiter(w->env->journal, w->journal_fd) != 0) {
+        snprintf(err, errlen, "journal: too many waiters");
+        return -1;
+    }
     int rc = pthread_create(&w->thread, NULL, worker_main, w);
     if (rc != 0) {
         snprintf(err, errlen, "pthread_create: %s", strerror(rc));
@@ -560,16 +621,22 @@ int worker_start(struct worker *w, char *err, size_t errlen)
     return 0;
 }
 
+void worker_join(struct worker *w)
+{
+    if (!w || !w->started)
+        return;
+    worker_stop(w);
+    int rc = pthread_join(w->thread, NULL);
+    if (rc != 0)
+        log_error("pthread_join_failed", "worker=%u error=\"%s\"", w->index, strerror(rc));
+    w->started = false;
+}
+
 void worker_free(struct worker *w)
 {
     if (!w)
         return;
-    if (w->started) {
-        worker_stop(w);
-        int rc = pthread_join(w->thread, NULL);
-        if (rc != 0)
-            log_error("pthread_join_failed", "worker=%u error=\"%s\"", w->index, strerror(rc));
-    }
+    worker_join(w);
     /* A thread that never ran leaves no sessions; one that ran freed its own. */
     while (w->conns)
         worker_retire(w, w->conns);
@@ -578,6 +645,8 @@ void worker_free(struct worker *w)
         close(w->listen_fd);
     if (w->wake_fd >= 0)
         close(w->wake_fd);
+    if (w->journal_fd >= 0)
+        close(w->journal_fd);
     if (w->epfd >= 0)
         close(w->epfd);
     free(w);

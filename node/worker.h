@@ -35,11 +35,15 @@ struct worker *worker_new(const struct worker_config *cfg, char *err, size_t err
 /* Joins the thread if it was started (ask it to stop first), then frees
  * every session. NULL is a no-op. */
 void worker_free(struct worker *w);
+/* Waits for a stopped thread to end (worker_free then only frees), so the
+ * journal can go before the eventfd it writes to is closed. */
+void worker_join(struct worker *w);
 
 /* The port the listener got (useful with port 0). */
 uint16_t worker_port(const struct worker *w);
 
-/* Starts the thread; 0 or -1 with err. */
+/* Starts the thread (and subscribes to env->journal, which must be set by
+ * now); 0 or -1 with err. */
 int worker_start(struct worker *w, char *err, size_t errlen);
 
 /* Thread-safe requests from the main thread. */

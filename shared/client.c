@@ -387,6 +387,21 @@ static struct client *client_connect_fail(struct client *c, enum client_fail why
     return NULL;
 }
 
+/* True when the node's alert says our certificate (or its absence) is the
+ * problem: OpenSSL's texts for the alerts a server sends about a client
+ * certificate. */
+static bool client_cert_refused(const char *tls_err)
+{
+    static const char *const alerts[] = {
+        "alert certificate required", "alert unknown ca", "alert bad certificate",
+        "alert unsupported certificate", "alert certificate expired",
+    };
+    for (size_t i = 0; i < sizeof(alerts) / sizeof(alerts[0]); i++)
+        if (strstr(tls_err, alerts[i]))
+            return true;
+    return false;
+}
+
 struct client *client_connect(const struct client_options *o, const char *addr_text,
                               enum client_fail *fail, char *err, size_t errlen)
 {
@@ -498,7 +513,17 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
                 return client_connect_fail(c, CLIENT_FAIL_TLS, fail, err, errlen);
             continue;
         }
-        errbuf_setf(c->err, sizeof(c->err), "%s: TLS %s", c->label, tls_conn_error(c->tls));
+        const char *te = tls_conn_error(c->tls);
+        if (client_cert_refused(te)) {
+            /* The node wants a client certificate from its CA (mTLS): every
+             * node of the cluster will say the same, so retrying elsewhere
+             * only adds failed handshakes on them. */
+            errbuf_setf(c->err, sizeof(c->err),
+                        "%s: TLS %s: the node requires a client certificate from its CA "
+                        "(--cert/--key)", c->label, te);
+            return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
+        }
+        errbuf_setf(c->err, sizeof(c->err), "%s: TLS %s", c->label, te);
         return client_connect_fail(c, CLIENT_FAIL_TLS, fail, err, errlen);
     }
     if (o->expect_cert_sha256 && *o->expect_cert_sha256) {
@@ -524,8 +549,17 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
     }
     struct frame f;
     if (client_flush(c, deadline, "HELLO") != 0 ||
-        client_read_frame(c, deadline, "WELCOME", &f) != 0)
+        client_read_frame(c, deadline, "WELCOME", &f) != 0) {
+        /* TLS 1.3: the node checks our certificate after our side of the
+         * handshake is done, so its alert comes with the first read. */
+        if (client_cert_refused(c->err)) {
+            size_t used = strlen(c->err);
+            errbuf_setf(c->err + used, sizeof(c->err) - used,
+                        ": the node requires a client certificate from its CA (--cert/--key)");
+            return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
+        }
         return client_connect_fail(c, CLIENT_FAIL_SESSION, fail, err, errlen);
+    }
     enum client_reply r = client_check_welcome(&f, rid, c->label, &c->welcome, c->err,
                                                sizeof(c->err));
     if (r != CLIENT_REPLY_OK) {

@@ -22,7 +22,6 @@
 struct tls_conn {
     SSL *ssl;      /* owned */
     int fd;        /* owned, non-blocking */
-    bool client;   /* client side: verify details go into handshake errors */
     bool fatal;    /* a fatal error happened: SSL_shutdown must not be called */
     uint32_t events;             /* what the last TLS_AGAIN waits for */
     char err[TLS_CONN_ERR_MAX];  /* last error text */
@@ -47,7 +46,6 @@ static struct tls_conn *tls_conn_new(SSL_CTX *ctx, int fd, bool client, char *er
         return NULL;
     }
     c->fd = fd;
-    c->client = client;
     c->ssl = SSL_new(ctx);
     if (!c->ssl) {
         tls_ctx_error(err, errlen, "SSL_new failed");
@@ -168,7 +166,9 @@ static enum tls_status tls_conn_fail(struct tls_conn *c, int ret, enum tls_conn_
     }
 
     char what[256];
-    if (op == TLS_OP_HANDSHAKE && c->client) {
+    /* Both sides: a client names the node certificate's flaw, a node
+     * requiring client certificates (mTLS) the client's. */
+    if (op == TLS_OP_HANDSHAKE) {
         long vr = SSL_get_verify_result(c->ssl);
         if (vr != X509_V_OK) {
             snprintf(what, sizeof(what), "handshake: certificate verify failed: %s",

@@ -90,6 +90,9 @@ SSL_CTX *tls_ctx_server_new(const char *cert_file, const char *key_file, char *e
         goto fail;
     }
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    /* set_num_tickets covers TLS 1.3 only; a TLS 1.2 client would still get
+     * a ticket (testssl.sh reported one). */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
 
     if (!cert_file || !*cert_file) {
         snprintf(err, errlen, "no certificate file given");

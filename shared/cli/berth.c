@@ -21,8 +21,10 @@
 #include "buf.h"
 #include "config.h"
 #include "frame.h"
+#include "keygen.h"
 #include "log.h"
 #include "lookup.h"
+#include "tail.h"
 
 #define PROGRAM "berth"
 #define EXIT_RUNTIME 1
@@ -86,6 +88,10 @@ static const char commands_help[] =
     "                --mode handshake|echo|send, --connections, --pipeline, --size,\n"
     "                --duration, --threads; progress each second on stderr, the result\n"
     "                on stdout (--json for machines)\n"
+    "  berth keygen  write a CurveZMQ key pair for the heartbeat channel: --out DIR/NAME\n"
+    "                makes NAME.key (secret, 0600) and NAME.pub; --force replaces them\n"
+    "  berth tail    print the records nodes journal (berth tail --help for its flags):\n"
+    "                --feed tcp://node:port[,...], --from SEQ, --count, --duration, --out FILE\n"
     "  berth help    this text\n\n";
 
 /* Everything a command needs, from the settings. */
@@ -566,6 +572,12 @@ int main(int argc, char **argv)
     /* A node that closes while we write must become an error, not a
      * silent death by SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
+    /* keygen has flags of its own and needs neither libcurl nor a balancer. */
+    if (argc > 1 && strcmp(argv[1], "keygen") == 0)
+        return cli_keygen_main(argc - 1, argv + 1);
+    /* tail too: it speaks to nodes' feeds, not to a balancer. */
+    if (argc > 1 && strcmp(argv[1], "tail") == 0)
+        return cli_tail_main(argc - 1, argv + 1);
     /* libcurl's global setup, before anything else could start a thread. */
     if (lookup_global_init(err, sizeof(err)) != 0) {
         fprintf(stderr, PROGRAM ": %s\n", err);

@@ -57,7 +57,7 @@ static void check_output(struct session *s, bool *final_seen)
         default:
             abort(); /* the node answers with replies only */
         }
-        buf_consume(out, (size_t)n);
+        session_output_consume(s, (size_t)n);
     }
 }
 
@@ -83,6 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .handshake_timeout_ms = 1000,
         .max_connections = 10,
         .max_output = (settings & 4) ? 65536 : 4u << 20,
+        .max_inflight = (settings & 8) ? 4 : 1024,
         .stats = &fuzz_stats,
     };
     uint64_t now = 1000;

@@ -1,6 +1,7 @@
-"""A node under valgrind memcheck (2 workers) through a short bounded load of
-TLS sessions (HELLO, SEND, ECHO, PING, INFO, BYE), bad frames, plaintext
-garbage and abandoned handshakes, then SIGTERM: the node must drain and exit
+"""A node under valgrind memcheck (2 workers, journal on, a --feed) through a
+short bounded load of TLS sessions (HELLO, SEND, ECHO, PING, INFO, BYE), bad
+frames, plaintext garbage and abandoned handshakes, a `berth tail` replaying
+every stored SEND from the feed, then SIGTERM: the node must drain and exit
 0 with no memcheck error and no definitely lost block."""
 import os
 import re
@@ -76,7 +77,8 @@ def test():
     prefix = [vg, "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
               "--show-leak-kinds=definite", "--num-callers=30", "--log-file=valgrind.log"]
     t0 = time.monotonic()
-    with cluster.Cluster(n=1, workers=2, node_prefix=prefix) as c:
+    feed = "tcp://127.0.0.1:%d" % cluster.free_ports(1)[0]
+    with cluster.Cluster(n=1, workers=2, node_prefix=prefix, node_args=["--feed", feed]) as c:
         vglog = os.path.join(c.dir, "valgrind.log")
         c.wait_healthy(1, timeout=60)
         print("node healthy under valgrind after %.1fs" % (time.monotonic() - t0))
@@ -88,6 +90,15 @@ def test():
             rounds += 1
         print("load: %d rounds, %d requests in %.1fs" % (rounds, requests, LOAD_S))
         assert rounds >= 4, "too little load got through valgrind: %d rounds" % rounds
+
+        # The feed thread and the journal reader under memcheck too.
+        sends = rounds * 4
+        rc, out, err = c.run_cli(["tail", "--feed", feed, "--from", "1", "--count", str(sends),
+                                  "--duration", "30s"], timeout=60)
+        assert rc == 0, err
+        assert len(out.splitlines()) == sends, "tail printed %d records of %d" % (
+            len(out.splitlines()), sends)
+        print("tail replayed %d records from the feed" % sends)
 
         p = c.proc(1)
         p.send_signal(signal.SIGTERM)

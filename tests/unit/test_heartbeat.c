@@ -57,6 +57,7 @@ static int setup(void **state)
         .capacity = 50,
         .interval_ms = 250,
         .boot_id = 0xabcdef,
+        .cert_sha256 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
     };
     char err[256];
     f->hb = heartbeat_new(f->ctx, &cfg, fill, f, T0, err, sizeof(err));
@@ -290,6 +291,68 @@ static void test_bad_endpoint(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* REGISTER carries the certificate digest; the peers list says whether
+ * the balancer answered within HEARTBEAT_FALL intervals. */
+static void test_cert_and_reached(void **state)
+{
+    struct fx *f = *state;
+    struct hb_msg m;
+    assert_true(router_recv(f, &m, 1000));
+    assert_int_equal(m.type, HB_REGISTER);
+    assert_string_equal(m.cert_sha256,
+                        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+
+    struct heartbeat *hbs[1] = {f->hb};
+    struct hb_msg peers;
+    memset(&peers, 0, sizeof(peers));
+    assert_false(heartbeat_reached(f->hb, T0)); /* never answered */
+    heartbeat_fill_peers(hbs, 1, &peers, T0);
+    assert_int_equal(peers.nbalancers, 1);
+    assert_string_equal(peers.balancers[0].endpoint, "inproc://hb-test");
+    assert_false(peers.balancers[0].reached);
+
+    router_reply(f, HB_ACK, 250, "n1");
+    hb_read(f, T0 + 10);
+    assert_true(heartbeat_reached(f->hb, T0 + 10));
+    assert_true(heartbeat_reached(f->hb, T0 + 10 + HEARTBEAT_FALL * 250));
+    assert_false(heartbeat_reached(f->hb, T0 + 11 + HEARTBEAT_FALL * 250));
+    heartbeat_fill_peers(hbs, 1, &peers, T0 + 20);
+    assert_true(peers.balancers[0].reached);
+    /* the filled message encodes and decodes as a HEARTBEAT */
+    peers.type = HB_HEARTBEAT;
+    snprintf(peers.node_id, sizeof(peers.node_id), "n1");
+    peers.healthy = true;
+    size_t len;
+    char err[256];
+    char *data = hb_msg_encode(&peers, &len, err, sizeof(err));
+    assert_non_null(data);
+    struct hb_msg back;
+    assert_int_equal(hb_msg_decode(data, len, &back, err, sizeof(err)), 0);
+    free(data);
+    assert_int_equal(back.nbalancers, 1);
+    assert_true(back.balancers[0].reached);
+}
+
+static void test_bad_curve_config(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    struct keys_pair kp;
+    memset(&kp, 1, sizeof(kp));
+    struct heartbeat_config cfg = {
+        .endpoint = "inproc://x", .node_id = "n1", .addr = "127.0.0.1:1", .capacity = 1,
+        .interval_ms = 250, .boot_id = 1, .curve_keys = &kp, /* no balancer key */
+    };
+    char err[256];
+    assert_null(heartbeat_new(ctx, &cfg, NULL, NULL, T0, err, sizeof(err)));
+    assert_non_null(strstr(err, "CURVE"));
+    cfg.curve_keys = NULL;
+    cfg.cert_sha256 = "abc";
+    assert_null(heartbeat_new(ctx, &cfg, NULL, NULL, T0, err, sizeof(err)));
+    assert_non_null(strstr(err, "digest"));
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -300,6 +363,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lost_reconnects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leave, setup, teardown),
         cmocka_unit_test(test_bad_endpoint),
+        cmocka_unit_test_setup_teardown(test_cert_and_reached, setup, teardown),
+        cmocka_unit_test(test_bad_curve_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

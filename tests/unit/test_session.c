@@ -23,9 +23,11 @@
 
 #include "buf.h"
 #include "frame.h"
+#include "journal.h"
 #include "session.h"
 #include "tls_conn.h"
 #include "tls_ctx.h"
+#include "test_certs.h"
 
 #define T0 1000000u /* fake clock start */
 
@@ -53,6 +55,7 @@ static int fx_setup(void **state)
     f->env.handshake_timeout_ms = 10000;
     f->env.max_connections = 100;
     f->env.max_output = 1u << 20;
+    f->env.max_inflight = 1024;
     f->env.stats = &f->stats;
     f->now = T0;
     buf_init(&f->req);
@@ -97,7 +100,7 @@ static struct frame fx_take(struct fx *f, uint8_t type, uint64_t rid)
     buf_clear(&f->last);
     assert_int_equal(buf_append(&f->last, fr.payload, fr.h.length), 0);
     fr.payload = fr.h.length ? buf_head(&f->last) : NULL;
-    buf_consume(out, (size_t)n);
+    session_output_consume(f->s, (size_t)n);
     return fr;
 }
 
@@ -498,6 +501,222 @@ static void test_idle_timeout(void **state)
     assert_int_equal(session_state(f->s), SESSION_CLOSED);
 }
 
+/* --- with a journal: ACKs carry the seq and wait for the fsync, with
+ * every reply after them (request order); a SEND the journal cannot store
+ * is refused with ERROR internal, never ACKed. */
+
+static int jfail;
+static ssize_t jfail_writev(int fd, const struct iovec *iov, int n)
+{
+    if (jfail) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return writev(fd, iov, n);
+}
+
+/* Takes the next reply from what the session lets go now. */
+static struct frame jx_take(struct fx *f, uint8_t type, uint64_t rid)
+{
+    struct buf *out = session_output(f->s);
+    size_t ready = session_output_ready(f->s);
+    struct frame fr;
+    enum frame_error err = FRAME_ERR_NONE;
+    long n = frame_decode(buf_head(out), ready, UINT32_MAX, &fr, &err);
+    assert_true(n > 0);
+    assert_int_equal(fr.h.type, type);
+    assert_int_equal(fr.h.request_id, rid);
+    buf_clear(&f->last);
+    assert_int_equal(buf_append(&f->last, fr.payload, fr.h.length), 0);
+    fr.payload = fr.h.length ? buf_head(&f->last) : NULL;
+    session_output_consume(f->s, (size_t)n);
+    return fr;
+}
+
+/* A journal in a new temp dir (its name into dir) that fsyncs only when
+ * the test calls journal_sync_now. */
+static struct journal *jx_open(char *dir)
+{
+    assert_non_null(mkdtemp(dir));
+    struct journal_config jc = {.dir = dir, .fsync = JOURNAL_FSYNC_BATCH, .fsync_interval_ms = 2,
+                                .fsync_batch = 1024, .segment_bytes = 1 << 20,
+                                .manual_sync = true, .writev_hook = jfail_writev};
+    char err[256];
+    struct journal *j = journal_open(&jc, err, sizeof(err));
+    if (!j)
+        fail_msg("journal_open: %s", err);
+    return j;
+}
+
+static void jx_remove(struct journal *j, const char *dir)
+{
+    journal_free(j);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Replaces the fixture's session with one that journals into j. */
+static void fx_use_journal(struct fx *f, struct journal *j)
+{
+    session_free(f->s);
+    f->env.journal = j;
+    f->s = session_new(&f->env, &f->ws[0], 43, "127.0.0.1:5555", NULL, f->now);
+    assert_non_null(f->s);
+}
+
+static void test_journal_holds_replies(void **state)
+{
+    struct fx *f = *state;
+    char dir[] = "/tmp/berth-test-session-journal-XXXXXX";
+    struct journal *j = jx_open(dir);
+    fx_use_journal(f, j);
+
+    assert_int_equal(frame_append_hello(&f->req, 1, FRAME_VERSION, "tester"), 0);
+    fx_send(f);
+    jx_take(f, FRAME_WELCOME, 1);
+    assert_int_equal(frame_append_send(&f->req, 2, 77, "abc", 3), 0);
+    assert_int_equal(frame_append_send(&f->req, 3, 78, "def", 3), 0);
+    assert_int_equal(frame_append(&f->req, FRAME_PING, 4, "p", 1), 0);
+    fx_send(f);
+    /* Three replies are queued, none may go before the fsync. */
+    assert_true(fx_pending(f) > 0);
+    assert_int_equal(session_output_ready(f->s), 0);
+    assert_true(session_journal_wait(f->s));
+    journal_sync_now(j);
+    assert_int_equal(session_output_ready(f->s), fx_pending(f));
+    assert_false(session_journal_wait(f->s));
+    struct frame fr = jx_take(f, FRAME_ACK, 2);
+    struct frame_ack ack;
+    assert_int_equal(frame_parse_ack(&fr, &ack), 0);
+    assert_int_equal(ack.message_id, 77);
+    assert_int_equal(ack.seq, 1);
+    fr = jx_take(f, FRAME_ACK, 3);
+    assert_int_equal(frame_parse_ack(&fr, &ack), 0);
+    assert_int_equal(ack.seq, 2);
+    jx_take(f, FRAME_PONG, 4);
+
+    /* The disk is full: ERROR internal with the cause, no ACK. */
+    jfail = 1;
+    assert_int_equal(frame_append_send(&f->req, 5, 79, "ghi", 3), 0);
+    fx_send(f);
+    jfail = 0;
+    fr = jx_take(f, FRAME_ERROR, 5);
+    struct frame_error_body eb;
+    assert_int_equal(frame_parse_error(&fr, &eb), 0);
+    assert_int_equal(eb.code, FRAME_ERR_INTERNAL);
+    assert_non_null(strstr(eb.text, "No space left on device"));
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+    assert_false(journal_healthy(j, NULL, 0));
+
+    session_free(f->s);
+    f->s = NULL;
+    jx_remove(j, dir);
+}
+
+/* --- --max-inflight: a session with that many requests unanswered (reply
+ * not written) parses nothing more, whatever is buffered, until replies go. */
+
+/* Whole frames in the output now. */
+static size_t fx_count_frames(struct fx *f)
+{
+    struct buf *out = session_output(f->s);
+    size_t off = 0, count = 0;
+    for (;;) {
+        struct frame fr;
+        enum frame_error err = FRAME_ERR_NONE;
+        long n = frame_decode(buf_head(out) + off, buf_size(out) - off, UINT32_MAX, &fr, &err);
+        assert_true(n >= 0);
+        if (n == 0)
+            return count;
+        off += (size_t)n;
+        count++;
+    }
+}
+
+static void test_inflight_limit(void **state)
+{
+    struct fx *f = *state;
+    f->env.max_inflight = 10;
+    assert_int_equal(frame_append_hello(&f->req, 1, FRAME_VERSION, "pipe"), 0);
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(frame_append(&f->req, FRAME_PING, 2 + i, "x", 1), 0);
+    fx_send(f);
+    /* HELLO and 9 PINGs answered; the other 91 stay unparsed in the input. */
+    assert_int_equal(session_inflight(f->s), 10);
+    assert_int_equal(node_stats_get(&f->ws[0].requests), 10);
+    assert_int_equal(fx_count_frames(f), 10);
+    /* Feeding more changes nothing while nothing is written. */
+    assert_int_equal(session_feed(f->s, NULL, 0, f->now), 0);
+    assert_int_equal(session_inflight(f->s), 10);
+    assert_int_equal(node_stats_get(&f->ws[0].requests), 10);
+
+    /* Half a reply written does not answer it. */
+    session_output_consume(f->s, FRAME_HEADER_SIZE);
+    assert_int_equal(session_inflight(f->s), 10);
+    session_output_consume(f->s, fx_pending(f) - 9 * (FRAME_HEADER_SIZE + 1));
+    assert_int_equal(session_inflight(f->s), 9);
+    assert_int_equal(session_feed(f->s, NULL, 0, f->now), 0);
+    assert_int_equal(session_inflight(f->s), 10);
+
+    /* The client reads as it goes: every PING answered once, in order. */
+    uint64_t next = 2;
+    for (int round = 0; round < 200 && next < 102; round++) {
+        while (fx_pending(f) > 0)
+            fx_take(f, FRAME_PONG, next++);
+        assert_int_equal(session_feed(f->s, NULL, 0, f->now), 0);
+        assert_true(session_inflight(f->s) <= 10);
+    }
+    assert_int_equal(next, 102);
+    assert_int_equal(fx_pending(f), 0);
+    assert_int_equal(session_inflight(f->s), 0);
+    assert_int_equal(session_state(f->s), SESSION_OPEN);
+}
+
+static void test_inflight_journal(void **state)
+{
+    struct fx *f = *state;
+    char dir[] = "/tmp/berth-test-session-inflight-XXXXXX";
+    struct journal *j = jx_open(dir);
+    f->env.max_inflight = 8;
+    fx_use_journal(f, j);
+    assert_int_equal(frame_append_hello(&f->req, 1, FRAME_VERSION, "tester"), 0);
+    fx_send(f);
+    jx_take(f, FRAME_WELCOME, 1);
+    /* 20 SENDs pipelined; the disk has not fsynced yet. */
+    for (uint64_t i = 0; i < 20; i++)
+        assert_int_equal(frame_append_send(&f->req, 2 + i, 500 + i, "data", 4), 0);
+    fx_send(f);
+    /* 8 stored, their ACKs held; the other 12 not even parsed. */
+    assert_int_equal(session_inflight(f->s), 8);
+    assert_int_equal(journal_next_seq(j), 9);
+    assert_int_equal(session_output_ready(f->s), 0);
+    assert_int_equal(session_feed(f->s, NULL, 0, f->now), 0);
+    assert_int_equal(journal_next_seq(j), 9);
+
+    uint64_t next = 2;
+    for (int round = 0; round < 10 && next < 22; round++) {
+        journal_sync_now(j);
+        while (session_output_ready(f->s) > 0) {
+            struct frame fr = jx_take(f, FRAME_ACK, next);
+            struct frame_ack ack;
+            assert_int_equal(frame_parse_ack(&fr, &ack), 0);
+            assert_int_equal(ack.message_id, 500 + next - 2);
+            assert_int_equal(ack.seq, next - 1);
+            next++;
+        }
+        assert_int_equal(session_feed(f->s, NULL, 0, f->now), 0);
+        assert_true(session_inflight(f->s) <= 8);
+    }
+    assert_int_equal(next, 22);
+    assert_int_equal(journal_next_seq(j), 21);
+    assert_int_equal(session_inflight(f->s), 0);
+
+    session_free(f->s);
+    f->s = NULL;
+    jx_remove(j, dir);
+}
+
 /* ---- TLS over a socketpair ---------------------------------------------- */
 
 struct tlsfx {
@@ -565,6 +784,7 @@ static int tls_setup(void **state)
     t->env.handshake_timeout_ms = 10000;
     t->env.max_connections = 10;
     t->env.max_output = 65536;
+    t->env.max_inflight = 1024;
     t->env.stats = &t->stats;
 
     int sv[2];
@@ -813,6 +1033,261 @@ static void test_tls_handshake_timeout(void **state)
     assert_string_equal(session_close_reason(t->s), "handshake_timeout");
 }
 
+static void test_tls_inflight(void **state)
+{
+    struct tlsfx *t = *state;
+    t->env.max_inflight = 16;
+    tls_handshake_both(t);
+    /* 2000 PINGs of 1 KiB written without reading: far more than the
+     * socket buffers hold, while 16 replies are far below --max-output, so
+     * the in-flight limit is what stops the reading. */
+    enum { COUNT = 2000, SIZE = 1000 };
+    static uint8_t payload[SIZE];
+    memset(payload, 'q', sizeof(payload));
+    struct buf req;
+    buf_init(&req);
+    assert_int_equal(frame_append_hello(&req, 1, FRAME_VERSION, "inflight"), 0);
+    for (uint64_t i = 0; i < COUNT; i++)
+        assert_int_equal(frame_append(&req, FRAME_PING, 2 + i, payload, SIZE), 0);
+    for (int i = 0; i < 1000 && buf_size(&req) > 0; i++) {
+        size_t n = 0;
+        enum tls_status st = tls_conn_write(t->cl, buf_head(&req), buf_size(&req), &n);
+        assert_true(st == TLS_DONE || st == TLS_AGAIN);
+        if (st == TLS_DONE)
+            buf_consume(&req, n);
+        else if (!(session_events(t->s) & EPOLLIN))
+            break;
+        session_handle(t->s, EPOLLIN | EPOLLOUT, T0);
+    }
+    /* The client never read: the session holds 16 requests unanswered
+     * (their replies in the socket or the output) and waits. A few replies
+     * fit the socket buffer, so count what is in flight now. */
+    for (int i = 0; i < 10; i++)
+        session_handle(t->s, EPOLLIN | EPOLLOUT, T0);
+    assert_int_equal(session_inflight(t->s), 16);
+    assert_false(session_events(t->s) & EPOLLIN);
+    assert_true(buf_size(session_output(t->s)) < t->env.max_output);
+    uint64_t answered = node_stats_get(&t->ws[0].requests);
+    assert_true(answered < COUNT / 2);
+
+    /* The client reads: every PING answered, in order. */
+    uint64_t want = 1;
+    for (int i = 0; i < 100000 && want <= COUNT + 1; i++) {
+        if (buf_size(&req) > 0) {
+            size_t n = 0;
+            if (tls_conn_write(t->cl, buf_head(&req), buf_size(&req), &n) == TLS_DONE)
+                buf_consume(&req, n);
+        }
+        session_handle(t->s, EPOLLIN | EPOLLOUT, T0);
+        assert_int_equal(tls_client_read(t), TLS_AGAIN);
+        struct frame fr;
+        long len;
+        while (tls_next(t, &fr, &len)) {
+            assert_int_equal(fr.h.request_id, want);
+            assert_int_equal(fr.h.type, want == 1 ? FRAME_WELCOME : FRAME_PONG);
+            assert_int_equal(fr.h.length, want == 1 ? fr.h.length : SIZE);
+            buf_consume(&t->in, (size_t)len);
+            want++;
+        }
+        assert_true(session_inflight(t->s) <= 16);
+    }
+    assert_int_equal(want, COUNT + 2);
+    buf_release(&req);
+}
+
+/* ---- mutual TLS: --client-ca ------------------------------------------- */
+
+static struct test_certs pki;
+
+static int pki_setup(void **state)
+{
+    (void)state;
+    return test_certs_make(&pki, "/tmp/berth-session-mtls");
+}
+
+static int pki_teardown(void **state)
+{
+    (void)state;
+    test_certs_remove(&pki);
+    return 0;
+}
+
+/* A node context that requires client certificates from pki's CA, a
+ * session on it, and a client presenting cert/key (NULL: none). */
+static int mtls_open(struct tlsfx *t, const char *cert, const char *key)
+{
+    char err[256];
+    memset(t, 0, sizeof(*t));
+    t->sctx = tls_ctx_server_new(pki.leaf_pem, pki.leaf_key, err, sizeof(err));
+    if (!t->sctx || tls_ctx_require_client_cert(t->sctx, pki.ca_pem, err, sizeof(err)) != 0)
+        fail_msg("server context: %s", err);
+    t->cctx = tls_ctx_client_new(pki.ca_pem, true, err, sizeof(err));
+    if (!t->cctx)
+        fail_msg("tls_ctx_client_new: %s", err);
+    if (cert && tls_ctx_use_client_cert(t->cctx, cert, key, err, sizeof(err)) != 0)
+        fail_msg("tls_ctx_use_client_cert: %s", err);
+    t->stats.nworkers = 1;
+    t->stats.workers = t->ws;
+    t->env.node_id = "mtls-node";
+    t->env.advertise = "127.0.0.1:7443";
+    t->env.start_ms = T0;
+    t->env.max_frame = 1u << 20;
+    t->env.idle_timeout_ms = 30000;
+    t->env.handshake_timeout_ms = 10000;
+    t->env.max_connections = 10;
+    t->env.max_output = 65536;
+    t->env.max_inflight = 1024;
+    t->env.stats = &t->stats;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+    struct tls_conn *srv = tls_conn_new_server(t->sctx, sv[0]);
+    assert_non_null(srv);
+    t->s = session_new(&t->env, &t->ws[0], 9, "unix", srv, T0);
+    assert_non_null(t->s);
+    t->cl = tls_conn_new_client(t->cctx, sv[1], "localhost", err, sizeof(err));
+    if (!t->cl)
+        fail_msg("tls_conn_new_client: %s", err);
+    buf_init(&t->in);
+    return 0;
+}
+
+static void mtls_close(struct tlsfx *t)
+{
+    session_free(t->s);
+    tls_conn_free(t->cl);
+    SSL_CTX_free(t->sctx);
+    SSL_CTX_free(t->cctx);
+    buf_release(&t->in);
+}
+
+/* SHA-256 of a PEM certificate's DER. */
+static void pem_sha256(const char *path, uint8_t md[32])
+{
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    X509 *x = PEM_read_X509(fp, NULL, NULL, NULL);
+    fclose(fp);
+    assert_non_null(x);
+    unsigned int n = 0;
+    assert_int_equal(X509_digest(x, EVP_sha256(), md, &n), 1);
+    assert_int_equal(n, 32);
+    X509_free(x);
+}
+
+static void test_mtls_identity(void **state)
+{
+    (void)state;
+    struct tlsfx t;
+    mtls_open(&t, pki.leaf_pem, pki.leaf_key);
+    char dir[] = "/tmp/berth-test-session-mtls-XXXXXX";
+    struct journal *j = jx_open(dir);
+    t.env.journal = j;
+    tls_handshake_both(&t);
+
+    struct buf req;
+    buf_init(&req);
+    assert_int_equal(frame_append_hello(&req, 1, FRAME_VERSION, "mtls-client"), 0);
+    assert_int_equal(frame_append(&req, FRAME_INFO, 2, NULL, 0), 0);
+    assert_int_equal(frame_append_send(&req, 3, 4242, "signed", 6), 0);
+    size_t n = 0;
+    assert_int_equal(tls_conn_write(t.cl, buf_head(&req), buf_size(&req), &n), TLS_DONE);
+    assert_int_equal(n, buf_size(&req));
+    buf_release(&req);
+
+    uint8_t md[32];
+    char hex[65];
+    pem_sha256(pki.leaf_pem, md);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    uint64_t want = 1;
+    for (int i = 0; i < 100 && want <= 3; i++) {
+        session_handle(t.s, EPOLLIN, T0 + 1);
+        journal_sync_now(j);
+        session_handle(t.s, EPOLLOUT, T0 + 1);
+        assert_int_equal(tls_client_read(&t), TLS_AGAIN);
+        struct frame fr;
+        long len;
+        while (tls_next(&t, &fr, &len)) {
+            assert_int_equal(fr.h.request_id, want);
+            if (want == 2) {
+                assert_int_equal(fr.h.type, FRAME_INFO_REPLY);
+                json_t *jj = json_loadb((const char *)fr.payload, fr.h.length, 0, NULL);
+                assert_non_null(jj);
+                json_t *sj = json_object_get(jj, "session");
+                assert_string_equal(json_string_value(json_object_get(sj, "client_cert")),
+                                    "localhost");
+                assert_string_equal(json_string_value(json_object_get(sj, "client_cert_sha256")),
+                                    hex);
+                json_decref(jj);
+            } else if (want == 3) {
+                assert_int_equal(fr.h.type, FRAME_ACK);
+            }
+            buf_consume(&t.in, (size_t)len);
+            want++;
+        }
+    }
+    assert_int_equal(want, 4);
+
+    /* The record names the certificate: its digest, then its CN. */
+    struct journal_reader *r = journal_reader_new(dir, 1);
+    assert_non_null(r);
+    struct buf raw;
+    buf_init(&raw);
+    struct journal_record rec;
+    char err[256];
+    assert_int_equal(journal_reader_next(r, UINT64_MAX, &raw, &rec, err, sizeof(err)), 1);
+    assert_int_equal(rec.message_id, 4242);
+    assert_int_equal(rec.ident_kind, JOURNAL_IDENT_CERT);
+    assert_int_equal(rec.cert_len, 32 + 9);
+    assert_memory_equal(rec.cert, md, 32);
+    assert_memory_equal(rec.cert + 32, "localhost", 9);
+    assert_int_equal(rec.len, 6);
+    assert_memory_equal(rec.data, "signed", 6);
+    assert_int_equal(rec.name_len, 11);
+    assert_memory_equal(rec.name, "mtls-client", 11);
+    buf_release(&raw);
+    journal_reader_free(r);
+    mtls_close(&t);
+    jx_remove(j, dir);
+}
+
+/* Runs both ends until the node's session is closed or open. */
+static void mtls_run(struct tlsfx *t)
+{
+    for (int i = 0; i < 100 && session_state(t->s) == SESSION_HANDSHAKE; i++) {
+        enum tls_status st = tls_conn_handshake(t->cl);
+        (void)st; /* TLS 1.3: the client may finish before the node says no */
+        session_handle(t->s, EPOLLIN | EPOLLOUT, T0);
+    }
+}
+
+static void test_mtls_refused(void **state)
+{
+    (void)state;
+    /* No certificate, then one the CA did not sign (a self-signed CA's). */
+    const char *certs[2][2] = {{NULL, NULL}, {pki.other_ca_pem, pki.other_key}};
+    for (int k = 0; k < 2; k++) {
+        struct tlsfx t;
+        mtls_open(&t, certs[k][0], certs[k][1]);
+        mtls_run(&t);
+        assert_int_equal(session_state(t.s), SESSION_CLOSED);
+        assert_string_equal(session_close_reason(t.s), "handshake_failed");
+        assert_int_equal(node_stats_get(&t.ws[0].handshakes_failed), 1);
+        assert_int_equal(node_stats_get(&t.ws[0].handshakes_ok), 0);
+        /* The client learns it: an alert, not a session. */
+        uint8_t b[64];
+        size_t n = 0;
+        enum tls_status st = TLS_AGAIN;
+        for (int i = 0; i < 10 && st == TLS_AGAIN; i++) {
+            st = tls_conn_handshake(t.cl);
+            if (st == TLS_DONE)
+                st = tls_conn_read(t.cl, b, sizeof(b), &n);
+        }
+        assert_true(st == TLS_ERROR || st == TLS_CLOSED);
+        mtls_close(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -840,11 +1315,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backpressure, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_drain, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_journal_holds_replies, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_inflight_limit, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_inflight_journal, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_session, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_backpressure, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_drain, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_handshake_garbage, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_handshake_timeout, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_inflight, tls_setup, tls_teardown),
+        cmocka_unit_test(test_mtls_identity),
+        cmocka_unit_test(test_mtls_refused),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, pki_setup, pki_teardown);
 }

@@ -1,0 +1,383 @@
+/* feed: one thread with a ROUTER socket; each consumer has a journal reader
+ * (an open segment and an offset), a next seq and a credit. Records come
+ * from disk, never from the workers, so a slow consumer costs a file
+ * offset, not memory, and never holds up a worker loop. */
+#include "feed.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "buf.h"
+#include "errbuf.h"
+#include "log.h"
+#include "mono.h"
+
+#define FEED_ID_MAX 255
+#define FEED_BURST 256        /* records per consumer per turn, for fairness */
+#define FEED_IDLE_WAIT_MS 1000
+#define FEED_SNDHWM (FEED_CREDIT_MAX * 2)
+
+struct feed_consumer {
+    bool used;
+    uint8_t id[FEED_ID_MAX];      /* ROUTER routing id */
+    size_t idlen;
+    struct journal_reader *reader;
+    uint64_t credit;              /* records it can still take */
+    uint64_t last_seen_ms;
+    uint64_t sent;
+};
+
+struct feed {
+    void *zctx;
+    void *sock;                   /* ROUTER, used by the thread only once it runs */
+    int wake_fd;                  /* eventfd the journal writes */
+    int stop_fd;                  /* eventfd feed_free writes */
+    struct journal *journal;
+    char node_id[FEED_ID_MAX + 1];
+    pthread_t thread;
+    bool started;
+    struct feed_consumer consumers[FEED_CONSUMERS_MAX];
+    struct buf raw;               /* one record being sent */
+};
+
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
+
+/* Sends [id][type + body]; body may be two parts (head, tail) to avoid a
+ * copy. 0, 1 when the pipe is full (try later), -1 when the consumer is gone. */
+static int feed_send(struct feed *f, struct feed_consumer *c, uint8_t type, const void *body,
+                     size_t len)
+{
+    zmq_msg_t m;
+    if (zmq_send(f->sock, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return zmq_errno() == EAGAIN ? 1 : -1;
+    if (zmq_msg_init_size(&m, len + 1) != 0)
+        return -1;
+    uint8_t *p = zmq_msg_data(&m);
+    p[0] = type;
+    if (len)
+        memcpy(p + 1, body, len);
+    /* The routing frame is out: the body must follow, so it may block for
+     * the moment the pipe needs (credit keeps it below the HWM). */
+    int rc = zmq_msg_send(&m, f->sock, 0);
+    if (rc < 0) {
+        zmq_msg_close(&m);
+        return -1;
+    }
+    return 0;
+}
+
+static void feed_drop(struct feed *f, struct feed_consumer *c, const char *why)
+{
+    log_info("feed_consumer_gone", "reason=\"%s\" sent=%" PRIu64 " next_seq=%" PRIu64, why,
+             c->sent, c->reader ? journal_reader_seq(c->reader) : 0);
+    journal_reader_free(c->reader);
+    memset(c, 0, sizeof(*c));
+    (void)f;
+}
+
+static struct feed_consumer *feed_find(struct feed *f, const uint8_t *id, size_t idlen,
+                                       bool create)
+{
+    struct feed_consumer *free_slot = NULL;
+    for (int i = 0; i < FEED_CONSUMERS_MAX; i++) {
+        struct feed_consumer *c = &f->consumers[i];
+        if (c->used && c->idlen == idlen && memcmp(c->id, id, idlen) == 0)
+            return c;
+        if (!c->used && !free_slot)
+            free_slot = c;
+    }
+    if (!create || !free_slot)
+        return NULL;
+    free_slot->used = true;
+    memcpy(free_slot->id, id, idlen);
+    free_slot->idlen = idlen;
+    return free_slot;
+}
+
+static void feed_error_to(struct feed *f, const uint8_t *id, size_t idlen, const char *text)
+{
+    struct feed_consumer tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    memcpy(tmp.id, id, idlen);
+    tmp.idlen = idlen;
+    (void)feed_send(f, &tmp, FEED_MSG_ERROR, text, strlen(text));
+}
+
+static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, const uint8_t *p,
+                           size_t len, uint64_t now)
+{
+    if (len != 1 + 8 + 4) {
+        feed_error_to(f, id, idlen, "malformed SUBSCRIBE");
+        return;
+    }
+    struct feed_consumer *c = feed_find(f, id, idlen, true);
+    if (!c) {
+        feed_error_to(f, id, idlen, "too many consumers");
+        return;
+    }
+    uint64_t from = get_u64(p + 1);
+    uint32_t credit = get_u32(p + 9);
+    if (from == 0)
+        from = journal_durable_seq(f->journal) + 1;
+    journal_reader_free(c->reader);
+    c->reader = journal_reader_new(journal_dir(f->journal), from);
+    if (!c->reader) {
+        feed_error_to(f, id, idlen, "out of memory");
+        memset(c, 0, sizeof(*c));
+        return;
+    }
+    c->credit = credit > FEED_CREDIT_MAX ? FEED_CREDIT_MAX : credit;
+    c->last_seen_ms = now;
+    c->sent = 0;
+    uint8_t w[1 + FEED_ID_MAX + 16];
+    size_t il = strlen(f->node_id);
+    w[0] = (uint8_t)il;
+    memcpy(w + 1, f->node_id, il);
+    put_u64(w + 1 + il, journal_first_seq(f->journal));
+    put_u64(w + 1 + il + 8, journal_next_seq(f->journal));
+    if (feed_send(f, c, FEED_MSG_WELCOME, w, 1 + il + 16) < 0)
+        feed_drop(f, c, "send failed");
+    else
+        log_info("feed_subscribe", "from_seq=%" PRIu64 " credit=%u", from, credit);
+}
+
+/* Everything waiting on the ROUTER. */
+static void feed_on_readable(struct feed *f, uint64_t now)
+{
+    for (int budget = 0; budget < 1024; budget++) {
+        uint8_t id[FEED_ID_MAX + 1], body[64];
+        int idn = zmq_recv(f->sock, id, sizeof(id), ZMQ_DONTWAIT);
+        if (idn < 0)
+            return;
+        int more = 0;
+        size_t ml = sizeof(more);
+        zmq_getsockopt(f->sock, ZMQ_RCVMORE, &more, &ml);
+        if (!more)
+            continue;
+        int bn = zmq_recv(f->sock, body, sizeof(body), ZMQ_DONTWAIT);
+        /* Anything beyond two frames is not ours: drain it. */
+        for (;;) {
+            more = 0;
+            ml = sizeof(more);
+            if (zmq_getsockopt(f->sock, ZMQ_RCVMORE, &more, &ml) != 0 || !more)
+                break;
+            uint8_t junk[64];
+            if (zmq_recv(f->sock, junk, sizeof(junk), ZMQ_DONTWAIT) < 0)
+                break;
+            bn = -1;
+        }
+        if (idn > FEED_ID_MAX || bn < 1 || (size_t)bn > sizeof(body))
+            continue; /* oversized or empty: not a consumer message */
+        size_t idlen = (size_t)idn, len = (size_t)bn;
+        struct feed_consumer *c;
+        switch (body[0]) {
+        case FEED_MSG_SUBSCRIBE:
+            feed_subscribe(f, id, idlen, body, len, now);
+            break;
+        case FEED_MSG_CREDIT:
+            c = feed_find(f, id, idlen, false);
+            if (!c) {
+                feed_error_to(f, id, idlen, "not subscribed");
+                break;
+            }
+            if (len != 5) {
+                feed_error_to(f, id, idlen, "malformed CREDIT");
+                feed_drop(f, c, "malformed CREDIT");
+                break;
+            }
+            c->credit += get_u32(body + 1);
+            if (c->credit > FEED_CREDIT_MAX)
+                c->credit = FEED_CREDIT_MAX;
+            c->last_seen_ms = now;
+            break;
+        case FEED_MSG_BYE:
+            c = feed_find(f, id, idlen, false);
+            if (c)
+                feed_drop(f, c, "bye");
+            break;
+        default:
+            feed_error_to(f, id, idlen, "unknown message type");
+            break;
+        }
+    }
+}
+
+/* Sends what each consumer may take. Returns true if some consumer could
+ * take more right away (the loop then does not wait). */
+static bool feed_pump(struct feed *f, uint64_t now)
+{
+    bool more = false;
+    uint64_t durable = journal_durable_seq(f->journal);
+    for (int i = 0; i < FEED_CONSUMERS_MAX; i++) {
+        struct feed_consumer *c = &f->consumers[i];
+        if (!c->used)
+            continue;
+        if (now - c->last_seen_ms > FEED_CONSUMER_TIMEOUT_MS) {
+            feed_drop(f, c, "timeout");
+            continue;
+        }
+        for (int n = 0; n < FEED_BURST && c->credit > 0; n++) {
+            struct journal_record rec;
+            char err[512];
+            int r = journal_reader_next(c->reader, durable, &f->raw, &rec, err, sizeof(err));
+            if (r == 0)
+                break;
+            if (r < 0) {
+                log_error("feed_read_failed", "error=\"%s\"", err);
+                (void)feed_send(f, c, FEED_MSG_ERROR, err, strlen(err));
+                feed_drop(f, c, "journal read failed");
+                break;
+            }
+            int s = feed_send(f, c, FEED_MSG_RECORD, buf_head(&f->raw), buf_size(&f->raw));
+            if (s < 0) {
+                feed_drop(f, c, "send failed");
+                break;
+            }
+            if (s > 0) {
+                /* Pipe full: the record is read again next turn. */
+                journal_reader_free(c->reader);
+                c->reader = journal_reader_new(journal_dir(f->journal), rec.seq);
+                if (!c->reader)
+                    feed_drop(f, c, "out of memory");
+                break;
+            }
+            c->credit--;
+            c->sent++;
+            if (n == FEED_BURST - 1 && c->credit > 0)
+                more = true;
+        }
+    }
+    return more;
+}
+
+static void *feed_thread(void *arg)
+{
+    struct feed *f = arg;
+    bool busy = false;
+    for (;;) {
+        zmq_pollitem_t items[3] = {
+            {.socket = f->sock, .events = ZMQ_POLLIN},
+            {.fd = f->wake_fd, .events = ZMQ_POLLIN},
+            {.fd = f->stop_fd, .events = ZMQ_POLLIN},
+        };
+        int rc = zmq_poll(items, 3, busy ? 0 : FEED_IDLE_WAIT_MS);
+        if (rc < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            log_error("feed_poll_failed", "error=\"%s\"", zmq_strerror(zmq_errno()));
+            break;
+        }
+        if (items[2].revents & ZMQ_POLLIN)
+            break;
+        uint64_t now = mono_now_ms();
+        if (items[1].revents & ZMQ_POLLIN) {
+            uint64_t v;
+            while (read(f->wake_fd, &v, sizeof(v)) < 0 && errno == EINTR)
+                ;
+        }
+        /* ZMQ_FD is edge-triggered: read until empty every turn. */
+        feed_on_readable(f, now);
+        busy = feed_pump(f, now);
+    }
+    return NULL;
+}
+
+struct feed *feed_new(const struct feed_config *cfg, char *err, size_t errlen)
+{
+    struct feed *f = calloc(1, sizeof(*f));
+    if (!f) {
+        errbuf_setf(err, errlen, "out of memory");
+        return NULL;
+    }
+    f->wake_fd = f->stop_fd = -1;
+    f->journal = cfg->journal;
+    snprintf(f->node_id, sizeof(f->node_id), "%s", cfg->node_id);
+    buf_init(&f->raw);
+    f->zctx = zmq_ctx_new();
+    if (!f->zctx) {
+        errbuf_setf(err, errlen, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    f->sock = zmq_socket(f->zctx, ZMQ_ROUTER);
+    int one = 1, hwm = FEED_SNDHWM, linger = 0;
+    if (!f->sock || zmq_setsockopt(f->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one)) != 0 ||
+        zmq_setsockopt(f->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) != 0 ||
+        zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger)) != 0) {
+        errbuf_setf(err, errlen, "zmq socket: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if (zmq_bind(f->sock, cfg->endpoint) != 0) {
+        errbuf_setf(err, errlen, "bind: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    f->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    f->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (f->wake_fd < 0 || f->stop_fd < 0) {
+        errbuf_setf(err, errlen, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    if (journal_add_waiter(f->journal, f->wake_fd) != 0) {
+        errbuf_setf(err, errlen, "journal: too many waiters");
+        goto fail;
+    }
+    int rc = pthread_create(&f->thread, NULL, feed_thread, f);
+    if (rc != 0) {
+        errbuf_setf(err, errlen, "pthread_create: %s", strerror(rc));
+        goto fail;
+    }
+    f->started = true;
+    log_info("feed_listen", "endpoint=%s", cfg->endpoint);
+    return f;
+fail:
+    feed_free(f);
+    return NULL;
+}
+
+void feed_free(struct feed *f)
+{
+    if (!f)
+        return;
+    if (f->started) {
+        uint64_t one = 1;
+        if (write(f->stop_fd, &one, sizeof(one)) < 0)
+            log_warn("feed_stop_failed", "error=\"%s\"", strerror(errno));
+        pthread_join(f->thread, NULL);
+    }
+    if (f->journal && f->wake_fd >= 0)
+        journal_remove_waiter(f->journal, f->wake_fd);
+    for (int i = 0; i < FEED_CONSUMERS_MAX; i++)
+        journal_reader_free(f->consumers[i].reader);
+    if (f->sock)
+        zmq_close(f->sock);
+    if (f->zctx) {
+        int rc;
+        do
+            rc = zmq_ctx_term(f->zctx);
+        while (rc != 0 && zmq_errno() == EINTR);
+    }
+    if (f->wake_fd >= 0)
+        close(f->wake_fd);
+    if (f->stop_fd >= 0)
+        close(f->stop_fd);
+    buf_release(&f->raw);
+    free(f);
+}

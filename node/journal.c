@@ -1,0 +1,1097 @@
+/* journal: segment files of checksummed records, one writer lock, one sync
+ * thread doing group commit and waking the workers through their eventfds,
+ * recovery at open, retention by size and age, and the on-disk reader. */
+#include "journal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "errbuf.h"
+#include "log.h"
+#include "mono.h"
+
+#define JOURNAL_WAITERS_MAX 64
+#define JOURNAL_RETIRED_MAX 16      /* rolled segments awaiting their last fsync */
+#define JOURNAL_LOST_MAX 16         /* remembered ranges of records whose fsync failed */
+#define JOURNAL_MAINT_MS 1000       /* retention and health probe period */
+#define JOURNAL_PROBE_BYTES 65536   /* what the directory must take to be healthy again */
+#define JOURNAL_REASON_MAX 160
+
+struct journal_seg {
+    uint64_t first;                       /* seq in the name */
+    char name[JOURNAL_SEG_NAME_LEN + 1];
+};
+
+struct journal {
+    char *dir;
+    int dirfd;
+    struct journal_config cfg;            /* dir points at ->dir */
+    pthread_mutex_t mu;                   /* everything below but the atomics */
+    pthread_cond_t cond;                  /* wakes the sync thread */
+    pthread_t thread;
+    bool started, stop;
+    int fd;                               /* active segment, -1: roll on next append */
+    uint64_t seg_first, seg_size;
+    int retired[JOURNAL_RETIRED_MAX];     /* rolled segments not yet fsynced */
+    unsigned nretired;
+    bool dir_dirty;                       /* a segment was created: fsync the directory */
+    uint64_t next_seq;
+    uint64_t written_seq;                 /* last record written */
+    uint64_t synced_seq;                  /* last record an fsync was attempted for */
+    uint64_t notified_seq;                /* last written seq the waiters heard of */
+    uint64_t pending, pending_since_ms;   /* records since the last fsync, and since when */
+    atomic_uint_fast64_t durable;         /* last record that is durable */
+    struct { uint64_t lo, hi; } lost[JOURNAL_LOST_MAX];
+    unsigned nlost;                       /* ring count, capped */
+    atomic_uint lost_gen;                 /* non-zero once any record was lost */
+    atomic_bool unhealthy;
+    char reason[JOURNAL_REASON_MAX];
+    uint64_t first_on_disk;               /* oldest seq kept */
+    int waiters[JOURNAL_WAITERS_MAX];
+    unsigned nwaiters;
+    uint64_t next_maint_ms;
+};
+
+/* ------------------------------------------------------------ encoding */
+
+static void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static uint16_t get_u16(const uint8_t *p) { return (uint16_t)((uint16_t)p[0] << 8 | p[1]); }
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
+
+size_t journal_record_size(const struct journal_entry *e)
+{
+    return JOURNAL_HEADER_SIZE + e->name_len + e->peer_len + e->cert_len + e->len +
+           JOURNAL_TRAILER_SIZE;
+}
+
+/* Header layout (big-endian), 40 bytes:
+ *   0 magic u32 | 4 length u32 (whole record) | 8 seq u64 | 16 message_id u64
+ *  24 timestamp_ms u64 | 32 name_len u8 | 33 peer_len u8 | 34 cert_len u16
+ *  36 ident_kind u16 | 38 reserved u16 (0)
+ * then name, peer, cert, data, and the CRC32C of everything before it. */
+static void journal_header(uint8_t *h, uint32_t len, uint64_t seq, uint64_t ts,
+                           const struct journal_entry *e)
+{
+    put_u32(h, JOURNAL_MAGIC);
+    put_u32(h + 4, len);
+    put_u64(h + 8, seq);
+    put_u64(h + 16, e->message_id);
+    put_u64(h + 24, ts);
+    h[32] = (uint8_t)e->name_len;
+    h[33] = (uint8_t)e->peer_len;
+    put_u16(h + 34, (uint16_t)e->cert_len);
+    put_u16(h + 36, e->cert_len ? JOURNAL_IDENT_CERT : JOURNAL_IDENT_HELLO_PEER);
+    put_u16(h + 38, 0);
+}
+
+long journal_record_parse(const uint8_t *p, size_t len, struct journal_record *out)
+{
+    if (len < 8)
+        return 0;
+    if (get_u32(p) != JOURNAL_MAGIC)
+        return -1;
+    uint32_t rl = get_u32(p + 4);
+    if (rl < JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE || rl > JOURNAL_RECORD_MAX)
+        return -1;
+    if (len < rl)
+        return 0;
+    size_t idl = (size_t)p[32] + p[33] + get_u16(p + 34);
+    if (idl + JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE > rl || get_u16(p + 38) != 0)
+        return -1;
+    if (crc32c(0, p, rl - JOURNAL_TRAILER_SIZE) != get_u32(p + rl - JOURNAL_TRAILER_SIZE))
+        return -1;
+    out->seq = get_u64(p + 8);
+    out->message_id = get_u64(p + 16);
+    out->timestamp_ms = get_u64(p + 24);
+    out->name_len = p[32];
+    out->peer_len = p[33];
+    out->cert_len = get_u16(p + 34);
+    out->ident_kind = get_u16(p + 36);
+    out->name = (const char *)p + JOURNAL_HEADER_SIZE;
+    out->peer = out->name + out->name_len;
+    out->cert = (const uint8_t *)out->peer + out->peer_len;
+    out->data = out->cert + out->cert_len;
+    out->len = (uint32_t)(rl - JOURNAL_HEADER_SIZE - JOURNAL_TRAILER_SIZE - idl);
+    return (long)rl;
+}
+
+/* ------------------------------------------------------------ segments */
+
+static bool journal_seg_name(const char *name, uint64_t *first)
+{
+    if (strlen(name) != JOURNAL_SEG_NAME_LEN || strcmp(name + 20, ".seg") != 0)
+        return false;
+    uint64_t v = 0;
+    for (int i = 0; i < 20; i++) {
+        if (name[i] < '0' || name[i] > '9')
+            return false;
+        if (v > (UINT64_MAX - 9) / 10)
+            return false;
+        v = v * 10 + (uint64_t)(name[i] - '0');
+    }
+    *first = v;
+    return true;
+}
+
+static int journal_seg_cmp(const void *a, const void *b)
+{
+    const struct journal_seg *x = a, *y = b;
+    return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* The segments in dir, oldest first; caller frees *out. 0 or -1 (errno). */
+static int journal_list(const char *dir, struct journal_seg **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    size_t cap = 0;
+    struct dirent *de;
+    int rc = 0;
+    while ((de = readdir(d)) != NULL) {
+        uint64_t first;
+        if (!journal_seg_name(de->d_name, &first))
+            continue;
+        if (*n == cap) {
+            size_t nc = cap ? cap * 2 : 16;
+            struct journal_seg *ns = realloc(*out, nc * sizeof(**out));
+            if (!ns) {
+                errno = ENOMEM;
+                rc = -1;
+                break;
+            }
+            *out = ns;
+            cap = nc;
+        }
+        (*out)[*n].first = first;
+        memcpy((*out)[*n].name, de->d_name, JOURNAL_SEG_NAME_LEN + 1); /* length checked */
+        (*n)++;
+    }
+    closedir(d);
+    if (rc != 0) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+        return -1;
+    }
+    if (*n > 1)
+        qsort(*out, *n, sizeof(**out), journal_seg_cmp);
+    return 0;
+}
+
+static uint64_t journal_real_wall_ms(void *arg)
+{
+    (void)arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t journal_wall(const struct journal *j)
+{
+    return j->cfg.wall_ms(j->cfg.clock_arg);
+}
+
+/* Caller holds mu. */
+static void journal_set_unhealthy(struct journal *j, const char *what, int e)
+{
+    snprintf(j->reason, sizeof(j->reason), "journal: %s: %s", what, strerror(e));
+    if (!atomic_exchange(&j->unhealthy, true))
+        log_error("journal_unhealthy", "dir=%s reason=\"%s\"", j->dir, j->reason);
+}
+
+/* Caller holds mu. */
+static void journal_set_healthy(struct journal *j)
+{
+    if (atomic_exchange(&j->unhealthy, false))
+        log_info("journal_healthy", "dir=%s was=\"%s\"", j->dir, j->reason);
+    j->reason[0] = '\0';
+}
+
+/* Starts a new segment named after the next seq. Caller holds mu. */
+static int journal_roll(struct journal *j, char *err, size_t errlen)
+{
+    char name[JOURNAL_SEG_NAME_LEN + 1];
+    snprintf(name, sizeof(name), "%020" PRIu64 ".seg", j->next_seq);
+    /* A file of that name can hold no record we keep: every stored seq is
+     * below next_seq, so an old one is an empty or failed start. */
+    int fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = errno;
+        errbuf_setf(err, errlen, "journal: create %s/%s: %s", j->dir, name, strerror(e));
+        journal_set_unhealthy(j, "create segment", e);
+        errno = e;
+        return -1;
+    }
+    if (j->fd >= 0) {
+        if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
+            close(j->fd);
+        } else if (j->nretired < JOURNAL_RETIRED_MAX) {
+            j->retired[j->nretired++] = j->fd;
+        } else {
+            /* Only with segments far smaller than an fsync's worth. */
+            if (fdatasync(j->fd) != 0)
+                log_error("journal_fsync_failed", "dir=%s error=\"%s\"", j->dir, strerror(errno));
+            close(j->fd);
+        }
+    }
+    j->fd = fd;
+    j->seg_first = j->next_seq;
+    j->seg_size = 0;
+    j->dir_dirty = true;
+    if (j->first_on_disk == 0)
+        j->first_on_disk = j->next_seq;
+    return 0;
+}
+
+static ssize_t journal_writev_all(struct journal *j, int fd, struct iovec *iov, int n)
+{
+    size_t total = 0;
+    while (n > 0) {
+        ssize_t w = j->cfg.writev_hook ? j->cfg.writev_hook(fd, iov, n) : writev(fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (w == 0) {
+            errno = EIO;
+            return -1;
+        }
+        total += (size_t)w;
+        size_t left = (size_t)w;
+        while (n > 0 && left >= iov->iov_len) {
+            left -= iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+    return (ssize_t)total;
+}
+
+int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *seq, char *err,
+                   size_t errlen)
+{
+    if (e->name_len > 255 || e->peer_len > 255 || e->cert_len > 65535 ||
+        journal_record_size(e) > JOURNAL_RECORD_MAX) {
+        errbuf_setf(err, errlen, "journal: record too large");
+        return -1;
+    }
+    uint32_t rl = (uint32_t)journal_record_size(e);
+    uint8_t hdr[JOURNAL_HEADER_SIZE], trailer[JOURNAL_TRAILER_SIZE];
+    pthread_mutex_lock(&j->mu);
+    if (j->fd < 0 || (j->seg_size > 0 && j->seg_size + rl > j->cfg.segment_bytes)) {
+        if (journal_roll(j, err, errlen) != 0) {
+            pthread_mutex_unlock(&j->mu);
+            return -1;
+        }
+    }
+    uint64_t s = j->next_seq;
+    journal_header(hdr, rl, s, journal_wall(j), e);
+    uint32_t crc = crc32c(0, hdr, sizeof(hdr));
+    crc = crc32c(crc, e->name, e->name_len);
+    crc = crc32c(crc, e->peer, e->peer_len);
+    crc = crc32c(crc, e->cert, e->cert_len);
+    crc = crc32c(crc, e->data, e->len);
+    put_u32(trailer, crc);
+    struct iovec iov[6] = {
+        {hdr, sizeof(hdr)},
+        {(void *)e->name, e->name_len},
+        {(void *)e->peer, e->peer_len},
+        {(void *)e->cert, e->cert_len},
+        {(void *)e->data, e->len},
+        {trailer, sizeof(trailer)},
+    };
+    if (journal_writev_all(j, j->fd, iov, 6) < 0) {
+        int werr = errno;
+        errbuf_setf(err, errlen, "journal: write %s: %s", j->dir, strerror(werr));
+        journal_set_unhealthy(j, "write", werr);
+        /* A part of the record may be in the file: cut it, so the segment
+         * stays a sequence of whole records. */
+        if (ftruncate(j->fd, (off_t)j->seg_size) != 0) {
+            log_error("journal_truncate_failed",
+                      "dir=%s segment=%020" PRIu64 ".seg offset=%" PRIu64 " error=\"%s\"", j->dir,
+                      j->seg_first, j->seg_size, strerror(errno));
+            if (j->nretired < JOURNAL_RETIRED_MAX)
+                j->retired[j->nretired++] = j->fd;
+            else
+                close(j->fd);
+            j->fd = -1;
+        }
+        pthread_mutex_unlock(&j->mu);
+        errno = werr;
+        return -1;
+    }
+    j->seg_size += rl;
+    j->next_seq++;
+    j->written_seq = s;
+    if (atomic_load_explicit(&j->unhealthy, memory_order_relaxed))
+        journal_set_healthy(j);
+    if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
+        atomic_store_explicit(&j->durable, s, memory_order_release);
+    } else {
+        if (j->pending++ == 0) {
+            j->pending_since_ms = mono_now_ms();
+            pthread_cond_signal(&j->cond);
+        } else if (j->cfg.fsync == JOURNAL_FSYNC_ALWAYS || j->pending == j->cfg.fsync_batch) {
+            pthread_cond_signal(&j->cond);
+        }
+    }
+    pthread_mutex_unlock(&j->mu);
+    *seq = s;
+    return 0;
+}
+
+enum journal_state journal_state(struct journal *j, uint64_t seq)
+{
+    uint64_t d = atomic_load_explicit(&j->durable, memory_order_acquire);
+    if (atomic_load_explicit(&j->lost_gen, memory_order_acquire) == 0)
+        return seq <= d ? JOURNAL_DURABLE : JOURNAL_PENDING;
+    enum journal_state st = JOURNAL_PENDING;
+    pthread_mutex_lock(&j->mu);
+    unsigned n = j->nlost < JOURNAL_LOST_MAX ? j->nlost : JOURNAL_LOST_MAX;
+    for (unsigned i = 0; i < n; i++)
+        if (seq >= j->lost[i].lo && seq <= j->lost[i].hi)
+            st = JOURNAL_LOST;
+    if (st != JOURNAL_LOST) {
+        if (seq <= atomic_load(&j->durable))
+            st = JOURNAL_DURABLE;
+        else if (seq <= j->synced_seq && j->nlost >= JOURNAL_LOST_MAX)
+            st = JOURNAL_LOST; /* its range was forgotten: it is not known durable */
+    }
+    pthread_mutex_unlock(&j->mu);
+    return st;
+}
+
+uint64_t journal_durable_seq(const struct journal *j)
+{
+    return atomic_load_explicit(&j->durable, memory_order_acquire);
+}
+
+uint64_t journal_next_seq(struct journal *j)
+{
+    pthread_mutex_lock(&j->mu);
+    uint64_t s = j->next_seq;
+    pthread_mutex_unlock(&j->mu);
+    return s;
+}
+
+uint64_t journal_first_seq(struct journal *j)
+{
+    pthread_mutex_lock(&j->mu);
+    uint64_t s = j->first_on_disk ? j->first_on_disk : j->next_seq;
+    pthread_mutex_unlock(&j->mu);
+    return s;
+}
+
+const char *journal_dir(const struct journal *j) { return j->dir; }
+
+int journal_add_waiter(struct journal *j, int efd)
+{
+    pthread_mutex_lock(&j->mu);
+    int rc = -1;
+    if (j->nwaiters < JOURNAL_WAITERS_MAX) {
+        j->waiters[j->nwaiters++] = efd;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&j->mu);
+    return rc;
+}
+
+void journal_remove_waiter(struct journal *j, int efd)
+{
+    pthread_mutex_lock(&j->mu);
+    for (unsigned i = 0; i < j->nwaiters; i++) {
+        if (j->waiters[i] == efd) {
+            j->waiters[i] = j->waiters[--j->nwaiters];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&j->mu);
+}
+
+bool journal_healthy(struct journal *j, char *reason, size_t len)
+{
+    if (!atomic_load(&j->unhealthy))
+        return true;
+    pthread_mutex_lock(&j->mu);
+    bool bad = atomic_load(&j->unhealthy);
+    if (bad && reason && len)
+        snprintf(reason, len, "%s", j->reason);
+    pthread_mutex_unlock(&j->mu);
+    return !bad;
+}
+
+/* ------------------------------------------------------------ sync thread */
+
+static void journal_notify(struct journal *j)
+{
+    uint64_t one = 1;
+    for (unsigned i = 0; i < j->nwaiters; i++) {
+        ssize_t r;
+        do
+            r = write(j->waiters[i], &one, sizeof(one));
+        while (r < 0 && errno == EINTR);
+        /* EAGAIN: the counter is saturated, the reader is woken anyway. */
+    }
+}
+
+/* One fsync round for everything written so far. Called with mu held;
+ * drops it around the disk work. */
+static void journal_sync_round(struct journal *j)
+{
+    uint64_t target = j->written_seq;
+    int fd = j->fd;
+    int retired[JOURNAL_RETIRED_MAX];
+    unsigned nret = j->nretired;
+    memcpy(retired, j->retired, sizeof(int) * nret);
+    j->nretired = 0;
+    bool dir = j->dir_dirty;
+    j->dir_dirty = false;
+    j->pending = 0;
+    pthread_mutex_unlock(&j->mu);
+
+    int e = 0;
+    const char *what = "fsync";
+    for (unsigned i = 0; i < nret; i++) {
+        if (fdatasync(retired[i]) != 0 && !e)
+            e = errno;
+        close(retired[i]);
+    }
+    if (fd >= 0 && fdatasync(fd) != 0 && !e)
+        e = errno;
+    if (dir && fsync(j->dirfd) != 0 && !e) {
+        e = errno;
+        what = "fsync directory";
+    }
+
+    pthread_mutex_lock(&j->mu);
+    uint64_t from = j->synced_seq + 1;
+    j->synced_seq = target;
+    if (e == 0) {
+        atomic_store_explicit(&j->durable, target, memory_order_release);
+    } else {
+        /* Linux may report a failed writeback only once: these records are
+         * never acknowledged, and the segment is not written to again. */
+        if (target >= from) {
+            j->lost[j->nlost % JOURNAL_LOST_MAX].lo = from;
+            j->lost[j->nlost % JOURNAL_LOST_MAX].hi = target;
+            j->nlost++;
+            atomic_fetch_add(&j->lost_gen, 1);
+        }
+        journal_set_unhealthy(j, what, e);
+        log_error("journal_records_lost", "dir=%s from_seq=%" PRIu64 " to_seq=%" PRIu64
+                  " reason=\"%s\"", j->dir, from, target, j->reason);
+        if (j->fd == fd && fd >= 0) {
+            if (j->nretired < JOURNAL_RETIRED_MAX)
+                j->retired[j->nretired++] = fd;
+            else
+                close(fd);
+            j->fd = -1;
+        }
+    }
+    j->notified_seq = target;
+    journal_notify(j);
+}
+
+/* Deletes the oldest segments beyond --journal-retain-bytes/-age; never the
+ * active one nor one with records not yet durable. Called without mu. */
+static void journal_retain(struct journal *j)
+{
+    if (j->cfg.retain_bytes == 0 && j->cfg.retain_age_ms == 0)
+        return;
+    pthread_mutex_lock(&j->mu);
+    uint64_t active = j->fd >= 0 ? j->seg_first : j->next_seq;
+    uint64_t durable = atomic_load(&j->durable);
+    pthread_mutex_unlock(&j->mu);
+
+    struct journal_seg *segs;
+    size_t n;
+    if (journal_list(j->dir, &segs, &n) != 0) {
+        log_warn("journal_list_failed", "dir=%s error=\"%s\"", j->dir, strerror(errno));
+        return;
+    }
+    uint64_t *sizes = calloc(n ? n : 1, sizeof(*sizes));
+    uint64_t *mtimes = calloc(n ? n : 1, sizeof(*mtimes));
+    uint64_t total = 0;
+    for (size_t i = 0; sizes && mtimes && i < n; i++) {
+        struct stat st;
+        if (fstatat(j->dirfd, segs[i].name, &st, 0) == 0) {
+            sizes[i] = (uint64_t)st.st_size;
+            mtimes[i] = (uint64_t)st.st_mtim.tv_sec * 1000u +
+                        (uint64_t)st.st_mtim.tv_nsec / 1000000u;
+        }
+        total += sizes[i];
+    }
+    uint64_t now = journal_wall(j);
+    uint64_t new_first = 0;
+    for (size_t i = 0; sizes && mtimes && i + 1 < n; i++) {
+        /* Segment i holds seqs up to segs[i+1].first - 1. */
+        if (segs[i].first >= active || segs[i + 1].first - 1 > durable)
+            break;
+        bool too_big = j->cfg.retain_bytes && total > j->cfg.retain_bytes;
+        bool too_old = j->cfg.retain_age_ms && now > mtimes[i] &&
+                       now - mtimes[i] > j->cfg.retain_age_ms;
+        if (!too_big && !too_old)
+            break;
+        if (unlinkat(j->dirfd, segs[i].name, 0) != 0) {
+            log_warn("journal_delete_failed", "dir=%s segment=%s error=\"%s\"", j->dir,
+                     segs[i].name, strerror(errno));
+            break;
+        }
+        log_info("journal_segment_deleted", "dir=%s segment=%s bytes=%" PRIu64 " reason=%s",
+                 j->dir, segs[i].name, sizes[i], too_big ? "size" : "age");
+        total -= sizes[i];
+        new_first = segs[i + 1].first;
+    }
+    if (new_first) {
+        pthread_mutex_lock(&j->mu);
+        if (new_first > j->first_on_disk)
+            j->first_on_disk = new_first;
+        pthread_mutex_unlock(&j->mu);
+    }
+    free(sizes);
+    free(mtimes);
+    free(segs);
+}
+
+/* Unhealthy: does the directory take JOURNAL_PROBE_BYTES now? */
+static void journal_probe(struct journal *j)
+{
+    if (!atomic_load(&j->unhealthy))
+        return;
+    static const char probe_name[] = ".probe";
+    int fd = openat(j->dirfd, probe_name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = false;
+    if (fd >= 0) {
+        static const uint8_t zeros[4096];
+        ok = true;
+        for (size_t done = 0; ok && done < JOURNAL_PROBE_BYTES; done += sizeof(zeros))
+            ok = write(fd, zeros, sizeof(zeros)) == (ssize_t)sizeof(zeros);
+        ok = ok && fdatasync(fd) == 0;
+        close(fd);
+        unlinkat(j->dirfd, probe_name, 0);
+    }
+    if (ok) {
+        pthread_mutex_lock(&j->mu);
+        journal_set_healthy(j);
+        pthread_mutex_unlock(&j->mu);
+    }
+}
+
+static void journal_maintain(struct journal *j)
+{
+    journal_retain(j);
+    journal_probe(j);
+}
+
+void journal_sync_now(struct journal *j)
+{
+    pthread_mutex_lock(&j->mu);
+    if (j->cfg.fsync != JOURNAL_FSYNC_OFF && (j->written_seq > j->synced_seq || j->nretired))
+        journal_sync_round(j);
+    else if (j->written_seq > j->notified_seq) {
+        j->notified_seq = j->written_seq;
+        journal_notify(j);
+    }
+    pthread_mutex_unlock(&j->mu);
+    journal_maintain(j);
+}
+
+static void journal_deadline(struct timespec *ts, uint64_t ms_from_now)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(ms_from_now / 1000);
+    ts->tv_nsec += (long)(ms_from_now % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static void *journal_thread(void *arg)
+{
+    struct journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    while (!j->stop) {
+        uint64_t now = mono_now_ms();
+        uint64_t wait_ms = j->next_maint_ms > now ? j->next_maint_ms - now : 0;
+        bool due = false;
+        if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
+            if (j->written_seq > j->notified_seq) {
+                /* Nothing to fsync; the feed still wants to hear of it. */
+                j->notified_seq = j->written_seq;
+                journal_notify(j);
+            }
+            if (wait_ms > j->cfg.fsync_interval_ms)
+                wait_ms = j->cfg.fsync_interval_ms;
+        } else if (j->written_seq > j->synced_seq || j->nretired) {
+            uint64_t since = now - j->pending_since_ms;
+            if (j->cfg.fsync == JOURNAL_FSYNC_ALWAYS || j->pending >= j->cfg.fsync_batch ||
+                since >= j->cfg.fsync_interval_ms || j->pending == 0)
+                due = true;
+            else if (j->cfg.fsync_interval_ms - since < wait_ms)
+                wait_ms = j->cfg.fsync_interval_ms - since;
+        }
+        if (due) {
+            journal_sync_round(j);
+            continue;
+        }
+        if (now >= j->next_maint_ms) {
+            j->next_maint_ms = now + JOURNAL_MAINT_MS;
+            pthread_mutex_unlock(&j->mu);
+            journal_maintain(j);
+            pthread_mutex_lock(&j->mu);
+            continue;
+        }
+        struct timespec ts;
+        journal_deadline(&ts, wait_ms);
+        pthread_cond_timedwait(&j->cond, &j->mu, &ts);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ recovery */
+
+/* Is there a whole valid record anywhere in p[from..len)? */
+static bool journal_valid_after(const uint8_t *p, size_t from, size_t len)
+{
+    static const uint8_t magic[4] = {0x42, 0x4A, 0x52, 0x31};
+    while (from + JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE <= len) {
+        const uint8_t *m = memmem(p + from, len - from, magic, sizeof(magic));
+        if (!m)
+            return false;
+        struct journal_record rec;
+        if (journal_record_parse(m, len - (size_t)(m - p), &rec) > 0)
+            return true;
+        from = (size_t)(m - p) + 1;
+    }
+    return false;
+}
+
+/* Scans one segment. last: it is the newest. Sets *next to the seq after
+ * its last good record; on the newest, leaves *fd_out open for appending. */
+static int journal_recover_seg(struct journal *j, const struct journal_seg *seg, bool last,
+                               uint64_t *next, uint64_t *size_out, int *fd_out, char *err,
+                               size_t errlen)
+{
+    int fd = openat(j->dirfd, seg->name, O_RDWR | O_APPEND | O_CLOEXEC);
+    if (fd < 0) {
+        errbuf_setf(err, errlen, "journal: open %s/%s: %s", j->dir, seg->name, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        errbuf_setf(err, errlen, "journal: stat %s/%s: %s", j->dir, seg->name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    size_t size = (size_t)st.st_size;
+    uint8_t *p = NULL;
+    if (size > 0) {
+        p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) {
+            errbuf_setf(err, errlen, "journal: mmap %s/%s: %s", j->dir, seg->name,
+                        strerror(errno));
+            close(fd);
+            return -1;
+        }
+    }
+    uint64_t expect = *next;
+    size_t off = 0;
+    int rc = 0;
+    while (off < size) {
+        struct journal_record rec;
+        long n = journal_record_parse(p + off, size - off, &rec);
+        const char *why = NULL;
+        if (n > 0 && rec.seq == expect) {
+            off += (size_t)n;
+            expect++;
+            continue;
+        }
+        why = n == 0 ? "record cut short" : n > 0 ? "sequence number out of order"
+                                                  : "bad magic, length or CRC32C";
+        bool torn = last && (n == 0 || !journal_valid_after(p, off + 1, size));
+        if (torn || j->cfg.recover == JOURNAL_RECOVER_TRUNCATE) {
+            if (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0) {
+                errbuf_setf(err, errlen, "journal: truncate %s/%s at byte %zu: %s", j->dir,
+                            seg->name, off, strerror(errno));
+                rc = -1;
+                break;
+            }
+            if (torn)
+                log_warn("journal_torn_tail", "dir=%s segment=%s offset=%zu dropped_bytes=%zu"
+                         " reason=\"%s\"", j->dir, seg->name, off, size - off, why);
+            else
+                log_error("journal_truncated", "dir=%s segment=%s offset=%zu dropped_bytes=%zu"
+                          " reason=\"%s\" recover=truncate", j->dir, seg->name, off, size - off,
+                          why);
+            size = off;
+            break;
+        }
+        errbuf_setf(err, errlen,
+                    "journal: corrupt record in %s/%s at byte %zu (%s) with records after it; "
+                    "refusing to start (--journal-recover=truncate cuts the segment there)",
+                    j->dir, seg->name, off, why);
+        rc = -1;
+        break;
+    }
+    if (p)
+        munmap(p, st.st_size);
+    if (rc != 0) {
+        close(fd);
+        return -1;
+    }
+    *next = expect;
+    *size_out = size;
+    if (last)
+        *fd_out = fd;
+    else
+        close(fd);
+    return 0;
+}
+
+static int journal_recover(struct journal *j, char *err, size_t errlen)
+{
+    struct journal_seg *segs;
+    size_t n;
+    if (journal_list(j->dir, &segs, &n) != 0) {
+        errbuf_setf(err, errlen, "journal: list %s: %s", j->dir, strerror(errno));
+        return -1;
+    }
+    uint64_t next = n ? segs[0].first : 1;
+    if (next == 0) {
+        errbuf_setf(err, errlen, "journal: %s/%s: sequence numbers start at 1", j->dir,
+                    segs[0].name);
+        free(segs);
+        return -1;
+    }
+    uint64_t records = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (segs[i].first != next) {
+            /* A gap is what a truncating recovery leaves; anything else is
+             * a segment missing or misnamed. */
+            if (!(segs[i].first > next && j->cfg.recover == JOURNAL_RECOVER_TRUNCATE)) {
+                errbuf_setf(err, errlen, "journal: %s/%s starts at seq %" PRIu64
+                            " but the segments before end at %" PRIu64 "; refusing to start",
+                            j->dir, segs[i].name, segs[i].first, next - 1);
+                free(segs);
+                return -1;
+            }
+            log_error("journal_gap", "dir=%s segment=%s missing_from=%" PRIu64 " missing_to=%"
+                      PRIu64, j->dir, segs[i].name, next, segs[i].first - 1);
+            next = segs[i].first;
+        }
+        uint64_t before = next, size = 0;
+        int fd = -1;
+        bool last = i + 1 == n;
+        if (journal_recover_seg(j, &segs[i], last, &next, &size, &fd, err, errlen) != 0) {
+            free(segs);
+            return -1;
+        }
+        records += next - before;
+        if (last) {
+            j->fd = fd;
+            j->seg_first = segs[i].first;
+            j->seg_size = size;
+        }
+    }
+    j->next_seq = next;
+    j->written_seq = j->synced_seq = j->notified_seq = next - 1;
+    atomic_store(&j->durable, next - 1);
+    j->first_on_disk = n ? segs[0].first : 0;
+    log_info("journal_open", "dir=%s segments=%zu records=%" PRIu64 " first_seq=%" PRIu64
+             " next_seq=%" PRIu64, j->dir, n, records, n ? segs[0].first : next, next);
+    free(segs);
+    return 0;
+}
+
+struct journal *journal_open(const struct journal_config *cfg, char *err, size_t errlen)
+{
+    struct journal *j = calloc(1, sizeof(*j));
+    if (!j) {
+        errbuf_setf(err, errlen, "journal: out of memory");
+        return NULL;
+    }
+    j->cfg = *cfg;
+    j->fd = j->dirfd = -1;
+    if (!j->cfg.wall_ms)
+        j->cfg.wall_ms = journal_real_wall_ms;
+    if (j->cfg.fsync_batch == 0)
+        j->cfg.fsync_batch = 1;
+    if (j->cfg.segment_bytes == 0)
+        j->cfg.segment_bytes = 64u << 20;
+    j->dir = strdup(cfg->dir ? cfg->dir : "");
+    pthread_condattr_t ca;
+    if (!j->dir || pthread_mutex_init(&j->mu, NULL) != 0) {
+        errbuf_setf(err, errlen, "journal: out of memory");
+        free(j->dir);
+        free(j);
+        return NULL;
+    }
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    j->cfg.dir = j->dir;
+    atomic_init(&j->durable, 0);
+    atomic_init(&j->lost_gen, 0);
+    atomic_init(&j->unhealthy, false);
+
+    if (j->dir[0] == '\0') {
+        errbuf_setf(err, errlen, "journal: no directory given");
+        goto fail;
+    }
+    if (mkdir(j->dir, 0755) != 0 && errno != EEXIST) {
+        errbuf_setf(err, errlen, "journal: mkdir %s: %s", j->dir, strerror(errno));
+        goto fail;
+    }
+    j->dirfd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (j->dirfd < 0) {
+        errbuf_setf(err, errlen, "journal: open %s: %s", j->dir, strerror(errno));
+        goto fail;
+    }
+    if (journal_recover(j, err, errlen) != 0)
+        goto fail;
+    j->next_maint_ms = mono_now_ms();
+    if (!j->cfg.manual_sync) {
+        int rc = pthread_create(&j->thread, NULL, journal_thread, j);
+        if (rc != 0) {
+            errbuf_setf(err, errlen, "journal: pthread_create: %s", strerror(rc));
+            goto fail;
+        }
+        j->started = true;
+    }
+    return j;
+fail:
+    journal_free(j);
+    return NULL;
+}
+
+void journal_free(struct journal *j)
+{
+    if (!j)
+        return;
+    if (j->started) {
+        pthread_mutex_lock(&j->mu);
+        j->stop = true;
+        pthread_cond_signal(&j->cond);
+        pthread_mutex_unlock(&j->mu);
+        pthread_join(j->thread, NULL);
+    }
+    /* A clean stop leaves everything written on disk, whatever the policy. */
+    pthread_mutex_lock(&j->mu);
+    if (j->dirfd >= 0 && (j->written_seq > j->synced_seq || j->nretired || j->dir_dirty))
+        journal_sync_round(j);
+    pthread_mutex_unlock(&j->mu);
+    for (unsigned i = 0; i < j->nretired; i++)
+        close(j->retired[i]);
+    if (j->fd >= 0)
+        close(j->fd);
+    if (j->dirfd >= 0)
+        close(j->dirfd);
+    pthread_cond_destroy(&j->cond);
+    pthread_mutex_destroy(&j->mu);
+    free(j->dir);
+    free(j);
+}
+
+/* ------------------------------------------------------------ reader */
+
+struct journal_reader {
+    char *dir;
+    int fd;              /* segment being read, -1 before the first */
+    uint64_t seg_first;
+    uint64_t off;
+    uint64_t next;       /* seq the next record must have */
+};
+
+struct journal_reader *journal_reader_new(const char *dir, uint64_t from_seq)
+{
+    struct journal_reader *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->dir = strdup(dir);
+    if (!r->dir) {
+        free(r);
+        return NULL;
+    }
+    r->fd = -1;
+    r->next = from_seq ? from_seq : 1;
+    return r;
+}
+
+void journal_reader_free(struct journal_reader *r)
+{
+    if (!r)
+        return;
+    if (r->fd >= 0)
+        close(r->fd);
+    free(r->dir);
+    free(r);
+}
+
+uint64_t journal_reader_seq(const struct journal_reader *r) { return r->next; }
+
+/* Opens the segment holding r->next, or the first one after the current.
+ * 1 opened, 0 none there (yet), -1 error. */
+static int journal_reader_open(struct journal_reader *r, bool after_current, char *err,
+                               size_t errlen)
+{
+    struct journal_seg *segs;
+    size_t n;
+    if (journal_list(r->dir, &segs, &n) != 0) {
+        errbuf_setf(err, errlen, "journal: list %s: %s", r->dir, strerror(errno));
+        return -1;
+    }
+    ssize_t pick = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (after_current) {
+            if (segs[i].first > r->seg_first) {
+                pick = (ssize_t)i;
+                break;
+            }
+        } else if (segs[i].first <= r->next) {
+            pick = (ssize_t)i;
+        }
+    }
+    if (pick < 0 && !after_current && n > 0)
+        pick = 0; /* what was asked for is gone: start at the oldest kept */
+    if (pick < 0) {
+        free(segs);
+        return 0;
+    }
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", r->dir, segs[pick].name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        free(segs);
+        if (e == ENOENT)
+            return 0; /* deleted by retention meanwhile: the next call lists again */
+        errbuf_setf(err, errlen, "journal: open %s: %s", path, strerror(e));
+        return -1;
+    }
+    if (r->fd >= 0)
+        close(r->fd);
+    r->fd = fd;
+    r->seg_first = segs[pick].first;
+    r->off = 0;
+    if (r->seg_first > r->next)
+        r->next = r->seg_first; /* a gap: retention or a truncating recovery */
+    free(segs);
+    return 1;
+}
+
+static ssize_t journal_pread_all(int fd, void *p, size_t len, uint64_t off)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, (uint8_t *)p + got, len - got, (off_t)(off + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+int journal_reader_next(struct journal_reader *r, uint64_t max_seq, struct buf *raw,
+                        struct journal_record *rec, char *err, size_t errlen)
+{
+    for (int hops = 0; hops < 1000000; hops++) {
+        if (r->next > max_seq)
+            return 0;
+        if (r->fd < 0) {
+            int o = journal_reader_open(r, false, err, errlen);
+            if (o <= 0)
+                return o;
+        }
+        uint8_t h[JOURNAL_HEADER_SIZE];
+        ssize_t got = journal_pread_all(r->fd, h, sizeof(h), r->off);
+        if (got < 0) {
+            errbuf_setf(err, errlen, "journal: read %s/%020" PRIu64 ".seg: %s", r->dir,
+                        r->seg_first, strerror(errno));
+            return -1;
+        }
+        if (got == 0) {
+            /* End of this segment: the record is in the next one. */
+            int o = journal_reader_open(r, true, err, errlen);
+            if (o <= 0)
+                return o;
+            continue;
+        }
+        if ((size_t)got < sizeof(h))
+            return 0; /* being written: not durable yet */
+        uint32_t rl = get_u32(h + 4);
+        if (get_u32(h) != JOURNAL_MAGIC || rl < JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE ||
+            rl > JOURNAL_RECORD_MAX) {
+            errbuf_setf(err, errlen, "journal: bad record header in %s/%020" PRIu64
+                        ".seg at byte %" PRIu64, r->dir, r->seg_first, r->off);
+            return -1;
+        }
+        buf_clear(raw);
+        if (buf_reserve(raw, rl) != 0) {
+            errbuf_setf(err, errlen, "journal: out of memory");
+            return -1;
+        }
+        got = journal_pread_all(r->fd, buf_tail(raw), rl, r->off);
+        if (got < 0) {
+            errbuf_setf(err, errlen, "journal: read %s/%020" PRIu64 ".seg: %s", r->dir,
+                        r->seg_first, strerror(errno));
+            return -1;
+        }
+        if ((size_t)got < rl)
+            return 0;
+        buf_commit(raw, rl);
+        if (journal_record_parse(buf_head(raw), rl, rec) != (long)rl) {
+            errbuf_setf(err, errlen, "journal: bad record (CRC32C) in %s/%020" PRIu64
+                        ".seg at byte %" PRIu64, r->dir, r->seg_first, r->off);
+            return -1;
+        }
+        if (rec->seq > max_seq)
+            return 0;
+        r->off += rl;
+        if (rec->seq < r->next)
+            continue; /* before the start asked for */
+        r->next = rec->seq + 1;
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,154 @@
+/* journal: the node's append-only, checksummed record of every SEND it
+ * acknowledges: segment files in one directory, group commit on its own
+ * thread, recovery at open, retention, and a reader for the downstream feed.
+ * Record format and guarantees: docs/DESIGN.md, "Journal". */
+#ifndef BERTH_JOURNAL_H
+#define BERTH_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "buf.h"
+
+#define JOURNAL_MAGIC 0x424A5231u    /* "BJR1" */
+#define JOURNAL_HEADER_SIZE 40
+#define JOURNAL_TRAILER_SIZE 4       /* CRC32C */
+#define JOURNAL_RECORD_MAX (JOURNAL_HEADER_SIZE + 255 + 255 + 65535 + (256u << 20) + 4)
+#define JOURNAL_SEG_NAME_LEN 24      /* 20 digits + ".seg" */
+#define JOURNAL_IDENT_HELLO_PEER 0   /* identity: HELLO name + peer address */
+#define JOURNAL_IDENT_CERT 1         /* ... and a client certificate (mTLS): cert holds
+                                      * its SHA-256 (32 bytes), then its identity text */
+#define JOURNAL_CERT_SHA256_LEN 32
+
+enum journal_fsync {
+    JOURNAL_FSYNC_ALWAYS, /* no ACK before its record is fsynced; fsync whatever is queued */
+    JOURNAL_FSYNC_BATCH,  /* group commit: fsync every interval or batch records */
+    JOURNAL_FSYNC_OFF,    /* ACK after write(): a power loss can lose ACKed records */
+};
+
+enum journal_recover {
+    JOURNAL_RECOVER_REFUSE,   /* a bad record before the tail: journal_open fails */
+    JOURNAL_RECOVER_TRUNCATE, /* ... cut that segment at the bad record, log it, go on */
+};
+
+/* Settings; strings are copied. */
+struct journal_config {
+    const char *dir;               /* created (one level) if missing */
+    enum journal_fsync fsync;
+    uint32_t fsync_interval_ms;    /* batch: longest a record waits for its fsync */
+    uint32_t fsync_batch;          /* batch: this many pending records fsync at once */
+    uint64_t segment_bytes;        /* a segment rolls before it would exceed this */
+    uint64_t retain_bytes;         /* delete oldest segments above this total; 0: no limit */
+    uint64_t retain_age_ms;        /* delete segments last written longer ago; 0: no limit */
+    enum journal_recover recover;
+    /* Wall clock in Unix ms for timestamps and retention age; NULL: the real one. */
+    uint64_t (*wall_ms)(void *arg);
+    void *clock_arg;
+    /* Tests: no thread; journal_sync_now does one pass of its work. */
+    bool manual_sync;
+    /* Tests: replaces writev(2) for appends to inject failures. */
+    ssize_t (*writev_hook)(int fd, const struct iovec *iov, int iovcnt);
+};
+
+/* What a SEND gives the journal. Strings need not be NUL-terminated. */
+struct journal_entry {
+    uint64_t message_id;
+    const char *name;   /* HELLO name */
+    size_t name_len;    /* <= 255 */
+    const char *peer;   /* "ip:port" */
+    size_t peer_len;    /* <= 255 */
+    const uint8_t *cert; /* JOURNAL_IDENT_CERT identity; NULL/0: no client certificate */
+    size_t cert_len;    /* <= 65535 */
+    const void *data;
+    size_t len;
+};
+
+/* A decoded record; pointers borrow from the bytes parsed. */
+struct journal_record {
+    uint64_t seq;
+    uint64_t message_id;
+    uint64_t timestamp_ms;   /* Unix ms when the node stored it */
+    uint16_t ident_kind;     /* JOURNAL_IDENT_* */
+    const char *name;
+    uint8_t name_len;
+    const char *peer;
+    uint8_t peer_len;
+    const uint8_t *cert;     /* JOURNAL_IDENT_CERT: SHA-256 then identity text; else empty */
+    uint16_t cert_len;
+    const uint8_t *data;
+    uint32_t len;
+};
+
+/* Where a record's ACK stands. */
+enum journal_state {
+    JOURNAL_PENDING, /* written, not yet durable under the fsync policy */
+    JOURNAL_DURABLE, /* stored: the ACK may go */
+    JOURNAL_LOST,    /* its fsync failed: it must never be acknowledged */
+};
+
+struct journal;
+
+/* Opens (creating) the directory, recovers the segments (keeps every
+ * complete record, cuts a torn tail, refuses a bad record elsewhere, naming
+ * the file and byte offset in err) and starts the sync thread. NULL with the
+ * reason in err. */
+struct journal *journal_open(const struct journal_config *cfg, char *err, size_t errlen);
+/* Stops the thread, fsyncs what was written, closes. NULL is a no-op. */
+void journal_free(struct journal *j);
+
+/* Appends one record (thread-safe; never waits for the disk except in the
+ * write(2) itself). Returns 0 with *seq set, or -1 with the cause in err:
+ * nothing was stored and the journal reports itself unhealthy. */
+int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *seq, char *err,
+                   size_t errlen);
+
+/* Durability of seq as of now; cheap (one atomic load on the fast path). */
+enum journal_state journal_state(struct journal *j, uint64_t seq);
+uint64_t journal_durable_seq(const struct journal *j);
+/* The seq the next record gets; the last stored is one less. */
+uint64_t journal_next_seq(struct journal *j);
+/* The seq of the oldest record still on disk (journal_next_seq if none). */
+uint64_t journal_first_seq(struct journal *j);
+const char *journal_dir(const struct journal *j);
+
+/* Registers an eventfd written after the durable (or, with fsync off, the
+ * written) seq advanced or a record was lost. Up to 64; call before the
+ * threads that read it run. Returns 0 or -1. */
+int journal_add_waiter(struct journal *j, int efd);
+
+/* Unregisters efd: once this returns the journal never writes it again. */
+void journal_remove_waiter(struct journal *j, int efd);
+
+/* False with "journal: <cause>" in reason while writes fail (disk full, I/O
+ * error); true again once the directory takes writes. */
+bool journal_healthy(struct journal *j, char *reason, size_t len);
+
+/* manual_sync mode (tests): one pass of the thread's work (fsync, notify,
+ * retention, health probe) as if now_wall_ms were the time. */
+void journal_sync_now(struct journal *j);
+
+/* Record codec. journal_record_size: the encoded size of an entry.
+ * journal_record_parse: checks magic, lengths and the CRC of the record at
+ * the front of p; returns its size, 0 when more bytes are needed, -1 when
+ * it is not a valid record. */
+size_t journal_record_size(const struct journal_entry *e);
+long journal_record_parse(const uint8_t *p, size_t len, struct journal_record *out);
+
+/* Reader over the segments on disk, for replay and the feed (one thread). */
+struct journal_reader;
+/* Starts at from_seq (or the oldest record kept, if that is later). */
+struct journal_reader *journal_reader_new(const char *dir, uint64_t from_seq);
+void journal_reader_free(struct journal_reader *r);
+/* Reads the next record with seq <= max_seq into raw (replacing its
+ * content) and parses it into rec (borrowing from raw). Returns 1, 0 when
+ * there is none up to max_seq yet, or -1 with err (a bad record, a missing
+ * segment). */
+int journal_reader_next(struct journal_reader *r, uint64_t max_seq, struct buf *raw,
+                        struct journal_record *rec, char *err, size_t errlen);
+/* The seq the next journal_reader_next returns. */
+uint64_t journal_reader_seq(const struct journal_reader *r);
+
+#endif

@@ -1,0 +1,352 @@
+/* tail: one DEALER per --feed endpoint; subscribes, grants credit as it
+ * consumes, checks every record's CRC32C, resubscribes after a node
+ * restart from the seq after the last one seen, and stops after --count
+ * records or --duration. Record layout: docs/DESIGN.md, "Journal". */
+#include "tail.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "config.h"
+#include "crc32c.h"
+#include "mono.h"
+
+#define TAIL_FEEDS_MAX 16
+#define TAIL_KEEPALIVE_MS 1000
+#define TAIL_REC_HEADER 40
+#define TAIL_REC_MAGIC 0x424A5231u
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE 2
+
+static const struct config_setting tail_settings[] = {
+    {"feed", CONFIG_STRING, NULL, 0, 0, NULL,
+     "node feed endpoint(s), comma-separated: tcp://host:port (the nodes' --feed)"},
+    {"from", CONFIG_INT, "0", 0, 9223372036854775807ll, NULL,
+     "first seq to replay on every node (0: only records stored from now on)"},
+    {"count", CONFIG_INT, "0", 0, 9223372036854775807ll, NULL,
+     "stop after this many records in all (0: no limit)"},
+    {"duration", CONFIG_DURATION, "0", 0, 86400000ll * 365, NULL,
+     "stop after this long (0: no limit)"},
+    {"out", CONFIG_STRING, NULL, 0, 0, NULL,
+     "append the records, as stored (journal format), to this file instead of printing"},
+    {"credit", CONFIG_INT, "1024", 1, 4096, NULL, "records in flight per node"},
+    {"timeout", CONFIG_DURATION, "5s", 100, 3600000, NULL,
+     "a node that does not answer the subscription this long is an error"},
+};
+
+struct tail_feed {
+    char endpoint[256];
+    void *sock;
+    char node[256];        /* from WELCOME */
+    bool welcomed;
+    uint64_t last_seq;     /* last record seen, 0 none */
+    uint64_t unacked;      /* records since the last credit */
+    uint64_t last_sent_ms;
+    uint64_t subscribed_ms;
+};
+
+static volatile sig_atomic_t tail_stop;
+static void tail_on_signal(int sig) { (void)sig; tail_stop = 1; }
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
+static void put_u32(uint8_t *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static void put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static int tail_send(struct tail_feed *t, const uint8_t *p, size_t len)
+{
+    t->last_sent_ms = mono_now_ms();
+    return zmq_send(t->sock, p, len, ZMQ_DONTWAIT) < 0 ? -1 : 0;
+}
+
+static int tail_subscribe(struct tail_feed *t, uint64_t from, uint32_t credit)
+{
+    uint8_t m[13];
+    m[0] = 'S';
+    put_u64(m + 1, from);
+    put_u32(m + 9, credit);
+    t->welcomed = false;
+    t->unacked = 0;
+    t->subscribed_ms = mono_now_ms();
+    return tail_send(t, m, sizeof(m));
+}
+
+static int tail_credit(struct tail_feed *t, uint32_t n)
+{
+    uint8_t m[5];
+    m[0] = 'C';
+    put_u32(m + 1, n);
+    return tail_send(t, m, sizeof(m));
+}
+
+/* data as text: printable ASCII stays, the rest is escaped. */
+static void tail_print_escaped(FILE *out, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = p[i];
+        if (c == '"' || c == '\\')
+            fprintf(out, "\\%c", c);
+        else if (c >= 0x20 && c < 0x7f)
+            fputc(c, out);
+        else if (c == '\n')
+            fputs("\\n", out);
+        else
+            fprintf(out, "\\x%02x", c);
+    }
+}
+
+/* One 'R' message: checks it and prints or writes it. 0, or -1 (bad record). */
+static int tail_record(struct tail_feed *t, const uint8_t *p, size_t len, FILE *out, bool raw)
+{
+    if (len < TAIL_REC_HEADER + 4 || get_u32(p) != TAIL_REC_MAGIC || get_u32(p + 4) != len)
+        return -1;
+    size_t nl = p[32], pl = p[33], cl = (size_t)p[34] << 8 | p[35];
+    if (TAIL_REC_HEADER + nl + pl + cl + 4 > len)
+        return -1;
+    if (crc32c(0, p, len - 4) != get_u32(p + len - 4))
+        return -1;
+    uint64_t seq = get_u64(p + 8);
+    if (t->last_seq && seq != t->last_seq + 1)
+        fprintf(stderr, "berth tail: %s: seq %" PRIu64 " follows %" PRIu64
+                " (records in between are no longer kept)\n", t->node, seq, t->last_seq);
+    t->last_seq = seq;
+    if (raw)
+        return fwrite(p, 1, len, out) == len ? 0 : -1;
+    const uint8_t *name = p + TAIL_REC_HEADER, *peer = name + nl, *data = peer + pl + cl;
+    size_t dl = len - TAIL_REC_HEADER - nl - pl - cl - 4;
+    fprintf(out, "seq=%" PRIu64 " node=%s client=\"", seq, t->node);
+    tail_print_escaped(out, name, nl);
+    fprintf(out, "\" peer=%.*s", (int)pl, (const char *)peer);
+    /* Identity kind 1 (mTLS): the certificate's SHA-256, then its identity. */
+    const uint8_t *cert = peer + pl;
+    if ((p[36] << 8 | p[37]) == 1 && cl >= 32) {
+        fputs(" cert=\"", out);
+        tail_print_escaped(out, cert + 32, cl - 32);
+        fputs("\" cert_sha256=", out);
+        for (size_t i = 0; i < 32; i++)
+            fprintf(out, "%02x", cert[i]);
+    }
+    fprintf(out, " id=%" PRIu64 " ts=%" PRIu64 " bytes=%zu data=\"", get_u64(p + 16),
+            get_u64(p + 24), dl);
+    tail_print_escaped(out, data, dl);
+    fputs("\"\n", out);
+    return 0;
+}
+
+static int tail_split(const char *list, struct tail_feed *feeds, size_t *n)
+{
+    *n = 0;
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof(feeds[0].endpoint) || *n == TAIL_FEEDS_MAX)
+            return -1;
+        memcpy(feeds[*n].endpoint, p, len);
+        feeds[*n].endpoint[len] = '\0';
+        (*n)++;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return *n ? 0 : -1;
+}
+
+static int tail_run(struct config *cfg)
+{
+    static struct tail_feed feeds[TAIL_FEEDS_MAX];
+    size_t nf = 0;
+    const char *list = config_str(cfg, "feed");
+    if (!list || !list[0]) {
+        fprintf(stderr, "berth tail: --feed is required\n");
+        return EXIT_USAGE;
+    }
+    if (tail_split(list, feeds, &nf) != 0) {
+        fprintf(stderr, "berth tail: --feed \"%s\": give 1..%d comma-separated endpoints\n",
+                list, TAIL_FEEDS_MAX);
+        return EXIT_USAGE;
+    }
+    uint64_t from = (uint64_t)config_int(cfg, "from");
+    uint64_t count = (uint64_t)config_int(cfg, "count");
+    uint64_t duration = (uint64_t)config_int(cfg, "duration");
+    uint64_t timeout = (uint64_t)config_int(cfg, "timeout");
+    uint32_t credit = (uint32_t)config_int(cfg, "credit");
+    const char *outpath = config_str(cfg, "out");
+    bool raw = outpath && outpath[0];
+    FILE *out = stdout;
+    if (raw) {
+        out = fopen(outpath, "ab");
+        if (!out) {
+            fprintf(stderr, "berth tail: --out %s: %s\n", outpath, strerror(errno));
+            return EXIT_RUNTIME;
+        }
+    }
+    int status = 0;
+    void *ctx = zmq_ctx_new();
+    if (!ctx) {
+        fprintf(stderr, "berth tail: zmq_ctx_new: %s\n", zmq_strerror(zmq_errno()));
+        status = EXIT_RUNTIME;
+        goto done;
+    }
+    for (size_t i = 0; i < nf; i++) {
+        struct tail_feed *t = &feeds[i];
+        int linger = 0;
+        memcpy(t->node, t->endpoint, sizeof(t->endpoint)); /* NUL-terminated, same size */
+        t->sock = zmq_socket(ctx, ZMQ_DEALER);
+        if (!t->sock || zmq_setsockopt(t->sock, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
+            zmq_connect(t->sock, t->endpoint) != 0) {
+            fprintf(stderr, "berth tail: --feed %s: %s\n", t->endpoint, zmq_strerror(zmq_errno()));
+            status = EXIT_USAGE;
+            goto done;
+        }
+        tail_subscribe(t, from, credit);
+    }
+    signal(SIGINT, tail_on_signal);
+    signal(SIGTERM, tail_on_signal);
+    signal(SIGPIPE, SIG_IGN);
+
+    uint64_t start = mono_now_ms(), got = 0;
+    while (!tail_stop && (count == 0 || got < count)) {
+        uint64_t now = mono_now_ms();
+        if (duration && now - start >= duration)
+            break;
+        zmq_pollitem_t items[TAIL_FEEDS_MAX];
+        for (size_t i = 0; i < nf; i++)
+            items[i] = (zmq_pollitem_t){.socket = feeds[i].sock, .events = ZMQ_POLLIN};
+        long wait = 200;
+        int rc = zmq_poll(items, (int)nf, wait);
+        if (rc < 0 && zmq_errno() != EINTR) {
+            fprintf(stderr, "berth tail: poll: %s\n", zmq_strerror(zmq_errno()));
+            status = EXIT_RUNTIME;
+            break;
+        }
+        now = mono_now_ms();
+        for (size_t i = 0; i < nf && status == 0; i++) {
+            struct tail_feed *t = &feeds[i];
+            for (int k = 0; k < 4096 && (count == 0 || got < count); k++) {
+                zmq_msg_t m;
+                zmq_msg_init(&m);
+                if (zmq_msg_recv(&m, t->sock, ZMQ_DONTWAIT) < 0) {
+                    zmq_msg_close(&m);
+                    break;
+                }
+                const uint8_t *p = zmq_msg_data(&m);
+                size_t len = zmq_msg_size(&m);
+                if (len >= 1 && p[0] == 'R') {
+                    if (tail_record(t, p + 1, len - 1, out, raw) != 0) {
+                        fprintf(stderr, "berth tail: %s: a record failed its check (CRC32C or "
+                                "length)\n", t->node);
+                        status = EXIT_RUNTIME;
+                    }
+                    got++;
+                    if (++t->unacked >= credit / 2 + 1) {
+                        tail_credit(t, (uint32_t)t->unacked);
+                        t->unacked = 0;
+                    }
+                } else if (len >= 18 && p[0] == 'W' && (size_t)p[1] + 18 <= len) {
+                    snprintf(t->node, sizeof(t->node), "%.*s", p[1], (const char *)p + 2);
+                    t->welcomed = true;
+                    fprintf(stderr, "berth tail: %s: node %s keeps seq %" PRIu64 "..%" PRIu64 "\n",
+                            t->endpoint, t->node, get_u64(p + 2 + p[1]),
+                            get_u64(p + 10 + p[1]) - 1);
+                } else if (len >= 1 && p[0] == 'E') {
+                    if (len - 1 == strlen("not subscribed") &&
+                        memcmp(p + 1, "not subscribed", len - 1) == 0) {
+                        /* The node restarted: go on after the last record seen. */
+                        tail_subscribe(t, t->last_seq ? t->last_seq + 1 : (from ? from : 0), credit);
+                    } else {
+                        fprintf(stderr, "berth tail: %s: %.*s\n", t->node, (int)(len - 1),
+                                (const char *)p + 1);
+                        status = EXIT_RUNTIME;
+                    }
+                }
+                zmq_msg_close(&m);
+                if (status)
+                    break;
+            }
+            if (!t->welcomed && now - t->subscribed_ms >= timeout) {
+                /* Lost or never answered: ask again, and say so once per timeout. */
+                fprintf(stderr, "berth tail: %s: no answer to the subscription in %" PRIu64
+                        " ms; asking again\n", t->endpoint, timeout);
+                tail_subscribe(t, t->last_seq ? t->last_seq + 1 : from, credit);
+            } else if (now - t->last_sent_ms >= TAIL_KEEPALIVE_MS) {
+                tail_credit(t, (uint32_t)t->unacked);
+                t->unacked = 0;
+            }
+        }
+        fflush(out);
+        if (status)
+            break;
+    }
+    for (size_t i = 0; i < nf; i++) {
+        if (feeds[i].sock) {
+            uint8_t bye = 'X';
+            tail_send(&feeds[i], &bye, 1);
+        }
+    }
+done:
+    for (size_t i = 0; i < nf; i++)
+        if (feeds[i].sock)
+            zmq_close(feeds[i].sock);
+    if (ctx)
+        zmq_ctx_term(ctx);
+    if (raw && fclose(out) != 0 && status == 0) {
+        fprintf(stderr, "berth tail: --out %s: %s\n", outpath, strerror(errno));
+        status = EXIT_RUNTIME;
+    }
+    fflush(stdout);
+    return status;
+}
+
+int cli_tail_main(int argc, char **argv)
+{
+    char err[512];
+    struct config *cfg = config_new("berth tail", BERTH_VERSION,
+                                    "print or save the records nodes journal, live or replayed "
+                                    "from a seq",
+                                    tail_settings, sizeof(tail_settings) / sizeof(tail_settings[0]));
+    if (!cfg) {
+        fprintf(stderr, "berth tail: out of memory\n");
+        return EXIT_RUNTIME;
+    }
+    int status = EXIT_USAGE;
+    switch (config_load(cfg, argc, argv, err, sizeof(err))) {
+    case CONFIG_OK:
+        if (config_npositional(cfg) > 0) {
+            fprintf(stderr, "berth tail: unexpected argument \"%s\"\n", config_positional(cfg, 0));
+            break;
+        }
+        status = tail_run(cfg);
+        break;
+    case CONFIG_HELP:
+        config_usage(cfg, stdout);
+        status = 0;
+        break;
+    case CONFIG_VERSION:
+        config_version_line(cfg, stdout);
+        status = 0;
+        break;
+    case CONFIG_ERROR:
+    default:
+        fprintf(stderr, "berth tail: %s\n", err);
+        break;
+    }
+    config_free(cfg);
+    return status;
+}
