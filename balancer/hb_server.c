@@ -1,5 +1,7 @@
 /* hb_server: the heartbeat ROUTER socket: reads node messages, applies them
- * to the registry, answers ACK/REREGISTER, and counts what it refuses. */
+ * to the registry, answers ACK/REREGISTER, and counts what it refuses; in
+ * secure mode binds each node id to its CURVE key; takes a node out at once
+ * when its connection closes. */
 #include "hb_server.h"
 
 #include <errno.h>
@@ -22,6 +24,10 @@
 #define HB_LOG_PERIOD_MS 1000
 /* Generous queues: a few thousand nodes may all heartbeat in one interval. */
 #define HB_HWM 100000
+/* Bindings of ids the registry forgot are dropped this often. */
+#define HB_SWEEP_MS 10000
+/* First size of the binding hash (a power of two); it doubles as it fills. */
+#define HB_BUCKETS_MIN 64
 
 static const char *const reject_names[HB_REJECT_COUNT] = {
     [HB_REJECT_FRAMES] = "frames",
@@ -33,6 +39,8 @@ static const char *const reject_names[HB_REJECT_COUNT] = {
     [HB_REJECT_UNEXPECTED] = "unexpected",
     [HB_REJECT_FULL] = "full",
     [HB_REJECT_HANDSHAKE] = "handshake",
+    [HB_REJECT_UNAUTHENTICATED] = "unauthenticated",
+    [HB_REJECT_KEY_MISMATCH] = "key_mismatch",
 };
 
 const char *hb_reject_name(enum hb_reject r)
@@ -46,14 +54,42 @@ struct reject_log {
     uint64_t suppressed; /* rejects not logged since that line */
 };
 
+/* What the server knows of one node id: the key it is bound to and the
+ * connection its messages arrive on. */
+struct binding {
+    char id[HB_NODE_ID_MAX + 1];
+    char key[KEYS_Z85_LEN + 1]; /* Z85 of the key that registered it; "" in plaintext */
+    uint64_t boot_id;           /* of its last accepted message */
+    int fd;                     /* connection of its last accepted message; -1 none */
+    /* The connection whose close took it out, and that fd's accept count
+     * then: a message still queued from it is stale, not a sign of life. */
+    int dead_fd;
+    uint32_t dead_gen;
+    struct binding *next;                /* hash chain */
+    struct binding *fd_prev, *fd_next;   /* the bindings on the same fd */
+};
+
+/* Per file descriptor: the bindings whose messages came on it, and how
+ * many connections were accepted on it (fds are reused). */
+struct fd_slot {
+    struct binding *head;
+    uint32_t accept_gen;
+};
+
 struct hb_server {
     void *router;             /* the ROUTER nodes' DEALERs connect to */
-    void *monitor;            /* PAIR receiving the ROUTER's handshake-failure events */
+    void *monitor;            /* PAIR receiving the ROUTER's handshake and close events */
     bool monitoring;          /* zmq_socket_monitor is active on router */
+    struct zap_handler *zap;  /* secure mode only; outlives router */
     struct registry *reg;     /* borrowed */
     char endpoint[256];       /* ZMQ_LAST_ENDPOINT after bind */
     struct hb_server_stats stats;
     struct reject_log logs[HB_REJECT_COUNT];
+    struct binding **buckets; /* id -> binding */
+    size_t nbuckets, nbindings;
+    struct fd_slot *fds;      /* indexed by fd */
+    size_t nfds;
+    uint64_t next_sweep_ms;
 };
 
 static void set_err(char *err, size_t errlen, const char *what)
@@ -74,11 +110,13 @@ static void log_sanitize(const char *in, size_t inlen, char *out, size_t outlen)
     out[j] = '\0';
 }
 
-/* Counts a reject and warns about it, at most once a second per reason. */
-static void reject(struct hb_server *s, enum hb_reject r, const char *peer, const char *detail)
+/* Counts a refused message or connection and warns about it, at most once
+ * a second per reason. */
+static void reject_counted(struct hb_server *s, enum hb_reject r, bool message, const char *peer,
+                           const char *detail)
 {
     s->stats.rejected[r]++;
-    if (r != HB_REJECT_HANDSHAKE)
+    if (message)
         s->stats.dropped++;
 
     struct reject_log *rl = &s->logs[r];
@@ -93,6 +131,153 @@ static void reject(struct hb_server *s, enum hb_reject r, const char *peer, cons
              hb_reject_name(r), peer && *peer ? peer : "-", clean, rl->suppressed);
     rl->last_ms = now;
     rl->suppressed = 0;
+}
+
+static void reject(struct hb_server *s, enum hb_reject r, const char *peer, const char *detail)
+{
+    reject_counted(s, r, r != HB_REJECT_HANDSHAKE, peer, detail);
+}
+
+/* ---- bindings: node id -> key and connection ---- */
+
+static size_t id_hash(const char *id)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ull;
+    return (size_t)h;
+}
+
+static struct binding *binding_find(const struct hb_server *s, const char *id)
+{
+    if (!s->nbuckets)
+        return NULL;
+    for (struct binding *b = s->buckets[id_hash(id) & (s->nbuckets - 1)]; b; b = b->next)
+        if (strcmp(b->id, id) == 0)
+            return b;
+    return NULL;
+}
+
+/* Doubles the hash when it is full; on out of memory it keeps the old one
+ * (longer chains, still correct). */
+static void bindings_grow(struct hb_server *s)
+{
+    size_t n = s->nbuckets ? s->nbuckets * 2 : HB_BUCKETS_MIN;
+    struct binding **nb = calloc(n, sizeof(*nb));
+    if (!nb)
+        return;
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        struct binding *b = s->buckets[i];
+        while (b) {
+            struct binding *next = b->next;
+            size_t h = id_hash(b->id) & (n - 1);
+            b->next = nb[h];
+            nb[h] = b;
+            b = next;
+        }
+    }
+    free(s->buckets);
+    s->buckets = nb;
+    s->nbuckets = n;
+}
+
+/* The slot of fd, grown on demand; NULL for a bad fd or out of memory. */
+static struct fd_slot *fd_slot(struct hb_server *s, int fd)
+{
+    if (fd < 0)
+        return NULL;
+    if ((size_t)fd >= s->nfds) {
+        size_t n = s->nfds ? s->nfds : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        struct fd_slot *p = realloc(s->fds, n * sizeof(*p));
+        if (!p)
+            return NULL;
+        memset(p + s->nfds, 0, (n - s->nfds) * sizeof(*p));
+        s->fds = p;
+        s->nfds = n;
+    }
+    return &s->fds[fd];
+}
+
+static void binding_unlink_fd(struct hb_server *s, struct binding *b)
+{
+    if (b->fd < 0)
+        return;
+    if (b->fd_prev)
+        b->fd_prev->fd_next = b->fd_next;
+    else if ((size_t)b->fd < s->nfds)
+        s->fds[b->fd].head = b->fd_next;
+    if (b->fd_next)
+        b->fd_next->fd_prev = b->fd_prev;
+    b->fd_prev = b->fd_next = NULL;
+    b->fd = -1;
+}
+
+static void binding_set_fd(struct hb_server *s, struct binding *b, int fd)
+{
+    if (b->fd == fd)
+        return;
+    binding_unlink_fd(s, b);
+    struct fd_slot *slot = fd_slot(s, fd);
+    if (!slot)
+        return; /* no fast detection for this one; silence still takes it down */
+    b->fd = fd;
+    b->fd_next = slot->head;
+    if (slot->head)
+        slot->head->fd_prev = b;
+    slot->head = b;
+}
+
+static struct binding *binding_add(struct hb_server *s, const char *id, const char *key)
+{
+    if (s->nbindings >= s->nbuckets)
+        bindings_grow(s);
+    struct binding *b = s->nbuckets ? calloc(1, sizeof(*b)) : NULL;
+    if (!b)
+        return NULL;
+    snprintf(b->id, sizeof(b->id), "%s", id);
+    snprintf(b->key, sizeof(b->key), "%s", key ? key : "");
+    b->fd = b->dead_fd = -1;
+    size_t h = id_hash(id) & (s->nbuckets - 1);
+    b->next = s->buckets[h];
+    s->buckets[h] = b;
+    s->nbindings++;
+    return b;
+}
+
+/* Drops the bindings of ids the registry forgot: their key no longer
+ * protects anything, and the table stays as large as the registry. */
+static void bindings_sweep(struct hb_server *s)
+{
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        struct binding **pp = &s->buckets[i];
+        while (*pp) {
+            struct binding *b = *pp;
+            if (registry_find(s->reg, b->id) == NULL) {
+                *pp = b->next;
+                binding_unlink_fd(s, b);
+                free(b);
+                s->nbindings--;
+            } else {
+                pp = &b->next;
+            }
+        }
+    }
+}
+
+static void bindings_free(struct hb_server *s)
+{
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        struct binding *b = s->buckets[i];
+        while (b) {
+            struct binding *next = b->next;
+            free(b);
+            b = next;
+        }
+    }
+    free(s->buckets);
+    free(s->fds);
 }
 
 /* Sorts a decode failure into parse / type / field by looking at the JSON
@@ -163,8 +348,50 @@ static void send_reply(struct hb_server *s, zmq_msg_t *id, enum hb_type type, co
     s->stats.replies_sent++;
 }
 
+/* Secure mode: the sender's key (libzmq's User-Id, which our ZAP handler
+ * set to the key's Z85 text) must still be allowed, and the node id must be
+ * bound to it. Returns true when the message may be applied. */
+static bool check_key(struct hb_server *s, const struct hb_msg *m, const char *user,
+                      struct binding *b, const char *peer)
+{
+    char detail[200];
+    uint8_t key[KEYS_LEN];
+    if (!user || keys_decode(user, strlen(user), key, NULL, 0) != 0 ||
+        !zap_allowlist_contains(zap_handler_allowlist(s->zap), key)) {
+        snprintf(detail, sizeof detail, "%s for node %s from key %.8s... not in the allowlist",
+                 hb_type_name(m->type), m->node_id, user ? user : "(none)");
+        reject(s, HB_REJECT_UNAUTHENTICATED, peer, detail);
+        return false;
+    }
+    if (!b || strcmp(b->key, user) == 0)
+        return true;
+    /* An id the registry forgot is free again: its key protects nothing. */
+    if (m->type == HB_REGISTER && registry_find(s->reg, m->node_id) == NULL) {
+        snprintf(b->key, sizeof b->key, "%s", user);
+        return true;
+    }
+    snprintf(detail, sizeof detail, "%s for node %s from key %.8s..., bound to key %.8s...",
+             hb_type_name(m->type), m->node_id, user, b->key);
+    reject(s, HB_REJECT_KEY_MISMATCH, peer, detail);
+    return false;
+}
+
+/* Remembers who the node is and which connection it speaks on, after the
+ * registry accepted its message. */
+static void note_sender(struct hb_server *s, struct binding *b, const struct hb_msg *m,
+                        const char *user, int fd)
+{
+    if (!b)
+        b = binding_add(s, m->node_id, user);
+    if (!b)
+        return; /* out of memory: no key binding; the next REGISTER tries again */
+    b->boot_id = m->boot_id;
+    b->dead_fd = -1;
+    binding_set_fd(s, b, fd);
+}
+
 static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, size_t len,
-                        const char *peer)
+                        const char *peer, const char *user, int fd)
 {
     struct hb_msg m;
     char err[160];
@@ -176,11 +403,24 @@ static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, si
     log_debug("hb_msg", "type=%s node_id=%s seq=%" PRIu64 " peer=%s", hb_type_name(m.type),
               m.node_id, m.seq, peer && *peer ? peer : "-");
 
+    struct binding *b = binding_find(s, m.node_id);
+    if (s->zap && !check_key(s, &m, user, b, peer))
+        return;
+    if (b && fd >= 0 && fd == b->dead_fd && (size_t)fd < s->nfds &&
+        s->fds[fd].accept_gen == b->dead_gen) {
+        /* Queued before its connection closed: the node is gone, and this
+         * must not bring it back. Its connection is gone too: no reply. */
+        s->stats.stale++;
+        log_debug("hb_stale", "type=%s node_id=%s fd=%d", hb_type_name(m.type), m.node_id, fd);
+        return;
+    }
+
     enum hb_type reply = HB_ACK;
     switch (m.type) {
     case HB_REGISTER:
         switch (registry_register(s->reg, &m)) {
         case 0:
+            note_sender(s, b, &m, user, fd);
             break;
         case REGISTRY_FULL:
             reject(s, HB_REJECT_FULL, peer, "registry full (--max-nodes)");
@@ -194,11 +434,14 @@ static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, si
     case HB_HEARTBEAT:
         if (registry_heartbeat(s->reg, &m) == REGISTRY_UNKNOWN)
             reply = HB_REREGISTER;
+        else
+            note_sender(s, b, &m, user, fd);
         break;
     case HB_LEAVE:
         /* A leaving node is always acknowledged, even when unknown: a
          * REREGISTER would invite it back into the registry. */
-        (void)registry_leave(s->reg, &m);
+        if (registry_leave(s->reg, &m) == REGISTRY_OK)
+            note_sender(s, b, &m, user, fd);
         break;
     case HB_ACK:
     case HB_REREGISTER:
@@ -270,6 +513,12 @@ static int read_one(struct hb_server *s)
     if (pa)
         log_sanitize(pa, SIZE_MAX, peer, sizeof peer);
 
+    /* Secure mode: the key our ZAP handler admitted the connection with. */
+    const char *user = s->zap ? zmq_msg_gets(&body, "User-Id") : NULL;
+    /* The connection it came on, to take the node out when that closes
+     * (ZMQ_SRCFD is deprecated but answered by libzmq 4.3). */
+    int fd = zmq_msg_get(&body, ZMQ_SRCFD);
+
     size_t len = zmq_msg_size(&body);
     if (zmq_msg_more(&body)) {
         discard_rest(s->router);
@@ -280,11 +529,33 @@ static int read_one(struct hb_server *s)
         /* ZMQ_MAXMSGSIZE already refuses these; kept as the codec's guard. */
         reject(s, HB_REJECT_OVERSIZE, peer, "body larger than 16 KiB");
     } else {
-        handle_body(s, &id, zmq_msg_data(&body), len, peer);
+        handle_body(s, &id, zmq_msg_data(&body), len, peer, user, fd);
     }
     zmq_msg_close(&body);
     zmq_msg_close(&id);
     return 1;
+}
+
+/* A connection closed: the nodes whose last messages came on it (a killed
+ * process's socket closes at once) leave the rotation now, not after fall
+ * intervals of silence. A live node whose connection merely blipped
+ * (ZeroMQ reconnects it) is back at its next heartbeat: see
+ * registry_disconnected. */
+static void on_disconnected(struct hb_server *s, int fd)
+{
+    if (fd < 0 || (size_t)fd >= s->nfds)
+        return;
+    struct fd_slot *slot = &s->fds[fd];
+    while (slot->head) {
+        struct binding *b = slot->head;
+        binding_unlink_fd(s, b);
+        b->dead_fd = fd;
+        b->dead_gen = slot->accept_gen;
+        if (registry_disconnected(s->reg, b->id, b->boot_id) == REGISTRY_OK) {
+            s->stats.disconnects++;
+            log_info("hb_disconnected", "node_id=%s fd=%d", b->id, fd);
+        }
+    }
 }
 
 /* Reads one monitor event: [uint16 event, uint32 value][endpoint]. Returns
@@ -322,8 +593,28 @@ static int read_monitor_event(struct hb_server *s)
             discard_rest(s->monitor);
     }
 
-    if (event & (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                 ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)) {
+    if (event == ZMQ_EVENT_ACCEPTED) {
+        struct fd_slot *slot = fd_slot(s, (int)value);
+        if (slot)
+            slot->accept_gen++;
+    } else if (event == ZMQ_EVENT_DISCONNECTED) {
+        on_disconnected(s, (int)value);
+    } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        /* The ZAP handler refused it and counted it already. */
+        log_debug("hb_auth_failed", "status=%" PRIu32, value);
+    } else if (s->zap && event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+               (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH ||
+                value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC ||
+                value == ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE)) {
+        /* A plaintext peer, or one that does not hold the balancer's public
+         * key: it cannot prove a key. */
+        char detail[256];
+        snprintf(detail, sizeof detail,
+                 "a peer without CURVE or with the wrong balancer key on %s (code 0x%" PRIx32 ")",
+                 endpoint, value);
+        reject_counted(s, HB_REJECT_UNAUTHENTICATED, false, NULL, detail);
+    } else if (event & (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                        ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)) {
         /* The monitor names our endpoint, not the peer. */
         char detail[192];
         snprintf(detail, sizeof detail,
@@ -334,13 +625,41 @@ static int read_monitor_event(struct hb_server *s)
     return 1;
 }
 
+static void drain_monitor(struct hb_server *s)
+{
+    for (size_t e = 0; e < HB_DRAIN_BATCH && s->monitor && read_monitor_event(s); e++)
+        ;
+}
+
+/* The ZAP handler refused a connection. */
+static void on_zap_refused(void *arg, const struct zap_decision *d)
+{
+    struct hb_server *s = arg;
+    char detail[200];
+    snprintf(detail, sizeof detail, "connection refused: %s (key %s)", d->reason,
+             d->key_z85[0] ? d->key_z85 : "none");
+    reject_counted(s, HB_REJECT_UNAUTHENTICATED, false, d->address, detail);
+}
+
 size_t hb_server_drain(struct hb_server *s)
 {
+    /* Order matters for telling a closed connection from a new one on the
+     * same fd: messages first (those queued before a close are read before
+     * the close is seen), then the monitor, then ZAP; a connection ZAP just
+     * admitted sends nothing before its handshake ends, and its fd's close
+     * event (emitted before the ZAP request) is read by the second monitor
+     * pass, so its first message is never taken for a stale one. */
     size_t n = 0;
     while (n < HB_DRAIN_BATCH && read_one(s))
         n++;
-    for (size_t e = 0; e < HB_DRAIN_BATCH && s->monitor && read_monitor_event(s); e++)
-        ;
+    drain_monitor(s);
+    if (s->zap && zap_handler_drain(s->zap, HB_DRAIN_BATCH, on_zap_refused, s) > 0)
+        drain_monitor(s);
+    uint64_t now = mono_now_ms();
+    if (now >= s->next_sweep_ms) {
+        bindings_sweep(s);
+        s->next_sweep_ms = now + HB_SWEEP_MS;
+    }
     return n;
 }
 
@@ -352,12 +671,28 @@ static int set_int(void *sock, int opt, int value)
 struct hb_server *hb_server_new(void *zmq_ctx, const char *endpoint, struct registry *reg,
                                 char *err, size_t errlen)
 {
+    return hb_server_new_curve(zmq_ctx, endpoint, reg, NULL, err, errlen);
+}
+
+struct hb_server *hb_server_new_curve(void *zmq_ctx, const char *endpoint, struct registry *reg,
+                                      struct hb_server_curve *curve, char *err, size_t errlen)
+{
     struct hb_server *s = calloc(1, sizeof *s);
     if (!s) {
+        zap_allowlist_free(curve ? curve->allow : NULL);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     s->reg = reg;
+    s->next_sweep_ms = mono_now_ms() + HB_SWEEP_MS;
+    if (curve) {
+        /* Before the ROUTER exists: libzmq admits every CURVE client when no
+         * handler is bound in its context. */
+        s->zap = zap_handler_new(zmq_ctx, curve->allow, err, errlen);
+        curve->allow = NULL;
+        if (!s->zap)
+            goto fail;
+    }
 
     s->router = zmq_socket(zmq_ctx, ZMQ_ROUTER);
     if (!s->router) {
@@ -372,6 +707,15 @@ struct hb_server *hb_server_new(void *zmq_ctx, const char *endpoint, struct regi
         set_err(err, errlen, "zmq_setsockopt");
         goto fail;
     }
+    if (s->zap) {
+        int server = 1;
+        if (set_int(s->router, ZMQ_CURVE_SERVER, server) != 0 ||
+            zmq_setsockopt(s->router, ZMQ_CURVE_SECRETKEY, curve->keys.secret_key, KEYS_LEN) != 0 ||
+            zmq_setsockopt(s->router, ZMQ_ZAP_DOMAIN, ZAP_DOMAIN, strlen(ZAP_DOMAIN)) != 0) {
+            set_err(err, errlen, "CURVE server set-up (libzmq built without CURVE?)");
+            goto fail;
+        }
+    }
 
     /* The monitor must exist before bind so no early failure goes unseen. */
     char monitor_ep[64];
@@ -379,7 +723,8 @@ struct hb_server *hb_server_new(void *zmq_ctx, const char *endpoint, struct regi
     if (zmq_socket_monitor(s->router, monitor_ep,
                            ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_ACCEPTED |
+                               ZMQ_EVENT_DISCONNECTED) != 0) {
         set_err(err, errlen, "zmq_socket_monitor");
         goto fail;
     }
@@ -420,6 +765,8 @@ void hb_server_free(struct hb_server *s)
         zmq_close(s->monitor);
     if (s->router)
         zmq_close(s->router);
+    zap_handler_free(s->zap); /* after the ROUTER it guards */
+    bindings_free(s);
     free(s);
 }
 
@@ -436,6 +783,24 @@ void *hb_server_socket(const struct hb_server *s)
 void *hb_server_monitor_socket(const struct hb_server *s)
 {
     return s->monitor;
+}
+
+void *hb_server_zap_socket(const struct hb_server *s)
+{
+    return s->zap ? zap_handler_socket(s->zap) : NULL;
+}
+
+bool hb_server_secure(const struct hb_server *s)
+{
+    return s->zap != NULL;
+}
+
+void hb_server_set_allowlist(struct hb_server *s, struct zap_allowlist *a)
+{
+    if (s->zap)
+        zap_handler_set_allowlist(s->zap, a);
+    else
+        zap_allowlist_free(a);
 }
 
 void hb_server_stats(const struct hb_server *s, struct hb_server_stats *out)

@@ -1,12 +1,14 @@
 /* http_api: the balancer's HTTP endpoints on libmicrohttpd in external
- * epoll mode: routing, query validation, the JSON bodies, the admin
- * endpoints' bearer-token check, /metrics and the embedded dashboard. */
+ * epoll mode: routing, query validation, the JSON bodies, client reports
+ * (POST /v1/reports), the admin endpoints' bearer-token check, /metrics and
+ * the embedded dashboard. */
 #include "http_api.h"
 
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
 #include <microhttpd.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -28,11 +30,27 @@
 #define PICK_EXCLUDE_MAX 32  /* ids in ?exclude= */
 #define HTTP_CONN_LIMIT 1024
 #define HTTP_CONN_TIMEOUT_S 10
-#define HTTP_CONN_MEMORY (32 * 1024) /* per connection: the request line and headers must fit */
+#define HTTP_CONN_MEMORY (16 * 1024) /* per connection: the request line and headers must fit */
 #define HTTP_ALLOW "GET, HEAD"
 #define HTTP_ALLOW_ADMIN "POST"
+#define REPORT_PATH "/v1/reports"
+#define REPORT_BODY_MAX 1024  /* a report is well under this; a larger body gets 413 */
+#define REPORT_DETAIL_MAX 200 /* bytes of "detail" */
 #define ADMIN_PREFIX "/v1/nodes/"
 #define HTTP_LOG_PERIOD_MS 1000 /* at most one MHD warning line per period */
+#define PICK_CACHE_SLOTS 64      /* /v1/pick answers kept as ready MHD responses */
+#define PICK_TEXT_MAX 512        /* an id (64), an address (261), a digest (64) and the rest */
+
+/* One /v1/pick answer ready to queue again: MHD responses are reference
+ * counted and may go to many connections, so an answer whose text is the
+ * same as the last one in its slot costs no allocation. The text is the
+ * key, so nothing needs invalidating when a node, the epoch or the policy
+ * changes: the text changes with them. */
+struct pick_cache_slot {
+    struct MHD_Response *resp; /* NULL = empty */
+    size_t len;
+    char text[PICK_TEXT_MAX];
+};
 
 struct http_api {
     struct MHD_Daemon *daemon;
@@ -52,10 +70,18 @@ struct http_api {
     char last_error[256];       /* MHD's latest complaint, for start-up errors */
     uint64_t log_last_ms;       /* when MHD's last complaint was logged; 0 = never */
     uint64_t log_suppressed;    /* complaints not logged since */
+    struct pick_cache_slot pick_cache[PICK_CACHE_SLOTS];
 };
 
 /* Marks a request whose headers were seen on MHD's first call. */
 static char request_seen;
+
+/* The body of a POST /v1/reports as it arrives (the connection's con_cls). */
+struct report_upload {
+    char data[REPORT_BODY_MAX];
+    size_t len;
+    bool too_big; /* more arrived than fits: answered 413 once it is all in */
+};
 
 /* Every answer leaves through here, so each one is counted by status.
  * Drops our reference to resp. */
@@ -198,33 +224,135 @@ static int set_cert(json_t *o, const struct registry_node *n)
     return json_object_set_new(o, "cert_sha256", json_string(n->cert_sha256));
 }
 
+/* A small fixed buffer that JSON is printed into without allocating: the
+ * /v1/pick answer is built this way, not with jansson, because it is the
+ * hot path (one answer per lookup). */
+struct fixed_json {
+    char text[PICK_TEXT_MAX];
+    size_t len;
+    bool overflow; /* something did not fit: the text is not to be used */
+};
+
+static void fj_mem(struct fixed_json *f, const char *s, size_t n)
+{
+    if (f->overflow || n >= sizeof f->text - f->len) {
+        f->overflow = true;
+        return;
+    }
+    memcpy(f->text + f->len, s, n);
+    f->len += n;
+    f->text[f->len] = '\0';
+}
+
+static void fj_raw(struct fixed_json *f, const char *s)
+{
+    fj_mem(f, s, strlen(s));
+}
+
+/* A JSON string. Ids, addresses and digests are validated printable ASCII
+ * without quotes or backslashes (hb_msg), but escaping costs little and
+ * keeps the answer valid whatever the registry holds: runs of plain bytes
+ * are copied at once, the rest escaped one by one. */
+static void fj_str(struct fixed_json *f, const char *s)
+{
+    fj_mem(f, "\"", 1);
+    while (*s && !f->overflow) {
+        size_t run = 0;
+        while (s[run] && s[run] != '"' && s[run] != '\\' && (unsigned char)s[run] >= 0x20 &&
+               (unsigned char)s[run] != 0x7f)
+            run++;
+        fj_mem(f, s, run);
+        s += run;
+        if (*s) {
+            char esc[8];
+            int n = *s == '"' || *s == '\\' ? snprintf(esc, sizeof esc, "\\%c", *s)
+                                            : snprintf(esc, sizeof esc, "\\u%04x",
+                                                       (unsigned)(unsigned char)*s);
+            fj_mem(f, esc, (size_t)n);
+            s++;
+        }
+    }
+    fj_mem(f, "\"", 1);
+}
+
+static void fj_u64(struct fixed_json *f, uint64_t v)
+{
+    char num[24];
+    snprintf(num, sizeof num, "%" PRIu64, v);
+    fj_raw(f, num);
+}
+
+/* Sends f's text as a 200 JSON answer with the usual headers, from the
+ * pick cache when its slot holds the same text. */
+static enum MHD_Result respond_pick(struct http_api *a, struct MHD_Connection *conn,
+                                    const struct fixed_json *f)
+{
+    if (f->overflow)
+        return respond_json(a, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a of the text picks the slot */
+    for (size_t i = 0; i < f->len; i++) {
+        h ^= (unsigned char)f->text[i];
+        h *= 0x100000001b3ULL;
+    }
+    struct pick_cache_slot *slot = &a->pick_cache[h % PICK_CACHE_SLOTS];
+    if (!slot->resp || slot->len != f->len || memcmp(slot->text, f->text, f->len) != 0) {
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(f->len, (void *)f->text, MHD_RESPMEM_MUST_COPY);
+        if (!resp)
+            return respond_json(a, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
+        if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") !=
+                MHD_YES ||
+            MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store") != MHD_YES) {
+            MHD_destroy_response(resp);
+            return MHD_NO;
+        }
+        if (slot->resp)
+            MHD_destroy_response(slot->resp); /* connections still sending it hold their own */
+        slot->resp = resp;
+        slot->len = f->len;
+        memcpy(slot->text, f->text, f->len);
+    }
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, slot->resp);
+    if (ret == MHD_YES)
+        metrics_note_http(a->metrics, MHD_HTTP_OK);
+    return ret;
+}
+
 static enum MHD_Result pick_answer(struct http_api *a, struct MHD_Connection *conn)
 {
-    struct pick_query *q = calloc(1, sizeof *q);
-    if (!q)
-        return respond_json(a, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
-    MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, pick_arg, q);
-    if (q->error[0]) {
-        enum MHD_Result r = respond_error(a, conn, MHD_HTTP_BAD_REQUEST, "bad_query", q->error, NULL);
-        free(q);
-        return r;
-    }
+    /* On the stack and only its small fields cleared: ids[] is written
+     * before it is read, and zeroing 2 KB a lookup shows in the profile. */
+    struct pick_query q;
+    q.key = NULL;
+    q.nexclude = 0;
+    q.error[0] = '\0';
+    MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, pick_arg, &q);
+    if (q.error[0])
+        return respond_error(a, conn, MHD_HTTP_BAD_REQUEST, "bad_query", q.error, NULL);
 
-    const struct registry_node *n = picker_pick(a->picker, a->reg, q->key, q->exclude, q->nexclude);
-    const char *policy = q->key ? "rendezvous" : picker_policy_name(a->policy);
-    free(q);
+    const struct registry_node *n = picker_pick(a->picker, a->reg, q.key, q.exclude, q.nexclude);
     if (!n)
         return respond_error(a, conn, MHD_HTTP_SERVICE_UNAVAILABLE, "no_healthy_node",
                              "no healthy node in rotation", NULL);
     registry_note_pick(a->reg, n);
     a->picks++;
-    json_t *body = json_pack("{s:s, s:s, s:I, s:s}", "id", n->id, "addr", n->addr, "epoch",
-                             (json_int_t)registry_epoch(a->reg), "policy", policy);
-    if (body && set_cert(body, n) != 0) {
-        json_decref(body);
-        body = NULL;
+    struct fixed_json f;
+    f.len = 0;
+    f.overflow = false;
+    fj_raw(&f, "{\"id\":");
+    fj_str(&f, n->id);
+    fj_raw(&f, ",\"addr\":");
+    fj_str(&f, n->addr);
+    fj_raw(&f, ",\"epoch\":");
+    fj_u64(&f, registry_epoch(a->reg));
+    fj_raw(&f, ",\"policy\":");
+    fj_str(&f, q.key ? "rendezvous" : picker_policy_name(a->policy));
+    if (n->cert_sha256[0] != '\0') {
+        fj_raw(&f, ",\"cert_sha256\":");
+        fj_str(&f, n->cert_sha256);
     }
-    return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
+    fj_raw(&f, "}\n");
+    return respond_pick(a, conn, &f);
 }
 
 static double mono_seconds(void)
@@ -297,7 +425,8 @@ static uint64_t age(uint64_t now, uint64_t then)
     return now > then ? now - then : 0;
 }
 
-static json_t *node_health(const struct registry_node *n, uint64_t now)
+static json_t *node_health(const struct registry *reg, const struct registry_node *n,
+                           uint64_t now)
 {
     json_t *workers = json_array();
     json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:s, s:I, "
@@ -313,7 +442,9 @@ static json_t *node_health(const struct registry_node *n, uint64_t now)
                           (int)n->admin_drained, "picks", (json_int_t)n->picks, "workers",
                           workers);
     json_t *balancers = json_array();
-    if (!e || set_cert(e, n) != 0 || json_object_set_new(e, "balancers", balancers) != 0) {
+    if (!e || set_cert(e, n) != 0 || json_object_set_new(e, "balancers", balancers) != 0 ||
+        json_object_set_new(e, "reporters",
+                            json_integer((json_int_t)registry_reporters(reg, n))) != 0) {
         json_decref(e);
         return NULL;
     }
@@ -419,7 +550,8 @@ static enum MHD_Result health_arg(void *cls, enum MHD_ValueKind kind, const char
             }
         if (!found)
             snprintf(q->error, sizeof q->error,
-                     "state must be one of joining, healthy, suspect, down, draining, flapping");
+                     "state must be one of joining, healthy, suspect, down, draining, "
+                     "flapping, ejected");
         q->by_state = true;
     } else if (strcmp(key, "limit") == 0) {
         if (!parse_count(value, HEALTH_LIMIT_MAX, &q->limit))
@@ -440,6 +572,23 @@ static json_t *panic_json(const struct registry *r, uint64_t now)
                      registry_panic_reason(r), "since_ms_ago",
                      (json_int_t)(on ? age(now, registry_panic_since(r)) : 0), "held",
                      (json_int_t)registry_panic_held(r));
+}
+
+/* Client reports: the settings and what came of the reports so far. */
+static json_t *reports_json(const struct registry *r)
+{
+    const struct registry_config *rc = registry_config(r);
+    struct registry_report_stats st;
+    registry_report_stats(r, &st);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "quorum",
+                     (json_int_t)rc->report_quorum, "window_ms", (json_int_t)rc->report_window_ms,
+                     "eject_ms", (json_int_t)rc->report_eject_ms, "eject_max_ms",
+                     (json_int_t)rc->report_eject_max_ms, "max_eject_percent",
+                     (json_int_t)rc->report_max_eject_percent, "rate",
+                     (json_int_t)rc->report_rate, "received", (json_int_t)st.received,
+                     "unknown", (json_int_t)st.unknown, "rate_limited",
+                     (json_int_t)st.rate_limited, "ejections", (json_int_t)st.ejections,
+                     "capped", (json_int_t)st.capped);
 }
 
 static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *conn)
@@ -482,11 +631,12 @@ static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *c
     size_t first = hq.offset < total ? hq.offset : total;
     size_t last = hq.limited && hq.limit < total - first ? first + hq.limit : total;
     for (size_t i = first; ok && i < last; i++) {
-        json_t *e = node_health(v[i], now);
+        json_t *e = node_health(a->reg, v[i], now);
         ok = e && json_array_append_new(nodes, e) == 0;
     }
     free(v);
     ok = ok && json_object_set_new(body, "panic", panic_json(a->reg, now)) == 0 &&
+         json_object_set_new(body, "reports", reports_json(a->reg)) == 0 &&
          json_object_set_new(body, "flap",
                              json_pack("{s:I, s:I, s:I, s:I}", "count",
                                        (json_int_t)rc->flap_count, "window_ms",
@@ -512,12 +662,13 @@ static enum MHD_Result serve_healthz(struct http_api *a, struct MHD_Connection *
 /* ---- GET /v1/history ---- */
 
 /* One character per sample: the state's initial (j, h, s, d, r for
- * draining, f for flapping), so 120 samples cost 120 bytes. */
+ * draining, f for flapping, e for ejected), so 120 samples cost 120 bytes. */
 static char state_letter(uint8_t s)
 {
     static const char letters[NODE_STATE_COUNT] = {
         [NODE_JOINING] = 'j', [NODE_HEALTHY] = 'h', [NODE_SUSPECT] = 's',
         [NODE_DOWN] = 'd',    [NODE_DRAINING] = 'r', [NODE_FLAPPING] = 'f',
+        [NODE_EJECTED] = 'e',
     };
     return s < NODE_STATE_COUNT ? letters[s] : '?';
 }
@@ -729,6 +880,112 @@ static enum MHD_Result serve_admin(struct http_api *a, struct MHD_Connection *co
     return respond_json(a, conn, MHD_HTTP_OK, body, NULL);
 }
 
+/* ---- POST /v1/reports ---- */
+
+/* The reporter is the connection's peer address, never anything the body
+ * says: a client cannot vote twice by lying. An IPv4-mapped IPv6 address
+ * counts as the IPv4 one. Returns 0, or -1 when MHD has no address. */
+static int reporter_of(struct MHD_Connection *conn, char *out, size_t outlen)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return -1;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return inet_ntop(AF_INET, &in->sin_addr, out, (socklen_t)outlen) ? 0 : -1;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+            return inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], out, (socklen_t)outlen) ? 0
+                                                                                           : -1;
+        return inet_ntop(AF_INET6, &in6->sin6_addr, out, (socklen_t)outlen) ? 0 : -1;
+    }
+    return -1;
+}
+
+/* "application/json", any case, optionally followed by parameters. */
+static bool is_json_type(const char *ct)
+{
+    static const char want[] = "application/json";
+    if (!ct || strncasecmp(ct, want, sizeof want - 1) != 0)
+        return false;
+    char next = ct[sizeof want - 1];
+    return next == '\0' || next == ';' || next == ' ';
+}
+
+static enum MHD_Result serve_report(struct http_api *a, struct MHD_Connection *conn,
+                                    const struct report_upload *u)
+{
+    if (u->too_big)
+        return respond_error(a, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                             "a report body is at most 1024 bytes", NULL);
+    if (!is_json_type(MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                  MHD_HTTP_HEADER_CONTENT_TYPE)))
+        return respond_error(a, conn, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "bad_content_type",
+                             "a report is sent as Content-Type: application/json", NULL);
+    json_error_t jerr;
+    json_t *doc = json_loadb(u->data, u->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "the body is not JSON: %s", jerr.text);
+        return respond_error(a, conn, MHD_HTTP_BAD_REQUEST, "bad_json", msg, NULL);
+    }
+    const char *bad = NULL;
+    json_t *node = json_object_get(doc, "node");
+    json_t *reason = json_object_get(doc, "reason");
+    json_t *detail = json_object_get(doc, "detail");
+    enum report_reason why = REPORT_CONNECT;
+    if (!json_is_object(doc))
+        bad = "the body must be a JSON object";
+    else if (!json_is_string(node) || !hb_node_id_valid(json_string_value(node)))
+        bad = "node must be a node id matching [A-Za-z0-9._-]{1,64}";
+    else if (!json_is_string(reason) ||
+             strlen(json_string_value(reason)) != json_string_length(reason) ||
+             report_reason_parse(json_string_value(reason), &why) != 0)
+        bad = "reason must be one of connect, tls, timeout, protocol";
+    else if (detail && (!json_is_string(detail) || json_string_length(detail) > REPORT_DETAIL_MAX))
+        bad = "detail must be a string of at most 200 bytes";
+    if (bad) {
+        json_decref(doc);
+        return respond_error(a, conn, MHD_HTTP_BAD_REQUEST, "bad_report", bad, NULL);
+    }
+    char id[HB_NODE_ID_MAX + 1];
+    snprintf(id, sizeof id, "%s", json_string_value(node));
+    char clean[REPORT_DETAIL_MAX + 1] = "";
+    if (detail) {
+        /* for the log line only: quotes and control bytes would break it */
+        const char *d = json_string_value(detail);
+        size_t j = 0;
+        for (size_t i = 0; d[i] && j + 1 < sizeof clean; i++) {
+            unsigned char c = (unsigned char)d[i];
+            clean[j++] = (c == '"' || c == '\\' || c < 0x20 || c == 0x7f) ? '?' : (char)c;
+        }
+        clean[j] = '\0';
+    }
+    json_decref(doc);
+
+    char who[INET6_ADDRSTRLEN];
+    if (reporter_of(conn, who, sizeof who) != 0)
+        return respond_error(a, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal",
+                             "the connection's peer address is unknown", NULL);
+    struct registry_report_outcome out = {0};
+    enum registry_report_result rr = registry_report(a->reg, id, who, why, &out);
+    log_debug("node_report", "node_id=%s reporter=%s reason=%s result=%d detail=\"%s\"", id,
+              who, report_reason_name(why), (int)rr, clean);
+    if (rr == REGISTRY_REPORT_UNKNOWN)
+        return respond_error(a, conn, MHD_HTTP_NOT_FOUND, "unknown_node", "no node with that id",
+                             NULL);
+    if (rr == REGISTRY_REPORT_LIMITED)
+        return respond_error(a, conn, MHD_HTTP_TOO_MANY_REQUESTS, "rate_limited",
+                             "too many reports from this address; retry in a second", NULL);
+    json_t *body = json_pack("{s:s, s:I, s:b}", "node", id, "reporters",
+                             (json_int_t)out.reporters, "ejected", (int)out.ejected);
+    return respond_json(a, conn, MHD_HTTP_ACCEPTED, body, NULL);
+}
+
 /* ---- routing ---- */
 
 typedef enum MHD_Result (*route_fn)(struct http_api *a, struct MHD_Connection *conn);
@@ -757,6 +1014,9 @@ static enum MHD_Result dispatch(struct http_api *a, struct MHD_Connection *conn,
                                  "only POST is allowed here", HTTP_ALLOW_ADMIN);
         return serve_admin(a, conn, op, id);
     }
+    if (strcmp(url, REPORT_PATH) == 0) /* a POST went to on_report_upload */
+        return respond_error(a, conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed",
+                             "only POST is allowed here", HTTP_ALLOW_ADMIN);
     const struct route *route = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (strcmp(url, routes[i].path) == 0)
@@ -780,20 +1040,65 @@ static bool has_body(struct MHD_Connection *conn)
     return te != NULL || (cl != NULL && strspn(cl, "0") != strlen(cl));
 }
 
-/* No endpoint takes a body. A request without one is answered on MHD's
- * second call (headers complete, empty body done), which keeps the
- * connection alive. A request that announces a body is answered on the
- * first call, before any of it is read: MHD then refuses to read the body
- * and closes after the answer ("queued early"), so a client can never make
- * us buffer unbounded data. */
+/* True when the request announces a Content-Length above max. */
+static bool length_over(struct MHD_Connection *conn, size_t max)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (!cl)
+        return false;
+    while (*cl == '0')
+        cl++;
+    return strlen(cl) > 9 || strtoul(cl, NULL, 10) > max;
+}
+
+/* POST /v1/reports, the one endpoint with a body: at most REPORT_BODY_MAX
+ * bytes are kept. A larger announced length is refused at once (as any
+ * body elsewhere); a larger chunked body is read and dropped, then 413. */
+static enum MHD_Result on_report_upload(struct http_api *a, struct MHD_Connection *conn,
+                                        const char *upload_data, size_t *upload_data_size,
+                                        void **con_cls)
+{
+    if (*con_cls == NULL) {
+        if (length_over(conn, REPORT_BODY_MAX))
+            return respond_error(a, conn, MHD_HTTP_CONTENT_TOO_LARGE, "body_too_large",
+                                 "a report body is at most 1024 bytes", NULL);
+        struct report_upload *u = calloc(1, sizeof *u);
+        if (!u)
+            return MHD_NO;
+        *con_cls = u; /* freed in on_completed */
+        return MHD_YES;
+    }
+    struct report_upload *u = *con_cls;
+    if (*upload_data_size != 0) {
+        size_t n = *upload_data_size;
+        if (!u->too_big && n <= sizeof u->data - u->len) {
+            memcpy(u->data + u->len, upload_data, n);
+            u->len += n;
+        } else {
+            u->too_big = true;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    return serve_report(a, conn, u);
+}
+
+/* Only POST /v1/reports takes a body (on_report_upload). A request without
+ * one is answered on MHD's second call (headers complete, empty body done),
+ * which keeps the connection alive. Elsewhere a request that announces a
+ * body is answered on the first call, before any of it is read: MHD then
+ * refuses to read the body and closes after the answer ("queued early"),
+ * so a client can never make us buffer unbounded data. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
 {
     (void)version;
-    (void)upload_data;
     struct http_api *a = cls;
+    if (strcmp(method, MHD_HTTP_METHOD_POST) == 0 && strcmp(url, REPORT_PATH) == 0)
+        return on_report_upload(a, conn, upload_data, upload_data_size, con_cls);
     if (*con_cls == NULL && !has_body(conn)) {
         *con_cls = &request_seen;
         return MHD_YES;
@@ -842,6 +1147,18 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
     a->log_suppressed = 0;
 }
 
+/* Frees a report's body buffer when its request ends, however it ends. */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    if (*con_cls != NULL && *con_cls != &request_seen)
+        free(*con_cls);
+    *con_cls = NULL;
+}
+
 struct http_api *http_api_new(const struct http_api_config *cfg, struct registry *reg,
                               struct picker *picker, const struct hb_server *hb, char *err,
                               size_t errlen)
@@ -879,7 +1196,8 @@ struct http_api *http_api_new(const struct http_api_config *cfg, struct registry
         flags, port, NULL, NULL, on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
         MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)HTTP_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONN_LIMIT,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
     if (!a->daemon) {
         snprintf(err, errlen, "cannot start the HTTP server: %s",
                  a->last_error[0] ? a->last_error : "libmicrohttpd refused the settings");
@@ -906,6 +1224,9 @@ void http_api_free(struct http_api *a)
         return;
     if (a->daemon)
         MHD_stop_daemon(a->daemon);
+    for (size_t i = 0; i < PICK_CACHE_SLOTS; i++)
+        if (a->pick_cache[i].resp)
+            MHD_destroy_response(a->pick_cache[i].resp);
     free(a);
 }
 

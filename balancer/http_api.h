@@ -1,7 +1,8 @@
 /* http_api: the balancer's HTTP interface (GET /v1/pick, /v1/nodes,
- * /v1/health, /v1/history, /healthz, /metrics, the dashboard at /, and the
- * admin POST /v1/nodes/{id}/drain|undrain) on libmicrohttpd, run from the
- * balancer's own loop through MHD's epoll descriptor. Single-threaded. */
+ * /v1/health, /v1/history, /healthz, /metrics, the dashboard at /, client
+ * reports at POST /v1/reports, and the admin POST
+ * /v1/nodes/{id}/drain|undrain) on libmicrohttpd, run from the balancer's
+ * own loop through MHD's epoll descriptor. Single-threaded. */
 #ifndef BERTH_HTTP_API_H
 #define BERTH_HTTP_API_H
 

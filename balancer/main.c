@@ -9,17 +9,20 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 #include <zmq.h>
+#include <openssl/crypto.h>
 
 #include "addr.h"
 #include "config.h"
 #include "hb_server.h"
 #include "history.h"
 #include "http_api.h"
+#include "keys.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
 #include "picker.h"
 #include "registry.h"
+#include "zap.h"
 
 #define PROGRAM "berth-balancer"
 /* Load history: one sample of every node this often (HISTORY_SAMPLES kept). */
@@ -38,6 +41,15 @@ static const struct config_setting settings[] = {
      "HTTP API address, host:port ([v6]:port); port 0 picks a free one"},
     {"heartbeat-bind", CONFIG_STRING, "tcp://127.0.0.1:7100", 0, 0, NULL,
      "ZeroMQ endpoint the nodes' heartbeats arrive on"},
+    {"curve-secret", CONFIG_STRING, NULL, 0, 0, NULL,
+     "the balancer's CURVE secret key file (NAME.key from `berth keygen`); nodes need the "
+     "public key beside it (NAME.pub)"},
+    {"curve-allow", CONFIG_STRING, NULL, 0, 0, NULL,
+     "node public keys allowed to heartbeat: a directory of *.pub files or a file of one Z85 "
+     "key per line; read again on SIGHUP"},
+    {"heartbeat-plaintext", CONFIG_BOOL, "false", 0, 0, NULL,
+     "run the heartbeat channel without CURVE: anyone reaching --heartbeat-bind can register "
+     "nodes (tests and trusted networks only)"},
     {"interval", CONFIG_DURATION, "250ms", 10, 60000, NULL,
      "heartbeat interval, announced to every node"},
     {"fall", CONFIG_INT, "3", 1, 100, NULL, "silent intervals before a node is down"},
@@ -57,6 +69,19 @@ static const struct config_setting settings[] = {
     {"panic-threshold", CONFIG_INT, "50", 0, 100, NULL,
      "percent of the rotation going silent within one interval above which silent nodes are "
      "kept in rotation (panic); 0: off"},
+    {"report-quorum", CONFIG_INT, "3", 0, REGISTRY_REPORT_SLOTS, NULL,
+     "distinct clients (by address) reporting a node unreachable within --report-window that "
+     "eject it; 0: reports never eject"},
+    {"report-window", CONFIG_DURATION, "10s", 1000, 3600000, NULL,
+     "the window --report-quorum counts distinct reporters in"},
+    {"report-eject", CONFIG_DURATION, "30s", 100, 3600000, NULL,
+     "first ejection of a reported node; doubles when it is ejected again soon after"},
+    {"report-eject-max", CONFIG_DURATION, "5m", 100, 86400000, NULL,
+     "the longest ejection of a reported node"},
+    {"report-max-eject-percent", CONFIG_INT, "50", 0, 100, NULL,
+     "percent of the rotation (with the ejected nodes) that reports may eject at once"},
+    {"report-rate", CONFIG_INT, "10", 0, 100000, NULL,
+     "reports a second one client address may send (more get 429); 0: no limit"},
     {"policy", CONFIG_ENUM, "least-loaded", 0, 0, "least-loaded|round-robin",
      "how /v1/pick chooses without a key"},
     {"admin-token", CONFIG_STRING, NULL, 0, 0, NULL,
@@ -110,6 +135,8 @@ struct balancer {
     struct hb_server *hb;
     struct http_api *api;
     int sigfd;
+    struct hb_server_curve curve; /* secure mode; allow is handed to hb */
+    bool secure;
 };
 
 static void balancer_release(struct balancer *b)
@@ -128,7 +155,30 @@ static void balancer_release(struct balancer *b)
     registry_free(b->reg);
     if (b->sigfd >= 0)
         close(b->sigfd);
+    zap_allowlist_free(b->curve.allow);
+    OPENSSL_cleanse(&b->curve.keys, sizeof b->curve.keys);
     config_free(b->cfg);
+}
+
+/* SIGHUP: reads --curve-allow again; a list that does not load leaves the
+ * old one in force. */
+static void balancer_reload_allowlist(struct balancer *b)
+{
+    if (!b->secure) {
+        log_info("reload_skipped", "reason=\"plaintext heartbeats: no allowlist\"");
+        return;
+    }
+    char err[512];
+    const char *path = config_str(b->cfg, "curve-allow");
+    struct zap_allowlist *a = zap_allowlist_load(path, err, sizeof err);
+    if (!a) {
+        log_error("allowlist_reload_failed", "path=\"%s\" detail=\"%s\" action=\"kept the old list\"",
+                  path, err);
+        return;
+    }
+    size_t n = zap_allowlist_size(a);
+    hb_server_set_allowlist(b->hb, a);
+    log_info("allowlist_reloaded", "path=\"%s\" keys=%zu", path, n);
 }
 
 /* Waits on the heartbeat socket, HTTP and signals until SIGTERM/SIGINT.
@@ -147,8 +197,9 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
         {hb_server_monitor_socket(b->hb), 0, ZMQ_POLLIN, 0},
         {NULL, http_api_fd(b->api), ZMQ_POLLIN, 0},
         {NULL, b->sigfd, ZMQ_POLLIN, 0},
+        {hb_server_zap_socket(b->hb), 0, ZMQ_POLLIN, 0}, /* secure mode only */
     };
-    const int nitems = (int)(sizeof items / sizeof items[0]);
+    const int nitems = (int)(sizeof items / sizeof items[0]) - (b->secure ? 0 : 1);
 
     for (;;) {
         uint64_t now = mono_now_ms();
@@ -162,6 +213,9 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
         uint64_t http_due = http_timeout >= 0 ? now + (uint64_t)http_timeout : UINT64_MAX;
         bool hb_resting = now < hb_rest_until;
         items[0].events = hb_resting ? 0 : ZMQ_POLLIN;
+        /* drained with the ROUTER: polled while resting they would spin */
+        items[1].events = items[0].events;
+        items[4].events = items[0].events;
         if (hb_resting && (long)(hb_rest_until - now) < timeout)
             timeout = (long)(hb_rest_until - now);
 
@@ -175,7 +229,9 @@ static int balancer_run(struct balancer *b, uint32_t interval_ms)
         if (items[3].revents & ZMQ_POLLIN) {
             struct signalfd_siginfo si;
             ssize_t n = read(b->sigfd, &si, sizeof si);
-            if (n == (ssize_t)sizeof si) {
+            if (n == (ssize_t)sizeof si && si.ssi_signo == SIGHUP) {
+                balancer_reload_allowlist(b);
+            } else if (n == (ssize_t)sizeof si) {
                 log_info("stop", "signal=%s", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
                 return 0;
             }
@@ -302,15 +358,68 @@ int main(int argc, char **argv)
         .flap_holdoff_ms = (uint32_t)config_int(b.cfg, "flap-holdoff"),
         .flap_holdoff_max_ms = (uint32_t)config_int(b.cfg, "flap-holdoff-max"),
         .panic_percent = (uint32_t)config_int(b.cfg, "panic-threshold"),
+        .report_quorum = (uint32_t)config_int(b.cfg, "report-quorum"),
+        .report_window_ms = (uint32_t)config_int(b.cfg, "report-window"),
+        .report_eject_ms = (uint32_t)config_int(b.cfg, "report-eject"),
+        .report_eject_max_ms = (uint32_t)config_int(b.cfg, "report-eject-max"),
+        .report_max_eject_percent = (uint32_t)config_int(b.cfg, "report-max-eject-percent"),
+        .report_rate = (uint32_t)config_int(b.cfg, "report-rate"),
     };
     rcfg.warmup_ms = rcfg.fall * rcfg.interval_ms;
     if (rcfg.flap_holdoff_max_ms < rcfg.flap_holdoff_ms) {
         fprintf(stderr, PROGRAM ": --flap-holdoff-max: must not be below --flap-holdoff\n");
         goto out;
     }
+    if (rcfg.report_eject_max_ms < rcfg.report_eject_ms) {
+        fprintf(stderr, PROGRAM ": --report-eject-max: must not be below --report-eject\n");
+        goto out;
+    }
+
+    /* The heartbeat channel: CURVE with an allowlist, or plaintext only
+     * when asked for by name. */
+    const char *curve_secret = config_str(b.cfg, "curve-secret");
+    const char *curve_allow = config_str(b.cfg, "curve-allow");
+    bool plaintext = config_bool(b.cfg, "heartbeat-plaintext");
+    bool have_secret = curve_secret && curve_secret[0], have_allow = curve_allow && curve_allow[0];
+    bool secret_open = false;
+    if (plaintext && (have_secret || have_allow)) {
+        fprintf(stderr, PROGRAM ": --heartbeat-plaintext contradicts --curve-secret/--curve-allow: "
+                        "pass one or the other\n");
+        goto out;
+    }
+    if (!plaintext && (!have_secret || !have_allow)) {
+        fprintf(stderr,
+                PROGRAM ": the heartbeat channel needs --curve-secret FILE (the balancer's key, "
+                        "from `berth keygen --out DIR/balancer`) and --curve-allow DIR_OR_FILE "
+                        "(the node public keys), or --heartbeat-plaintext to run it without "
+                        "authentication (missing: %s)\n",
+                !have_secret && !have_allow ? "both" : !have_secret ? "--curve-secret"
+                                                                    : "--curve-allow");
+        goto out;
+    }
+    if (!plaintext) {
+        if (keys_load_secret(curve_secret, &b.curve.keys, &secret_open, err, sizeof err) != 0) {
+            fprintf(stderr, PROGRAM ": --curve-secret: %s\n", err);
+            goto out;
+        }
+        b.curve.allow = zap_allowlist_load(curve_allow, err, sizeof err);
+        if (!b.curve.allow) {
+            fprintf(stderr, PROGRAM ": --curve-allow: %s\n", err);
+            goto out;
+        }
+        b.secure = true;
+    }
 
     log_set_format(log_fmt);
     log_setup(level, "balancer", NULL);
+    if (plaintext)
+        log_warn("heartbeat_plaintext",
+                 "detail=\"heartbeats are not authenticated: anyone reaching %s can register "
+                 "nodes; use --curve-secret and --curve-allow\"",
+                 config_str(b.cfg, "heartbeat-bind"));
+    if (secret_open)
+        log_warn("key_file_open", "path=\"%s\" detail=\"the secret key file is readable by "
+                 "group or others: chmod 600 it\"", curve_secret);
     status = 1;
 
     struct sockaddr_storage ss;
@@ -328,6 +437,7 @@ int main(int argc, char **argv)
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
     if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
         fprintf(stderr, PROGRAM ": cannot set up signals: %s\n", strerror(errno));
         goto out;
@@ -350,7 +460,9 @@ int main(int argc, char **argv)
     registry_on_change(b.reg, on_node_change, b.metrics);
     registry_on_panic(b.reg, on_panic, b.metrics);
 
-    b.hb = hb_server_new(b.zctx, config_str(b.cfg, "heartbeat-bind"), b.reg, err, sizeof err);
+    size_t allowed_keys = zap_allowlist_size(b.curve.allow);
+    b.hb = hb_server_new_curve(b.zctx, config_str(b.cfg, "heartbeat-bind"), b.reg,
+                               b.secure ? &b.curve : NULL, err, sizeof err);
     if (!b.hb) {
         fprintf(stderr, PROGRAM ": %s\n", err);
         goto out;
@@ -377,11 +489,20 @@ int main(int argc, char **argv)
              "http=%s heartbeat=%s interval_ms=%" PRIu32 " fall=%" PRIu32 " rise=%" PRIu32
              " forget_ms=%" PRIu32 " flap_count=%" PRIu32 " flap_window_ms=%" PRIu32
              " flap_holdoff_ms=%" PRIu32 " flap_holdoff_max_ms=%" PRIu32
-             " panic_threshold=%" PRIu32 " policy=%s admin=%s version=%s",
+             " panic_threshold=%" PRIu32 " report_quorum=%" PRIu32 " policy=%s admin=%s"
+             " version=%s",
              http_text, hb_server_endpoint(b.hb), rcfg.interval_ms, rcfg.fall, rcfg.rise,
              rcfg.forget_ms, rcfg.flap_count, rcfg.flap_window_ms, rcfg.flap_holdoff_ms,
-             rcfg.flap_holdoff_max_ms, rcfg.panic_percent, picker_policy_name(policy),
+             rcfg.flap_holdoff_max_ms, rcfg.panic_percent, rcfg.report_quorum,
+             picker_policy_name(policy),
              admin_token && admin_token[0] ? "on" : "off", BERTH_VERSION);
+
+    if (b.secure) {
+        char pub[KEYS_Z85_LEN + 1];
+        keys_encode(b.curve.keys.public_key, pub);
+        log_info("heartbeat_security", "mode=curve public_key=%s allowed_keys=%zu", pub,
+                 allowed_keys);
+    }
 
     status = balancer_run(&b, rcfg.interval_ms);
     log_info("exit", "status=%d", status);

@@ -316,6 +316,20 @@ int metrics_render(const struct metrics *m, const struct metrics_sources *src, s
     family(&o, "berth_panics_total", "counter", "Times the balancer entered panic.");
     put(&o, "berth_panics_total %" PRIu64 "\n", m->panics);
 
+    struct registry_report_stats rs;
+    registry_report_stats(reg, &rs);
+    family(&o, "berth_reports_total", "counter",
+           "Client reports of an unreachable node (POST /v1/reports), by result.");
+    put(&o, "berth_reports_total{result=\"accepted\"} %" PRIu64 "\n", rs.received);
+    put(&o, "berth_reports_total{result=\"unknown_node\"} %" PRIu64 "\n", rs.unknown);
+    put(&o, "berth_reports_total{result=\"rate_limited\"} %" PRIu64 "\n", rs.rate_limited);
+    family(&o, "berth_report_ejections_total", "counter",
+           "Nodes ejected because enough distinct clients reported them unreachable.");
+    put(&o, "berth_report_ejections_total %" PRIu64 "\n", rs.ejections);
+    family(&o, "berth_report_ejections_capped_total", "counter",
+           "Ejections refused because the max-eject share was reached.");
+    put(&o, "berth_report_ejections_capped_total %" PRIu64 "\n", rs.capped);
+
     family(&o, "berth_heartbeats_received_total", "counter",
            "Messages taken off the heartbeat socket.");
     put(&o, "berth_heartbeats_received_total %" PRIu64 "\n", src->hb->received);

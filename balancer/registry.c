@@ -1,6 +1,6 @@
 /* registry: the balancer's node table (hash index by id), the liveness state
- * machine of docs/DESIGN.md "Liveness" with flap damping and the panic guard
- * rail, and the rotation of healthy nodes. */
+ * machine of docs/DESIGN.md "Liveness" with flap damping, client reports and
+ * ejection, the panic guard rail, and the rotation of healthy nodes. */
 #include "registry.h"
 
 #include <stdio.h>
@@ -28,6 +28,22 @@ struct reg_entry {
     uint64_t hold_started_ms; /* when the latest flap hold began */
     uint64_t hold_until_ms;   /* end of the latest flap hold */
     uint32_t holdoff_ms;      /* length of the latest hold; 0 = none since it settled */
+    /* client reports: distinct reporters and the time of their latest report */
+    struct reg_report {
+        uint64_t who; /* reporter hash, never 0; 0 = empty slot */
+        uint64_t at_ms;
+    } reports[REGISTRY_REPORT_SLOTS];
+    enum report_reason last_report; /* reason of the latest report */
+    uint64_t eject_until_ms;        /* end of the current ejection */
+    uint64_t eject_ended_ms;        /* when the latest ejection ended; 0 = never */
+    uint32_t eject_len_ms;          /* length of the latest ejection; 0 = none yet */
+};
+
+/* One reporter's rate: reports counted in a one-second window. */
+struct reporter_rate {
+    uint64_t who;       /* reporter hash; 0 = empty */
+    uint64_t second_ms; /* start of the window being counted */
+    uint32_t count;     /* reports in that window */
 };
 
 #define NOT_IN_ROTATION SIZE_MAX
@@ -63,6 +79,11 @@ struct registry {
     uint64_t panic_since_ms;  /* clock time panic began */
     size_t panic_held;        /* silent nodes in rotation at the last pass */
     char panic_reason[200];   /* "" when not in panic */
+
+    /* per-reporter rates, direct-mapped by reporter hash: a colliding
+     * reporter takes the slot over, so memory is fixed whatever the clients */
+    struct reporter_rate reporters[REGISTRY_REPORTER_TABLE];
+    struct registry_report_stats report_stats;
 };
 
 static const char *const state_names[NODE_STATE_COUNT] = {
@@ -72,7 +93,32 @@ static const char *const state_names[NODE_STATE_COUNT] = {
     [NODE_DOWN] = "down",
     [NODE_DRAINING] = "draining",
     [NODE_FLAPPING] = "flapping",
+    [NODE_EJECTED] = "ejected",
 };
+
+static const char *const report_reason_names[REPORT_REASON_COUNT] = {
+    [REPORT_CONNECT] = "connect",
+    [REPORT_TLS] = "tls",
+    [REPORT_TIMEOUT] = "timeout",
+    [REPORT_PROTOCOL] = "protocol",
+};
+
+const char *report_reason_name(enum report_reason reason)
+{
+    if ((unsigned)reason >= REPORT_REASON_COUNT)
+        return "unknown";
+    return report_reason_names[reason];
+}
+
+int report_reason_parse(const char *text, enum report_reason *out)
+{
+    for (int i = 0; text != NULL && i < REPORT_REASON_COUNT; i++)
+        if (strcmp(text, report_reason_names[i]) == 0) {
+            *out = (enum report_reason)i;
+            return 0;
+        }
+    return -1;
+}
 
 const char *node_state_name(enum node_state s)
 {
@@ -216,6 +262,8 @@ static void set_state(struct registry *r, struct reg_entry *e, enum node_state t
     e->silence_exit_ms = 0; /* the reap pass sets it again when silence was the cause */
     if (to == NODE_DOWN && from != NODE_DRAINING)
         flap_note_down(r, e, registry_now(r));
+    if (from == NODE_EJECTED)
+        e->eject_ended_ms = registry_now(r); /* for the doubling of the next ejection */
     e->pub.state = to;
     e->pub.state_since_ms = registry_now(r);
     r->state_count[from]--;
@@ -369,6 +417,111 @@ static void flap_release(struct registry *r, struct reg_entry *e, uint64_t now)
         set_state(r, e, NODE_HEALTHY, "");
 }
 
+/* ---- client reports and ejection ---- */
+
+/* An ejected node whose time is over takes the normal way back: straight
+ * to the rotation (through set_risen, so a flap hold or an admin drain
+ * still applies) when it is heartbeating normally, to joining otherwise. */
+static void eject_release(struct registry *r, struct reg_entry *e, uint64_t now)
+{
+    if (e->pub.state != NODE_EJECTED || now < e->eject_until_ms)
+        return;
+    if (is_live(r, e, now) && e->pub.reported_healthy && e->pub.good_streak >= rise_of(r))
+        set_risen(r, e);
+    else
+        set_state(r, e, NODE_JOINING, "joining");
+}
+
+/* Never 0, which marks an empty slot. */
+static uint64_t reporter_hash(const char *reporter)
+{
+    uint64_t h = id_hash(reporter);
+    return h ? h : 1;
+}
+
+/* True when this reporter is over report_rate in the current second; else
+ * counts the report. */
+static bool reporter_limited(struct registry *r, uint64_t who, uint64_t now)
+{
+    if (r->cfg.report_rate == 0)
+        return false;
+    struct reporter_rate *slot = &r->reporters[who % REGISTRY_REPORTER_TABLE];
+    if (slot->who != who || now - slot->second_ms >= 1000) {
+        slot->who = who;
+        slot->second_ms = now;
+        slot->count = 0;
+    }
+    if (slot->count >= r->cfg.report_rate)
+        return true;
+    slot->count++;
+    return false;
+}
+
+static bool report_fresh(const struct registry *r, const struct reg_report *rep, uint64_t now)
+{
+    return rep->who != 0 && now - rep->at_ms < r->cfg.report_window_ms;
+}
+
+static size_t reports_in_window(const struct registry *r, const struct reg_entry *e,
+                                uint64_t now)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < REGISTRY_REPORT_SLOTS; i++)
+        if (report_fresh(r, &e->reports[i], now))
+            n++;
+    return n;
+}
+
+/* Notes the reporter in e's slots: its own slot if it has one, else an
+ * empty or stale one, else the one with the oldest report. */
+static void report_note(const struct registry *r, struct reg_entry *e, uint64_t who,
+                        uint64_t now)
+{
+    struct reg_report *pick = NULL;
+    for (size_t i = 0; i < REGISTRY_REPORT_SLOTS; i++) {
+        struct reg_report *s = &e->reports[i];
+        if (s->who == who) {
+            pick = s;
+            break;
+        }
+        if (pick == NULL || (!report_fresh(r, s, now) && report_fresh(r, pick, now)) ||
+            (report_fresh(r, s, now) == report_fresh(r, pick, now) && s->at_ms < pick->at_ms))
+            pick = s;
+    }
+    pick->who = who;
+    pick->at_ms = now;
+}
+
+/* Whether one more ejection keeps the ejected share within
+ * report_max_eject_percent of the rotation plus the ejected nodes. */
+static bool eject_allowed(const struct registry *r)
+{
+    uint64_t ejected = r->state_count[NODE_EJECTED];
+    uint64_t set = r->nrot + ejected;
+    return (ejected + 1) * 100 <= (uint64_t)r->cfg.report_max_eject_percent * set;
+}
+
+static void eject(struct registry *r, struct reg_entry *e, size_t reporters, uint64_t now)
+{
+    uint64_t base = r->cfg.report_eject_ms ? r->cfg.report_eject_ms : 1;
+    uint64_t cap = r->cfg.report_eject_max_ms > base ? r->cfg.report_eject_max_ms : base;
+    uint64_t len = base;
+    /* ejected again soon after the last one ended: twice as long (capped) */
+    if (e->eject_len_ms != 0 && e->eject_ended_ms != 0 && now - e->eject_ended_ms <= cap)
+        len = (uint64_t)e->eject_len_ms * 2 < cap ? (uint64_t)e->eject_len_ms * 2 : cap;
+    e->eject_len_ms = (uint32_t)len;
+    e->eject_until_ms = now + len;
+    /* the next ejection needs reports made after this one */
+    memset(e->reports, 0, sizeof e->reports);
+    r->report_stats.ejections++;
+    char why[HB_REASON_MAX + 1];
+    snprintf(why, sizeof why,
+             "reported unreachable by %zu clients within %u ms (last: %s), held out for %llu ms",
+             reporters, (unsigned)r->cfg.report_window_ms, report_reason_name(e->last_report),
+             (unsigned long long)len);
+    set_state(r, e, NODE_EJECTED, why);
+}
+
 static struct reg_entry *lookup(const struct registry *r, const char *id)
 {
     if (id == NULL)
@@ -403,6 +556,7 @@ static void reset_process(struct reg_entry *e, const struct hb_msg *m, uint64_t 
     memset(e->pub.workers, 0, sizeof e->pub.workers);
     e->pub.nbalancers = 0;
     e->self_draining = false;
+    memset(e->reports, 0, sizeof e->reports); /* they were about the old process */
 }
 
 /* ---- public API ---- */
@@ -568,6 +722,9 @@ enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg 
         case NODE_FLAPPING:
             flap_release(r, e, now);
             break;
+        case NODE_EJECTED:
+            eject_release(r, e, now);
+            break;
         case NODE_HEALTHY:
         case NODE_DRAINING: /* only a REGISTER from a new process ends draining */
         case NODE_STATE_COUNT:
@@ -601,6 +758,7 @@ enum registry_result registry_drain(struct registry *r, const char *id)
     case NODE_HEALTHY:
     case NODE_SUSPECT:
     case NODE_FLAPPING:
+    case NODE_EJECTED:
         set_state(r, e, NODE_DRAINING, "admin drain");
         break;
     case NODE_DOWN:
@@ -626,6 +784,65 @@ enum registry_result registry_undrain(struct registry *r, const char *id)
     else
         set_state(r, e, NODE_JOINING, "joining");
     return REGISTRY_OK;
+}
+
+enum registry_result registry_disconnected(struct registry *r, const char *id, uint64_t boot_id)
+{
+    struct reg_entry *e = lookup(r, id);
+    if (e == NULL || e->pub.boot_id != boot_id)
+        return REGISTRY_UNKNOWN;
+    /* Already out, or kept in by panic like a silent node. The streak is
+     * left alone: see registry.h on why rise does not apply to a blip. */
+    if (e->pub.state != NODE_HEALTHY || r->panic)
+        return REGISTRY_OK;
+    set_state(r, e, NODE_DOWN, "connection closed");
+    e->silence_exit_ms = registry_now(r); /* counted by the panic check as silence */
+    return REGISTRY_OK;
+}
+
+enum registry_report_result registry_report(struct registry *r, const char *id,
+                                            const char *reporter, enum report_reason reason,
+                                            struct registry_report_outcome *out)
+{
+    uint64_t now = registry_now(r);
+    uint64_t who = reporter_hash(reporter != NULL ? reporter : "");
+    if (reporter_limited(r, who, now)) {
+        r->report_stats.rate_limited++;
+        return REGISTRY_REPORT_LIMITED;
+    }
+    struct reg_entry *e = lookup(r, id);
+    if (e == NULL) {
+        r->report_stats.unknown++;
+        return REGISTRY_REPORT_UNKNOWN;
+    }
+    r->report_stats.received++;
+    e->last_report = reason;
+    report_note(r, e, who, now);
+    size_t n = reports_in_window(r, e, now);
+    if (r->cfg.report_quorum != 0 && n >= r->cfg.report_quorum &&
+        e->pub.state == NODE_HEALTHY) {
+        if (eject_allowed(r))
+            eject(r, e, n, now); /* clears the slots: n is what ejected it */
+        else
+            r->report_stats.capped++;
+    }
+    if (out != NULL) {
+        out->reporters = n;
+        out->ejected = e->pub.state == NODE_EJECTED;
+    }
+    return REGISTRY_REPORT_OK;
+}
+
+size_t registry_reporters(const struct registry *r, const struct registry_node *n)
+{
+    /* pub is the entry's first member: the pointer is the registry's own. */
+    const struct reg_entry *e = (const struct reg_entry *)(const void *)n;
+    return reports_in_window(r, e, registry_now(r));
+}
+
+void registry_report_stats(const struct registry *r, struct registry_report_stats *out)
+{
+    *out = r->report_stats;
 }
 
 void registry_note_pick(struct registry *r, const struct registry_node *n)
@@ -742,7 +959,7 @@ void registry_reap(struct registry *r)
          * change reported instead of healthy -> suspect -> down. A node an
          * admin drained is still watched: if it dies it shows as down. */
         bool watched = s == NODE_HEALTHY || s == NODE_SUSPECT || s == NODE_JOINING ||
-                       s == NODE_FLAPPING ||
+                       s == NODE_FLAPPING || s == NODE_EJECTED ||
                        (s == NODE_DRAINING && e->pub.admin_drained && !e->self_draining);
         if (watched && silent >= down_after) {
             char why[HB_REASON_MAX + 1];
@@ -756,6 +973,8 @@ void registry_reap(struct registry *r)
             e->silence_exit_ms = now;
         } else if (s == NODE_FLAPPING) {
             flap_release(r, e, now);
+        } else if (s == NODE_EJECTED) {
+            eject_release(r, e, now);
         }
         i++;
     }

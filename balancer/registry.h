@@ -1,6 +1,7 @@
 /* registry: the balancer's table of nodes, their liveness state machine
- * (joining, healthy, suspect, down, draining, flapping), flap damping, the
- * panic guard rail and the rotation, the dense
+ * (joining, healthy, suspect, down, draining, flapping, ejected), flap
+ * damping, client reports and ejection, the panic guard rail and the
+ * rotation, the dense
  * array of nodes that may be handed to clients. Driven by an injectable
  * monotonic clock so tests run on a fake one. Single-threaded. */
 #ifndef BERTH_REGISTRY_H
@@ -19,6 +20,7 @@ enum node_state {
     NODE_DOWN,     /* missed `fall` intervals, or reports itself unhealthy */
     NODE_DRAINING, /* sent LEAVE or heartbeats with draining: out of rotation */
     NODE_FLAPPING, /* went down more than flap_count times in flap_window: held out */
+    NODE_EJECTED,  /* reported unreachable by report_quorum distinct clients: held out */
     NODE_STATE_COUNT
 };
 
@@ -51,6 +53,21 @@ struct registry_config {
     /* REGISTER of a new id is refused while the registry holds this many
      * nodes, so a peer inventing ids cannot grow it without bound. 0: no cap. */
     uint32_t max_nodes;
+    /* Client reports (registry_report): when report_quorum distinct
+     * reporters said within report_window_ms that they cannot reach a
+     * healthy node, it is ejected (out of rotation, state ejected) for
+     * report_eject_ms, doubling when it is ejected again within
+     * report_eject_max_ms of its last ejection ending, up to
+     * report_eject_max_ms. At most report_max_eject_percent of the nodes in
+     * rotation plus those ejected may be ejected at once. One reporter may
+     * send report_rate reports a second (0: no limit). report_quorum 0:
+     * reports are counted but never eject. */
+    uint32_t report_quorum;
+    uint32_t report_window_ms;
+    uint32_t report_eject_ms;
+    uint32_t report_eject_max_ms;
+    uint32_t report_max_eject_percent;
+    uint32_t report_rate;
 };
 
 #define REGISTRY_FLAP_COUNT_MAX 32
@@ -135,6 +152,77 @@ enum registry_result registry_drain(struct registry *r, const char *id);
  * heartbeats. A node draining on its own (LEAVE, draining: true) stays
  * draining. REGISTRY_UNKNOWN when no node has that id. */
 enum registry_result registry_undrain(struct registry *r, const char *id);
+
+/* The node's heartbeat connection closed (fast kill detection). A node in
+ * rotation leaves it now: state down, reason "connection closed"; a node
+ * already out of rotation is left as it is. REGISTRY_UNKNOWN when the id is
+ * not registered or the boot_id is another process's.
+ *
+ * rise does not apply to a reconnect blip: the run of good heartbeats is
+ * not broken by the close, so a node that was healthy and heartbeats again
+ * within 1.5 intervals of its last message (its streak intact) is back in
+ * rotation at that heartbeat (or same-boot REGISTER); after a longer gap it
+ * needs `rise` heartbeats as after any down. The down counts for flap
+ * damping: a node whose connection keeps closing is flapping.
+ *
+ * Panic: a close is treated as silence. While in panic the node stays in
+ * rotation; otherwise the close counts as a silence exit for the panic
+ * check, so a mass close (the balancer's own network failing, a ZMTP
+ * heartbeat timeout on every link) enters panic and puts the nodes back
+ * like a mass silence would. */
+enum registry_result registry_disconnected(struct registry *r, const char *id, uint64_t boot_id);
+
+/* ---- client reports ---- */
+
+#define REGISTRY_REPORT_SLOTS 8      /* distinct reporters kept per node; the oldest is replaced */
+#define REGISTRY_REPORTER_TABLE 1024 /* reporters whose rate is tracked; colliding ones share */
+
+enum report_reason {
+    REPORT_CONNECT,  /* TCP connect failed or was refused */
+    REPORT_TLS,      /* TLS handshake failed (certificate, protocol) */
+    REPORT_TIMEOUT,  /* connect or handshake timed out */
+    REPORT_PROTOCOL, /* the node answered, but not in the berth protocol */
+    REPORT_REASON_COUNT
+};
+
+/* "connect", "tls", "timeout", "protocol" from one table; "unknown" beyond. */
+const char *report_reason_name(enum report_reason reason);
+/* 0, or -1 when text names no reason. */
+int report_reason_parse(const char *text, enum report_reason *out);
+
+enum registry_report_result {
+    REGISTRY_REPORT_OK,
+    REGISTRY_REPORT_UNKNOWN, /* no node has that id */
+    REGISTRY_REPORT_LIMITED, /* the reporter sent more than report_rate this second */
+};
+
+struct registry_report_outcome {
+    size_t reporters; /* distinct reporters about the node within the window, this one included */
+    bool ejected;     /* the node is ejected now (by this report or before) */
+};
+
+/* A client says it cannot reach node id. reporter identifies the client
+ * (its address as text, from the connection, never from the request body)
+ * and is not kept, only a 64-bit hash of it: a reporter counts once per
+ * node however often it reports. Ejects the node when that makes
+ * report_quorum reporters within the window, the node is in rotation, and
+ * the max-eject share allows it. Reports still eject in panic: they are
+ * evidence from the clients' side, and the share bounds them. out may be
+ * NULL. */
+enum registry_report_result registry_report(struct registry *r, const char *id,
+                                            const char *reporter, enum report_reason reason,
+                                            struct registry_report_outcome *out);
+/* Distinct reporters about n (a pointer from this registry) within the window now. */
+size_t registry_reporters(const struct registry *r, const struct registry_node *n);
+
+struct registry_report_stats {
+    uint64_t received;     /* reports about a known node */
+    uint64_t unknown;      /* reports about no known node */
+    uint64_t rate_limited; /* refused by report_rate */
+    uint64_t ejections;    /* nodes ejected */
+    uint64_t capped;       /* quorum reached but the max-eject share refused the ejection */
+};
+void registry_report_stats(const struct registry *r, struct registry_report_stats *out);
 
 /* Counts one pick of n (a pointer from this registry). */
 void registry_note_pick(struct registry *r, const struct registry_node *n);

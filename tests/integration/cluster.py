@@ -378,10 +378,22 @@ class Cluster:
     flags (node_args may also be a dict {index: [flags]} for single nodes);
     start_nodes=False starts only the balancer; node_prefix: words put before
     the node binary (a wrapper such as valgrind); balancer_env: extra
-    environment of the balancer (e.g. BERTH_ADMIN_TOKEN)."""
+    environment of the balancer (e.g. BERTH_ADMIN_TOKEN).
+
+    The heartbeat channel is secure (CurveZMQ) unless plaintext=True: the
+    set-up writes key pairs with the built `berth keygen` into DIR/keys (the
+    balancer's, one per node, and a "tester" key for the tests' own
+    DEALERs, see dealer()), and every balancer or node the cluster spawns
+    gets its keys through the environment (BERTH_CURVE_SECRET,
+    BERTH_CURVE_ALLOW, BERTH_BALANCER_KEY; plaintext:
+    BERTH_HEARTBEAT_PLAINTEXT), so extra balancers a test spawns are wired
+    too. A test's own env wins."""
 
     def __init__(self, n=3, interval="250ms", balancer_args=(), node_args=(), workers=2,
-                 start_nodes=True, budget=TEST_BUDGET_S, node_prefix=(), balancer_env=None):
+                 start_nodes=True, budget=TEST_BUDGET_S, node_prefix=(), balancer_env=None,
+                 plaintext=False):
+        self.plaintext = plaintext
+        self.keys_dir = None
         self.n = n
         self.interval = interval
         self.interval_s = parse_duration(interval)
@@ -464,6 +476,14 @@ class Cluster:
         self.ca = os.path.join(self.certs, "ca.pem")
         self.cert = os.path.join(self.certs, "node.pem")
         self.key = os.path.join(self.certs, "node.key")
+        if not self.plaintext:
+            self.keys_dir = os.path.join(self.dir, "keys")
+            self.allow_dir = os.path.join(self.keys_dir, "allow")
+            os.makedirs(self.allow_dir)
+            self.balancer_key = keygen(os.path.join(self.keys_dir, "balancer"))
+            for i in range(1, self.n + 1):
+                self.node_keys(self.node_id(i))
+            self.node_keys("tester")
         ports = free_ports(2 + self.n)
         self.http_port, self.hb_port = ports[0], ports[1]
         self.node_ports = {i + 1: ports[2 + i] for i in range(self.n)}
@@ -476,6 +496,46 @@ class Cluster:
 
     # --- processes
 
+    # --- heartbeat keys
+
+    def node_keys(self, name):
+        """(secret file, public file) of the key pair of node `name`, made
+        (and allowed: its .pub copied into the allowlist directory) on
+        first use. Secure clusters only."""
+        assert self.keys_dir, "a plaintext cluster has no keys"
+        base = os.path.join(self.keys_dir, name)
+        if not os.path.exists(base + ".key"):
+            keygen(base)
+            shutil.copyfile(base + ".pub", os.path.join(self.allow_dir, name + ".pub"))
+        return base + ".key", base + ".pub"
+
+    def security_env(self, argv, name):
+        """The environment that puts a spawned balancer or node on the
+        cluster's heartbeat security: {} for anything else."""
+        binary = os.path.basename(next((a for a in argv if "berth-" in os.path.basename(a)), ""))
+        if binary not in ("berth-balancer", "berth-node"):
+            return {}
+        if self.plaintext:
+            return {"BERTH_HEARTBEAT_PLAINTEXT": "true"}
+        if binary == "berth-balancer":
+            return {"BERTH_CURVE_SECRET": self.balancer_key[0], "BERTH_CURVE_ALLOW": self.allow_dir}
+        return {"BERTH_CURVE_SECRET": self.node_keys(name)[0],
+                "BERTH_BALANCER_KEY": self.balancer_key[1]}
+
+    def dealer(self, ctx, name="tester", endpoint=None):
+        """A zmq DEALER connected to the balancer's heartbeat endpoint, with
+        the CURVE keys of node `name` (allowed) in a secure cluster."""
+        zmq = require_zmq()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if not self.plaintext:
+            secret, public = self.node_keys(name)
+            sock.curve_secretkey = read_key(secret)
+            sock.curve_publickey = read_key(public)
+            sock.curve_serverkey = read_key(self.balancer_key[1])
+        sock.connect(endpoint or self.hb_endpoint)
+        return sock
+
     def spawn(self, name, argv, env=None):
         """Starts argv in its own process group with output to NAME.log."""
         log = os.path.join(self.dir, "%s.log" % name)
@@ -487,7 +547,8 @@ class Cluster:
         with open(log, "wb") as out:
             p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, cwd=self.dir,
-                                 env=child_env(env), start_new_session=True)
+                                 env=child_env(dict(self.security_env(argv, name), **(env or {}))),
+                                 start_new_session=True)
         p.argv = argv
         self.procs[name] = p
         self._all.append(p)
@@ -668,6 +729,27 @@ class Cluster:
                            timeout=timeout, env=child_env(env), cwd=self.dir)
         return (r.returncode, r.stdout.decode("utf-8", "replace"),
                 r.stderr.decode("utf-8", "replace"))
+
+
+def keygen(base):
+    """Runs `berth keygen --out base`; returns (base.key, base.pub)."""
+    if not os.access(CLI_BIN, os.X_OK):
+        raise AssertionError("%s is not built (BERTH_BUILD_DIR=%s)" % (CLI_BIN, BUILD_DIR))
+    r = subprocess.run([CLI_BIN, "keygen", "--out", base], capture_output=True, timeout=20,
+                       env=child_env())
+    if r.returncode != 0:
+        raise AssertionError("berth keygen --out %s failed: %s"
+                             % (base, r.stderr.decode(errors="replace")))
+    return base + ".key", base + ".pub"
+
+
+def read_key(path):
+    """The Z85 key (bytes) in a key file written by berth keygen."""
+    with open(path, "rb") as f:
+        lines = [ln.strip() for ln in f.read().splitlines()
+                 if ln.strip() and not ln.startswith(b"#")]
+    assert len(lines) == 1 and len(lines[0]) == 40, "%s: not a key file" % path
+    return lines[0]
 
 
 def run_bin(path, args, env=None, timeout=20, input=None):

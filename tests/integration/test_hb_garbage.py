@@ -33,7 +33,10 @@ def heartbeat_msg(node, seq):
 
 def test():
     # forget-after short so that the fake node's removal is seen in the test.
-    with cluster.Cluster(n=2, interval="250ms", balancer_args=["--forget-after", "2s"]) as c:
+    # Plaintext: the junk must reach the heartbeat decoder; a secure
+    # balancer refuses an unauthenticated sender before that (test_curve).
+    with cluster.Cluster(n=2, interval="250ms", balancer_args=["--forget-after", "2s"],
+                         plaintext=True) as c:
         c.wait_healthy(2)
         before = c.health()
         r0, d0, j0 = hb_counts(before)

@@ -14,9 +14,7 @@ def test():
         c.wait_healthy(3)
         ctx = zmq.Context()
         try:
-            fake = ctx.socket(zmq.DEALER)
-            fake.setsockopt(zmq.LINGER, 0)
-            fake.connect(c.hb_endpoint)
+            fake = c.dealer(ctx)
             for k in range(20):
                 fake.send(json.dumps({"type": "register", "node": "fake%d" % k,
                                       "boot": "00c0ffee00c0ffee", "seq": k + 1,

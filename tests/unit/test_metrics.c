@@ -160,6 +160,11 @@ static void test_render(void **state)
     now += 100;
     assert_int_equal(registry_heartbeat(reg, &h), REGISTRY_OK);
     registry_note_pick(reg, registry_find(reg, "web-1.a"));
+    /* reports: one accepted, one about no node (the quorum is off here) */
+    assert_int_equal(registry_report(reg, "web-1.a", "10.0.0.1", REPORT_TLS, NULL),
+                     REGISTRY_REPORT_OK);
+    assert_int_equal(registry_report(reg, "nope", "10.0.0.1", REPORT_TLS, NULL),
+                     REGISTRY_REPORT_UNKNOWN);
     now += 500;
 
     metrics_note_lookup(m, 0.00003);
@@ -201,6 +206,13 @@ static void test_render(void **state)
     assert_true(has_line(t, "berth_node_messages_per_second{node=\"web-1.a\"} 12.5"));
     assert_true(has_line(t, "berth_node_last_heartbeat_age_seconds{node=\"web-1.a\"} 0.5"));
     assert_true(has_line(t, "berth_node_in_rotation{node=\"web-1.a\"} 1"));
+    assert_true(has_line(t, "berth_nodes{state=\"ejected\"} 0"));
+    assert_true(has_line(t, "# TYPE berth_reports_total counter"));
+    assert_true(has_line(t, "berth_reports_total{result=\"accepted\"} 1"));
+    assert_true(has_line(t, "berth_reports_total{result=\"unknown_node\"} 1"));
+    assert_true(has_line(t, "berth_reports_total{result=\"rate_limited\"} 0"));
+    assert_true(has_line(t, "berth_report_ejections_total 0"));
+    assert_true(has_line(t, "berth_report_ejections_capped_total 0"));
     /* every line is a comment or "name{labels} value" */
     for (const char *p = t; *p; p = strchr(p, '\n') + 1) {
         assert_true(*p == '#' || (*p >= 'a' && *p <= 'z'));

@@ -1,5 +1,6 @@
-/* test_registry: the liveness state machine, rotation, epoch, id index and
- * change callback of balancer/registry.c, on a fake clock. */
+/* test_registry: the liveness state machine, rotation, epoch, id index,
+ * change callback, client reports and ejection, and connection-closed
+ * handling of balancer/registry.c, on a fake clock. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1476,6 +1477,391 @@ static void test_panic_all_silent_never_empties(void **state)
     assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 1);
 }
 
+/* ---- client reports and ejection ---- */
+
+#define REPORT_QUORUM 3
+#define REPORT_WINDOW 10000
+#define REPORT_EJECT 30000
+#define REPORT_EJECT_MAX 120000
+#define REPORT_RATE 5
+#define REPORT_NODES 4
+
+static int setup_reports(void **state)
+{
+    struct world *w = test_calloc(1, sizeof *w);
+    assert_non_null(w);
+    struct registry_config cfg = {.interval_ms = INTERVAL,
+                                  .fall = FALL,
+                                  .rise = RISE,
+                                  .forget_ms = FORGET,
+                                  .report_quorum = REPORT_QUORUM,
+                                  .report_window_ms = REPORT_WINDOW,
+                                  .report_eject_ms = REPORT_EJECT,
+                                  .report_eject_max_ms = REPORT_EJECT_MAX,
+                                  .report_max_eject_percent = 50,
+                                  .report_rate = REPORT_RATE};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    registry_on_change(w->reg, record_change, w);
+    *state = w;
+    char id[8];
+    for (int i = 0; i < REPORT_NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        do_register(w, id, 1);
+    }
+    w->clock.now += INTERVAL;
+    for (int i = 0; i < REPORT_NODES; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        do_heartbeat(w, id, 1);
+    }
+    assert_int_equal(registry_rotation_size(w->reg), REPORT_NODES);
+    return 0;
+}
+
+/* Every node heartbeats every interval, with a reap pass after, for ms. */
+static void all_beating(struct world *w, uint64_t ms)
+{
+    char id[8];
+    for (uint64_t t = 0; t < ms; t += INTERVAL) {
+        w->clock.now += INTERVAL;
+        for (int i = 0; i < REPORT_NODES; i++) {
+            snprintf(id, sizeof id, "n%d", i);
+            do_heartbeat(w, id, 1);
+        }
+        registry_reap(w->reg);
+    }
+}
+
+static struct registry_report_outcome report_ok(struct world *w, const char *id, const char *who)
+{
+    struct registry_report_outcome out = {0};
+    assert_int_equal(registry_report(w->reg, id, who, REPORT_TLS, &out), REGISTRY_REPORT_OK);
+    return out;
+}
+
+static void test_report_names(void **state)
+{
+    (void)state;
+    assert_string_equal(node_state_name(NODE_EJECTED), "ejected");
+    assert_string_equal(node_state_name(NODE_FLAPPING), "flapping");
+    enum report_reason r;
+    const char *names[] = {"connect", "tls", "timeout", "protocol"};
+    for (int i = 0; i < REPORT_REASON_COUNT; i++) {
+        assert_string_equal(report_reason_name((enum report_reason)i), names[i]);
+        assert_int_equal(report_reason_parse(names[i], &r), 0);
+        assert_int_equal(r, i);
+    }
+    assert_string_equal(report_reason_name(REPORT_REASON_COUNT), "unknown");
+    assert_int_equal(report_reason_parse("TLS", &r), -1);
+    assert_int_equal(report_reason_parse("", &r), -1);
+    assert_int_equal(report_reason_parse(NULL, &r), -1);
+}
+
+static void test_report_quorum_ejects_then_returns(void **state)
+{
+    struct world *w = world_of(state);
+    uint64_t epoch = registry_epoch(w->reg);
+    struct registry_report_outcome o = report_ok(w, "n0", "10.0.0.1");
+    assert_int_equal(o.reporters, 1);
+    assert_false(o.ejected);
+    o = report_ok(w, "n0", "10.0.0.1"); /* the same reporter again counts once */
+    assert_int_equal(o.reporters, 1);
+    o = report_ok(w, "n0", "10.0.0.2");
+    assert_int_equal(o.reporters, 2);
+    assert_int_equal(registry_reporters(w->reg, registry_find(w->reg, "n0")), 2);
+    assert_int_equal(state_of(w, "n0"), NODE_HEALTHY);
+    o = report_ok(w, "n0", "10.0.0.3");
+    assert_int_equal(o.reporters, 3);
+    assert_true(o.ejected);
+    assert_int_equal(state_of(w, "n0"), NODE_EJECTED);
+    assert_int_equal(registry_rotation_size(w->reg), REPORT_NODES - 1);
+    assert_true(registry_epoch(w->reg) > epoch);
+    const struct registry_node *n = registry_find(w->reg, "n0");
+    assert_non_null(strstr(n->reason, "reported unreachable by 3 clients"));
+    assert_non_null(strstr(n->reason, "tls"));
+    assert_int_equal(registry_count_state(w->reg, NODE_EJECTED), 1);
+    /* the reports that ejected it are spent */
+    assert_int_equal(registry_reporters(w->reg, n), 0);
+    /* a further report says it is ejected */
+    o = report_ok(w, "n0", "10.0.0.4");
+    assert_true(o.ejected);
+
+    /* heartbeats go on: it stays out for the ejection time, then is back */
+    all_beating(w, REPORT_EJECT - 2 * INTERVAL);
+    assert_int_equal(state_of(w, "n0"), NODE_EJECTED);
+    all_beating(w, 3 * INTERVAL);
+    assert_int_equal(state_of(w, "n0"), NODE_HEALTHY);
+    assert_int_equal(registry_rotation_size(w->reg), REPORT_NODES);
+
+    struct registry_report_stats st;
+    registry_report_stats(w->reg, &st);
+    assert_int_equal(st.received, 5);
+    assert_int_equal(st.ejections, 1);
+    assert_int_equal(st.capped, 0);
+}
+
+static void test_report_window(void **state)
+{
+    struct world *w = world_of(state);
+    report_ok(w, "n1", "10.0.0.1");
+    all_beating(w, 6000);
+    report_ok(w, "n1", "10.0.0.2");
+    all_beating(w, 5000); /* the first report is now older than the window */
+    struct registry_report_outcome o = report_ok(w, "n1", "10.0.0.3");
+    assert_int_equal(o.reporters, 2);
+    assert_false(o.ejected);
+    o = report_ok(w, "n1", "10.0.0.4");
+    assert_int_equal(o.reporters, 3);
+    assert_true(o.ejected);
+}
+
+static void test_report_one_reporter_cannot_eject(void **state)
+{
+    struct world *w = world_of(state);
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < REPORT_RATE; i++) {
+            struct registry_report_outcome o = report_ok(w, "n2", "10.9.9.9");
+            assert_int_equal(o.reporters, 1);
+            assert_false(o.ejected);
+        }
+        /* over the rate within the same second */
+        assert_int_equal(registry_report(w->reg, "n2", "10.9.9.9", REPORT_CONNECT, NULL),
+                         REGISTRY_REPORT_LIMITED);
+        /* another reporter is not limited by it */
+        if (round == 0)
+            assert_int_equal(registry_report(w->reg, "n3", "10.9.9.8", REPORT_CONNECT, NULL),
+                             REGISTRY_REPORT_OK);
+        all_beating(w, 1000);
+    }
+    assert_int_equal(state_of(w, "n2"), NODE_HEALTHY);
+    struct registry_report_stats st;
+    registry_report_stats(w->reg, &st);
+    assert_int_equal(st.rate_limited, 20);
+    assert_int_equal(st.received, 20 * REPORT_RATE + 1);
+    assert_int_equal(st.ejections, 0);
+}
+
+static void test_report_max_eject_percent(void **state)
+{
+    struct world *w = world_of(state);
+    const char *who[] = {"10.0.0.1", "10.0.0.2", "10.0.0.3"};
+    const char *ids[] = {"n0", "n1", "n2", "n3"};
+    for (int k = 0; k < REPORT_NODES; k++)
+        for (int i = 0; i < 3; i++)
+            report_ok(w, ids[k], who[i]);
+    /* 50 % of 4: two ejected, the others refused */
+    assert_int_equal(registry_count_state(w->reg, NODE_EJECTED), 2);
+    assert_int_equal(registry_rotation_size(w->reg), 2);
+    struct registry_report_stats st;
+    registry_report_stats(w->reg, &st);
+    assert_int_equal(st.ejections, 2);
+    assert_int_equal(st.capped, 2);
+    /* the ejected ones come back after the ejection time */
+    all_beating(w, REPORT_EJECT + INTERVAL);
+    assert_int_equal(registry_count_state(w->reg, NODE_EJECTED), 0);
+}
+
+static void test_report_slots_bounded_and_unknown(void **state)
+{
+    struct world *w = world_of(state);
+    assert_int_equal(registry_drain(w->reg, "n3"), REGISTRY_OK); /* out: never ejected */
+    char who[32];
+    struct registry_report_outcome o = {0};
+    for (int i = 0; i < 3 * REGISTRY_REPORT_SLOTS; i++) {
+        snprintf(who, sizeof who, "10.1.0.%d", i);
+        o = report_ok(w, "n3", who);
+    }
+    assert_int_equal(o.reporters, REGISTRY_REPORT_SLOTS);
+    assert_false(o.ejected);
+    assert_int_equal(state_of(w, "n3"), NODE_DRAINING);
+    assert_int_equal(registry_report(w->reg, "nope", "10.0.0.1", REPORT_TLS, &o),
+                     REGISTRY_REPORT_UNKNOWN);
+    assert_int_equal(registry_report(w->reg, NULL, "10.0.0.1", REPORT_TLS, NULL),
+                     REGISTRY_REPORT_UNKNOWN);
+    struct registry_report_stats st;
+    registry_report_stats(w->reg, &st);
+    assert_int_equal(st.unknown, 2);
+}
+
+static void test_report_quorum_off(void **state)
+{
+    (void)state;
+    struct fake_clock clock = {1000};
+    struct registry_config cfg = {.interval_ms = INTERVAL, .fall = FALL, .rise = 1,
+                                  .forget_ms = FORGET, .report_window_ms = REPORT_WINDOW,
+                                  .report_max_eject_percent = 100};
+    struct registry *r = registry_new(&cfg, fake_now, &clock);
+    assert_non_null(r);
+    struct hb_msg m = reg_msg("a", 1);
+    assert_int_equal(registry_register(r, &m), 0);
+    struct hb_msg m2 = reg_msg("b", 1);
+    assert_int_equal(registry_register(r, &m2), 0);
+    struct registry_report_outcome o = {0};
+    for (int i = 0; i < 6; i++) {
+        char who[16];
+        snprintf(who, sizeof who, "10.0.0.%d", i);
+        assert_int_equal(registry_report(r, "a", who, REPORT_CONNECT, &o), REGISTRY_REPORT_OK);
+    }
+    assert_int_equal(o.reporters, 6);
+    assert_false(o.ejected);
+    assert_int_equal(registry_find(r, "a")->state, NODE_HEALTHY);
+    registry_free(r);
+}
+
+/* Reports three distinct clients about id at the current time. */
+static void eject_now(struct world *w, const char *id)
+{
+    report_ok(w, id, "10.0.0.1");
+    report_ok(w, id, "10.0.0.2");
+    report_ok(w, id, "10.0.0.3");
+    assert_int_equal(state_of(w, id), NODE_EJECTED);
+}
+
+static void test_report_ejection_doubles_and_settles(void **state)
+{
+    struct world *w = world_of(state);
+    uint64_t len[] = {REPORT_EJECT, 2 * REPORT_EJECT, REPORT_EJECT_MAX, REPORT_EJECT_MAX};
+    for (int k = 0; k < 4; k++) {
+        eject_now(w, "n0");
+        char want[64];
+        snprintf(want, sizeof want, "held out for %llu ms", (unsigned long long)len[k]);
+        assert_non_null(strstr(registry_find(w->reg, "n0")->reason, want));
+        all_beating(w, len[k] - INTERVAL);
+        assert_int_equal(state_of(w, "n0"), NODE_EJECTED);
+        all_beating(w, 2 * INTERVAL);
+        assert_int_equal(state_of(w, "n0"), NODE_HEALTHY);
+    }
+    /* well after the last ejection: back to the first step */
+    all_beating(w, REPORT_EJECT_MAX + 1000);
+    eject_now(w, "n0");
+    assert_non_null(strstr(registry_find(w->reg, "n0")->reason, "held out for 30000 ms"));
+}
+
+static void test_ejected_node_dies_drains_restarts(void **state)
+{
+    struct world *w = world_of(state);
+    /* an unhealthy report from an ejected node takes it down */
+    eject_now(w, "n0");
+    struct hb_msg m = hb_msg_for("n0", 1);
+    m.healthy = false;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n0"), NODE_DOWN);
+    /* an admin drain takes an ejected node to draining */
+    eject_now(w, "n1");
+    assert_int_equal(registry_drain(w->reg, "n1"), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DRAINING);
+    /* a new process behind the id is not ejected: it joins */
+    eject_now(w, "n2");
+    do_register(w, "n2", 2);
+    assert_int_equal(state_of(w, "n2"), NODE_JOINING);
+    assert_int_equal(registry_reporters(w->reg, registry_find(w->reg, "n2")), 0);
+    /* the last node in rotation cannot be ejected (50 % of one is none) */
+    report_ok(w, "n3", "10.0.0.1");
+    report_ok(w, "n3", "10.0.0.2");
+    report_ok(w, "n3", "10.0.0.3");
+    assert_int_equal(state_of(w, "n3"), NODE_HEALTHY);
+    struct registry_report_stats st;
+    registry_report_stats(w->reg, &st);
+    assert_int_equal(st.capped, 1);
+    /* silence still takes an ejected node down */
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n2", 2);
+    do_heartbeat(w, "n3", 1);
+    assert_int_equal(state_of(w, "n2"), NODE_HEALTHY);
+    eject_now(w, "n3");
+    for (int i = 0; i < FALL; i++) {
+        w->clock.now += INTERVAL;
+        do_heartbeat(w, "n2", 2);
+        registry_reap(w->reg);
+    }
+    assert_int_equal(state_of(w, "n3"), NODE_DOWN);
+    assert_int_equal(state_of(w, "n2"), NODE_HEALTHY);
+}
+
+/* ---- heartbeat connection closed ---- */
+
+static void test_disconnected_blip_and_death(void **state)
+{
+    struct world *w = world_of(state);
+    make_healthy(w, "n1", 1);
+    make_healthy(w, "n2", 1);
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(registry_disconnected(w->reg, "n1", 2), REGISTRY_UNKNOWN);
+    assert_int_equal(registry_disconnected(w->reg, "nope", 1), REGISTRY_UNKNOWN);
+    assert_int_equal(registry_disconnected(w->reg, NULL, 1), REGISTRY_UNKNOWN);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+
+    /* out of rotation at once, without waiting for silence */
+    w->clock.now += INTERVAL / 2;
+    assert_int_equal(registry_disconnected(w->reg, "n1", 1), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_string_equal(registry_find(w->reg, "n1")->reason, "connection closed");
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    /* again: already out, nothing changes */
+    size_t changes = w->nchanges;
+    assert_int_equal(registry_disconnected(w->reg, "n1", 1), REGISTRY_OK);
+    assert_int_equal(w->nchanges, changes);
+    /* a reconnect blip: the next heartbeat, within 1.5 intervals of the
+     * last message, brings it back without rise */
+    w->clock.now += INTERVAL / 2;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+
+    /* closed, and the node is heard of again only after a longer gap: rise */
+    assert_int_equal(registry_disconnected(w->reg, "n1", 1), REGISTRY_OK);
+    w->clock.now += 2 * INTERVAL;
+    registry_reap(w->reg);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+
+    /* a node out of rotation is left as it is */
+    do_register(w, "n3", 1);
+    assert_int_equal(registry_disconnected(w->reg, "n3", 1), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n3"), NODE_JOINING);
+    /* a dead node stays down and is forgotten as usual */
+    assert_int_equal(registry_disconnected(w->reg, "n2", 1), REGISTRY_OK);
+    w->clock.now += FORGET + INTERVAL;
+    registry_reap(w->reg);
+    assert_null(registry_find(w->reg, "n2"));
+}
+
+static void test_disconnected_in_panic(void **state)
+{
+    struct world *w = world_of(state);
+    bool alive[PANIC_NODES];
+    panic_start(w, alive);
+    char ids[PANIC_NODES][8];
+    panic_ids(ids);
+    /* 6 of 10 heartbeat connections close at once (a ZMTP heartbeat
+     * timeout on every link, say): the reap pass after sees panic and puts
+     * them back, as it would for silence */
+    for (int i = 0; i < 6; i++) {
+        alive[i] = false;
+        assert_int_equal(registry_disconnected(w->reg, ids[i], 1), REGISTRY_OK);
+    }
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 6);
+    run_spread(w, alive, INTERVAL / 5);
+    assert_true(registry_panic(w->reg));
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+    /* while in panic a close leaves the node in rotation */
+    assert_int_equal(registry_disconnected(w->reg, ids[7], 1), REGISTRY_OK);
+    assert_int_equal(registry_find(w->reg, ids[7])->state, NODE_HEALTHY);
+    /* one close alone is no panic once they are all back */
+    for (int i = 0; i < 6; i++)
+        alive[i] = true;
+    run_spread(w, alive, 2 * INTERVAL);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(registry_disconnected(w->reg, ids[8], 1), REGISTRY_OK);
+    run_spread(w, alive, INTERVAL / 5);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(registry_find(w->reg, ids[8])->state, NODE_DOWN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1528,6 +1914,22 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_panic_all_silent_never_empties, setup_panic,
                                         teardown),
+        cmocka_unit_test(test_report_names),
+        cmocka_unit_test_setup_teardown(test_report_quorum_ejects_then_returns, setup_reports,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_report_window, setup_reports, teardown),
+        cmocka_unit_test_setup_teardown(test_report_one_reporter_cannot_eject, setup_reports,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_report_max_eject_percent, setup_reports, teardown),
+        cmocka_unit_test_setup_teardown(test_report_slots_bounded_and_unknown, setup_reports,
+                                        teardown),
+        cmocka_unit_test(test_report_quorum_off),
+        cmocka_unit_test_setup_teardown(test_report_ejection_doubles_and_settles, setup_reports,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_ejected_node_dies_drains_restarts, setup_reports,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_disconnected_blip_and_death, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disconnected_in_panic, setup_panic, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
