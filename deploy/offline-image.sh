@@ -90,9 +90,15 @@ group:  files
 hosts:  files dns
 EOF
 
+# The journal's home (compose mounts a volume there; a new volume takes the
+# directory's owner from the image, so berth can write it).
+mkdir -p "$ctx/data"
+touch "$ctx/data/.keep"
+
 cat >"$ctx/Dockerfile" <<EOF
 FROM scratch
 COPY rootfs/ /
+COPY --chown=10001:10001 data/ /var/lib/berth/
 ENV PATH=/usr/local/bin
 USER 10001:10001
 LABEL org.opencontainers.image.title="berth" \\

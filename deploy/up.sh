@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# up: the one command that brings up a berth cluster (one balancer, three
-# nodes): builds, makes development certificates, starts everything and waits
+# up: the one command that brings up a berth cluster (two balancers, three
+# nodes heartbeating to both): builds, makes development certificates, starts everything and waits
 # until all three nodes are healthy. With a Docker engine it runs the real
 # docker-compose.yml (image built from deploy/Dockerfile where the base image
 # can be pulled, else assembled offline from the local binaries); without one,
 # it runs the same programs as local processes on 127.0.0.1.
 #
-#   deploy/up.sh          build, then (re)start balancer + node1..node3
+#   deploy/up.sh          build, then (re)start balancer1, balancer2 + node1..node3
 #   deploy/up.sh down     stop them (compose down -v; SIGTERM, SIGKILL after a bound)
 #   deploy/up.sh status   show what runs
 #
 # Everything lives in ./run (relative to the repository): certs/, *.log, *.pid.
+# The heartbeat channel is secure (CurveZMQ): deploy/gen-keys.sh writes the
+# balancer's and each node's key pair and the allowlist to run/certs/keys
+# (inside the certificate directory so compose mounts them too).
 # Environment overrides:
 #   BERTH_UP_MODE        auto | docker | local         (auto: docker when an engine answers)
-#   BERTH_UP_HTTP_PORT   balancer HTTP port            (8080)
-#   BERTH_UP_HB_PORT     balancer heartbeat port       (7100, local mode)
+#   BERTH_UP_HTTP_PORT   balancer1 HTTP port           (8080; balancer2 on BERTH_UP_HTTP2_PORT, 8081)
+#   BERTH_UP_HB_PORT     balancer1 heartbeat port      (7100, local mode; balancer2 on BERTH_UP_HB2_PORT, 7110)
 #   BERTH_UP_NODE_PORTS  the three node TLS ports      ("7001 7002 7003")
 #   BERTH_UP_BUILD_DIR   CMake build directory         (build)
 #   BERTH_UP_WAIT        seconds to wait for health    (30; 120 in docker mode)
@@ -26,6 +29,8 @@ run=$root/run
 build=${BERTH_UP_BUILD_DIR:-build}
 http_port=${BERTH_UP_HTTP_PORT:-8080}
 hb_port=${BERTH_UP_HB_PORT:-7100}
+http2_port=${BERTH_UP_HTTP2_PORT:-8081}
+hb2_port=${BERTH_UP_HB2_PORT:-7110}
 read -r -a node_ports <<<"${BERTH_UP_NODE_PORTS:-7001 7002 7003}"
 mode=${BERTH_UP_MODE:-auto}
 case $mode in
@@ -37,18 +42,19 @@ if [ "$mode" = docker ]; then wait_s=${BERTH_UP_WAIT:-120}; else wait_s=${BERTH_
 project=berth
 stop_bound_s=10
 health_url=http://127.0.0.1:$http_port/v1/health
+balancers_flag="--balancer http://127.0.0.1:$http_port,http://127.0.0.1:$http2_port"
 
 die() { echo "up: $*" >&2; exit 1; }
 say() { echo "up: $*"; }
 
-for p in "$http_port" "$hb_port" "${node_ports[@]}"; do
+for p in "$http_port" "$hb_port" "$http2_port" "$hb2_port" "${node_ports[@]}"; do
   [[ $p =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "bad port '$p'"
 done
 [ ${#node_ports[@]} -eq 3 ] || die "BERTH_UP_NODE_PORTS must list three ports, got '${node_ports[*]}'"
 [[ $wait_s =~ ^[0-9]+$ ]] || die "BERTH_UP_WAIT must be whole seconds, got '$wait_s'"
 
 # Processes started by us: one pid file per process name in ./run.
-names=(balancer node1 node2 node3)
+names=(balancer1 balancer2 node1 node2 node3)
 
 alive() { # pid file -> true when its process runs
   local pid
@@ -59,7 +65,8 @@ alive() { # pid file -> true when its process runs
 
 down() {
   local name pidf pid pids=() deadline
-  for name in node3 node2 node1 balancer; do
+  # "balancer": the pid file of an up.sh from before there were two.
+  for name in node3 node2 node1 balancer2 balancer1 balancer; do
     pidf=$run/$name.pid
     if alive "$pidf"; then
       pid=$(cat "$pidf")
@@ -113,7 +120,7 @@ compose() {
 }
 
 compose_env() {
-  export BERTH_HTTP_PORT=$http_port BERTH_CERTS=$run/certs \
+  export BERTH_HTTP_PORT=$http_port BERTH_HTTP2_PORT=$http2_port BERTH_CERTS=$run/certs \
     BERTH_NODE1_PORT=${node_ports[0]} BERTH_NODE2_PORT=${node_ports[1]} BERTH_NODE3_PORT=${node_ports[2]}
 }
 
@@ -151,11 +158,13 @@ done
 
 mkdir -p "$run"
 deploy/gen-certs.sh "$run/certs"
+keys=$run/certs/keys
+deploy/gen-keys.sh --berth "$build/shared/berth" "$keys" node1 node2 node3
 
 if [ "$mode" = docker ]; then
   # The containers run as uid 10001 and gen-certs writes the key 0600.
-  if [ "$(id -u)" -eq 0 ]; then chown 10001:10001 "$run/certs/node.key"
-  else chmod 0644 "$run/certs/node.key"; say "made the development key readable for the container user"; fi
+  if [ "$(id -u)" -eq 0 ]; then chown 10001:10001 "$run/certs/node.key" "$keys"/*.key
+  else chmod 0644 "$run/certs/node.key" "$keys"/*.key; say "made the development keys readable for the container user"; fi
   compose_env
   down # local processes from an earlier local-mode run would hold the ports
   # deploy/Dockerfile needs debian:bookworm-slim; without a registry the
@@ -180,12 +189,11 @@ if [ "$mode" = docker ]; then
     compose ps; compose logs --tail 20
     die "after ${wait_s}s $health_url does not show 3 healthy nodes (deploy/up.sh down stops it)"
   fi
-  balancer_flag=
-  [ "$http_port" = 8080 ] || balancer_flag=" --balancer http://127.0.0.1:$http_port"
   cat <<MSG
-up: berth is up in docker (compose project '$project'): 1 balancer, 3 healthy nodes
+up: berth is up in docker (compose project '$project'): 2 balancers, 3 healthy nodes
   health:  $health_url
-  try:     echo hello | $cli send --ca run/certs/ca.pem$balancer_flag
+  try:     echo hello | $cli send --ca run/certs/ca.pem $balancers_flag
+  dashboard: http://127.0.0.1:$http_port/ and http://127.0.0.1:$http2_port/
   logs:    docker logs ${project}_node1_1 (or: docker compose -p $project logs)
   stop:    deploy/up.sh down
 MSG
@@ -206,11 +214,16 @@ start() {
   say "started $name (pid $!), log run/$name.log"
 }
 
-start balancer "$balancer_bin" --http "127.0.0.1:$http_port" --heartbeat-bind "tcp://127.0.0.1:$hb_port"
+start balancer1 "$balancer_bin" --http "127.0.0.1:$http_port" --heartbeat-bind "tcp://127.0.0.1:$hb_port" \
+  --curve-secret "$keys/balancer.key" --curve-allow "$keys/allow"
+start balancer2 "$balancer_bin" --http "127.0.0.1:$http2_port" --heartbeat-bind "tcp://127.0.0.1:$hb2_port" \
+  --curve-secret "$keys/balancer.key" --curve-allow "$keys/allow"
 i=1
 for port in "${node_ports[@]}"; do
   start "node$i" "$node_bin" --id "node$i" --listen "127.0.0.1:$port" \
-    --balancer "tcp://127.0.0.1:$hb_port" --cert "$run/certs/node.pem" --key "$run/certs/node.key"
+    --balancer "tcp://127.0.0.1:$hb_port,tcp://127.0.0.1:$hb2_port" --cert "$run/certs/node.pem" --key "$run/certs/node.key" \
+    --curve-secret "$keys/node$i.key" --balancer-key "$keys/balancer.pub" \
+    --journal-dir "$run/journal-node$i"
   i=$((i + 1))
 done
 
@@ -232,11 +245,10 @@ if [ "$healthy" != 3 ]; then
   die "after ${wait_s}s $health_url shows $shown, not 3 healthy nodes (deploy/up.sh down stops what started)"
 fi
 
-balancer_flag=
-[ "$http_port" = 8080 ] || balancer_flag=" --balancer http://127.0.0.1:$http_port"
 cat <<MSG
-up: berth is up: 1 balancer, 3 healthy nodes
+up: berth is up: 2 balancers, 3 healthy nodes
   health:  $health_url
-  try:     echo hello | $cli send --ca run/certs/ca.pem$balancer_flag
+  dashboard: http://127.0.0.1:$http_port/ and http://127.0.0.1:$http2_port/
+  try:     echo hello | $cli send --ca run/certs/ca.pem $balancers_flag
   stop:    deploy/up.sh down
 MSG

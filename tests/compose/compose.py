@@ -32,7 +32,8 @@ BUILD_DIR = os.path.abspath(os.environ.get("BERTH_BUILD_DIR") or os.path.join(SO
 COMPOSE_FILE = os.path.join(SOURCE_DIR, "docker-compose.yml")
 CLI = os.path.join(BUILD_DIR, "shared", "berth")
 NODES = ("node1", "node2", "node3")
-SERVICES = ("balancer",) + NODES
+BALANCERS = ("balancer1", "balancer2")
+SERVICES = BALANCERS + NODES
 # Project names "berthct<pid>x<hex>": a later run removes what a killed run left.
 PROJECT_PREFIX = "berthct"
 PROJECT_RE = re.compile(r"^%s(\d+)x[0-9a-f]+$" % PROJECT_PREFIX)
@@ -183,10 +184,12 @@ class Cluster:
         self.tmp = tempfile.mkdtemp(prefix="%s%d-" % (TMP_PREFIX, os.getpid()))
         self.certs = os.path.join(self.tmp, "certs")
         self.ca = os.path.join(self.certs, "ca.pem")
-        ports = free_ports(4)
-        self.http_port = ports[0]
-        self.node_ports = dict(zip(NODES, ports[1:]))
-        self.balancer_url = "http://127.0.0.1:%d" % self.http_port
+        ports = free_ports(5)
+        self.http_ports = dict(zip(BALANCERS, ports[:2]))
+        self.node_ports = dict(zip(NODES, ports[2:]))
+        self.balancer_urls = {b: "http://127.0.0.1:%d" % p for b, p in self.http_ports.items()}
+        # What host clients are given: both balancers, asked in this order.
+        self.balancer_url = ",".join(self.balancer_urls[b] for b in BALANCERS)
         self.cli = compose_cli()
         self.ids = {}
         self.torn_down = False
@@ -194,7 +197,8 @@ class Cluster:
         self.env.update({
             "BERTH_IMAGE": self.image,
             "BERTH_CERTS": self.certs,
-            "BERTH_HTTP_PORT": str(self.http_port),
+            "BERTH_HTTP_PORT": str(self.http_ports["balancer1"]),
+            "BERTH_HTTP2_PORT": str(self.http_ports["balancer2"]),
         })
         for i, name in enumerate(NODES, 1):
             self.env["BERTH_NODE%d_PORT" % i] = str(self.node_ports[name])
@@ -207,13 +211,19 @@ class Cluster:
     def prepare(self):
         """Certificates and the image, before any container starts."""
         run(["bash", os.path.join(SOURCE_DIR, "deploy", "gen-certs.sh"), self.certs], timeout=60)
-        # The containers run as 10001; gen-certs writes the key 0600 for its
-        # owner. Hand this throw-away key to the container user.
-        key = os.path.join(self.certs, "node.key")
-        if os.geteuid() == 0:
-            os.chown(key, CONTAINER_UID, CONTAINER_UID)
-        else:
-            os.chmod(key, 0o644)
+        keys = os.path.join(self.certs, "keys")
+        run(["bash", os.path.join(SOURCE_DIR, "deploy", "gen-keys.sh"), "--berth", CLI, keys]
+            + list(NODES), timeout=60)
+        # The containers run as 10001; gen-certs and gen-keys write secret
+        # keys 0600 for their owner. Hand these throw-away keys to the
+        # container user.
+        secrets = [os.path.join(self.certs, "node.key")] + [
+            os.path.join(keys, f) for f in os.listdir(keys) if f.endswith(".key")]
+        for key in secrets:
+            if os.geteuid() == 0:
+                os.chown(key, CONTAINER_UID, CONTAINER_UID)
+            else:
+                os.chmod(key, 0o644)
         if self.given_image:
             log("image %s (BERTH_COMPOSE_IMAGE)" % self.image)
             return
@@ -222,8 +232,8 @@ class Cluster:
         log(p.stdout.strip())
 
     def up(self, wait=True):
-        log("project %s: balancer 127.0.0.1:%d, nodes %s" % (
-            self.project, self.http_port,
+        log("project %s: balancers %s, nodes %s" % (
+            self.project, ", ".join("%s 127.0.0.1:%d" % bp for bp in self.http_ports.items()),
             ", ".join("%s 127.0.0.1:%d" % (n, p) for n, p in self.node_ports.items())))
         self.prepare()
         self.compose("up", "-d", "--no-build", timeout=240)
@@ -258,18 +268,18 @@ class Cluster:
 
     def network(self):
         p = run(["docker", "inspect", "--format", "{{json .NetworkSettings.Networks}}",
-                 self.ids["balancer"]], timeout=30)
+                 self.ids["balancer1"]], timeout=30)
         nets = list(json.loads(p.stdout))
-        check(len(nets) == 1, "balancer is on %d networks: %s" % (len(nets), nets))
+        check(len(nets) == 1, "balancer1 is on %d networks: %s" % (len(nets), nets))
         return nets[0]
 
     def docker(self, *args, timeout=60):
         return run(["docker"] + list(args), timeout=timeout)
 
     # -- host clients (127.0.0.1 only)
-    def http(self, path, timeout=2.0):
-        """(status, parsed JSON body) of GET path on the balancer; (None, error) when unreachable."""
-        url = self.balancer_url + path
+    def http(self, path, timeout=2.0, balancer="balancer1"):
+        """(status, parsed JSON body) of GET path on one balancer; (None, error) when unreachable."""
+        url = self.balancer_urls[balancer] + path
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
                 return r.status, json.loads(r.read().decode())
@@ -282,9 +292,9 @@ class Cluster:
         except (OSError, ValueError) as e:
             return None, str(e)
 
-    def rotation(self):
+    def rotation(self, balancer="balancer1"):
         """Ids in rotation per /v1/nodes, or None when the balancer does not answer."""
-        status, body = self.http("/v1/nodes")
+        status, body = self.http("/v1/nodes", balancer=balancer)
         if status != 200 or not isinstance(body, dict):
             return None
         return {n["id"]: n for n in body.get("nodes", [])}
@@ -298,7 +308,7 @@ class Cluster:
         return run([CLI] + list(args), timeout=timeout, check_rc=False, input_text=input_text)
 
     def send(self, text, timeout=20, extra=()):
-        """One `berth send` through the balancer: (ok, node id or None, output)."""
+        """One `berth send` through the balancers: (ok, node id or None, output)."""
         p = self.berth("send", "--balancer", self.balancer_url, "--ca", self.ca, *extra,
                        input_text=text, timeout=timeout)
         out = (p.stdout + p.stderr).strip()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""compose balancer restart: `docker restart` the balancer: the new process
+"""compose balancer restart: `docker restart` balancer1: the new process
 knows none of the nodes; they are told to register again and the registry is
 whole (all three healthy) within two heartbeat intervals once the nodes reach
 it, and lookups and sends work again.
@@ -28,9 +28,9 @@ def test(c):
     status, before = c.http("/v1/health")
     check(status == 200, "/v1/health: %s" % before)
 
-    log("restarting the balancer (bound: registry whole %.2fs after it starts)" % bound)
+    log("restarting balancer1 (bound: registry whole %.2fs after it starts)" % bound)
     t0 = time.monotonic()
-    c.docker("restart", "-t", "5", c.ids["balancer"])
+    c.docker("restart", "-t", "5", c.ids["balancer1"])
     log("docker restart returned after %.2fs" % (time.monotonic() - t0))
 
     def rebuilt():
@@ -45,14 +45,14 @@ def test(c):
     log("registry rebuilt %.3fs after the new balancer started (%.1f intervals; epoch %s, was %s)" % (
         rebuilt_s, rebuilt_s / interval, body["epoch"], before["epoch"]))
     check(rebuilt_s <= bound, "registry rebuilt after %.2fs, bound %.2fs" % (rebuilt_s, bound))
-    check(c.health("balancer")[1] == "running", "balancer not running: %s" % (c.health("balancer"),))
+    check(c.health("balancer1")[1] == "running", "balancer not running: %s" % (c.health("balancer1"),))
 
     status, pick = c.http("/v1/pick")
     check(status == 200 and pick.get("id") in NODES, "/v1/pick after restart: %s %s" % (status, pick))
     for i in range(6):
         ok, node, out = c.send("after the restart %d\n" % i)
         check(ok and node in NODES, "send after restart: %s" % out)
-    c.wait_healthy(services=("balancer",), timeout=60)
+    c.wait_healthy(services=("balancer1",), timeout=60)
 
 
 if __name__ == "__main__":

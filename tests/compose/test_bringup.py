@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """compose bring-up: the real docker-compose.yml comes up with every service
-healthy per Docker; a client on the host asks the balancer (127.0.0.1) and
+healthy per Docker (two balancers, both with all three nodes); a client on
+the host asks the balancers (127.0.0.1) and
 gets acks from the node it was given; the containers run as non-root on a
 read-only root with only 127.0.0.1 published; `down -v` leaves nothing."""
 import os
@@ -42,8 +43,11 @@ def test(c):
         for port, binds in published(c, svc).items():
             for b in binds or []:
                 check(b.get("HostIp") == "127.0.0.1", "%s publishes %s on %r" % (svc, port, b))
-    bal = published(c, "balancer")
-    check(list(bal) == ["8080/tcp"], "balancer publishes %s, want only 8080/tcp" % list(bal))
+    for b in compose.BALANCERS:
+        bal = published(c, b)
+        check(list(bal) == ["8080/tcp"], "%s publishes %s, want only 8080/tcp" % (b, list(bal)))
+        status, h = c.http("/v1/health", balancer=b)
+        check(status == 200 and h["counts"]["healthy"] == 3, "%s /v1/health: %s" % (b, h))
     for n in NODES:
         mounts = c.docker("inspect", "--format", "{{json .Mounts}}", c.ids[n]).stdout
         m = [x for x in compose.json.loads(mounts) if x["Destination"] == "/certs"]
