@@ -31,6 +31,11 @@
 #define HTTP_CONN_LIMIT 1024
 #define HTTP_CONN_TIMEOUT_S 10
 #define HTTP_CONN_MEMORY (16 * 1024) /* per connection: the request line and headers must fit */
+/* GnuTLS priorities for HTTPS, the nodes' policy (shared/tls_ctx.c): TLS 1.2
+ * and 1.3 only, AEAD suites with forward-secret key exchange only. */
+#define HTTP_TLS_PRIORITIES                                                                    \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"        \
+    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA"
 #define HTTP_ALLOW "GET, HEAD"
 #define HTTP_ALLOW_ADMIN "POST"
 #define REPORT_PATH "/v1/reports"
@@ -63,6 +68,7 @@ struct http_api {
     const struct history *history; /* borrowed */
     bool admin_on;              /* a token is configured */
     unsigned char token_digest[32]; /* SHA-256 of the token, compared in constant time */
+    char *tls_cert_pem, *tls_key_pem; /* HTTPS, or NULL; MHD reads them at start */
     uint64_t picks;             /* successful /v1/pick answers */
     uint64_t started_ms;        /* registry clock at start, for uptime_ms */
     int epoll_fd;               /* MHD's, polled by the caller */
@@ -1182,6 +1188,29 @@ struct http_api *http_api_new(const struct http_api_config *cfg, struct registry
     a->started_ms = registry_now(reg);
 
     unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    bool tls = cfg->tls_cert_pem && cfg->tls_key_pem;
+    /* Ends at the first MHD_OPTION_END: empty for plain HTTP. */
+    struct MHD_OptionItem tls_opts[4] = {{MHD_OPTION_END, 0, NULL}};
+    if (tls) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            snprintf(err, errlen, "this libmicrohttpd was built without TLS support");
+            goto fail;
+        }
+        a->tls_cert_pem = strdup(cfg->tls_cert_pem);
+        a->tls_key_pem = strdup(cfg->tls_key_pem);
+        if (!a->tls_cert_pem || !a->tls_key_pem) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        flags |= MHD_USE_TLS;
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, a->tls_cert_pem};
+        tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, a->tls_key_pem};
+        tls_opts[2] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0,
+                                              (void *)HTTP_TLS_PRIORITIES};
+    } else if (cfg->tls_cert_pem || cfg->tls_key_pem) {
+        snprintf(err, errlen, "HTTPS needs both a certificate and a key");
+        goto fail;
+    }
     uint16_t port = 0; /* MHD listens on cfg->addr; the port only shows in its messages */
     if (cfg->addr->sa_family == AF_INET6) {
         flags |= MHD_USE_IPv6;
@@ -1197,7 +1226,8 @@ struct http_api *http_api_new(const struct http_api_config *cfg, struct registry
         MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)HTTP_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONN_LIMIT,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_ARRAY, tls_opts,
+        MHD_OPTION_END);
     if (!a->daemon) {
         snprintf(err, errlen, "cannot start the HTTP server: %s",
                  a->last_error[0] ? a->last_error : "libmicrohttpd refused the settings");
@@ -1227,6 +1257,10 @@ void http_api_free(struct http_api *a)
     for (size_t i = 0; i < PICK_CACHE_SLOTS; i++)
         if (a->pick_cache[i].resp)
             MHD_destroy_response(a->pick_cache[i].resp);
+    if (a->tls_key_pem)
+        OPENSSL_cleanse(a->tls_key_pem, strlen(a->tls_key_pem));
+    free(a->tls_cert_pem);
+    free(a->tls_key_pem);
     free(a);
 }
 

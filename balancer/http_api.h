@@ -22,6 +22,11 @@ struct http_api_config {
     const char *admin_token;     /* bearer token of the admin endpoints; NULL or "" = they answer 403 */
     struct metrics *metrics;     /* borrowed: counts answers and lookups, served at /metrics */
     const struct history *history; /* borrowed: served at /v1/history */
+    /* HTTPS: the certificate chain and its private key as PEM text (both,
+     * or neither for plain HTTP); copied. Served with GnuTLS through
+     * libmicrohttpd, TLS 1.2 or 1.3 and AEAD suites only, like the nodes. */
+    const char *tls_cert_pem;
+    const char *tls_key_pem;
 };
 
 struct http_api;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,9 @@ static const struct config_setting settings[] = {
      "reports a second one client address may send (more get 429); 0: no limit"},
     {"policy", CONFIG_ENUM, "least-loaded", 0, 0, "least-loaded|round-robin",
      "how /v1/pick chooses without a key"},
+    {"https-cert", CONFIG_STRING, NULL, 0, 0, NULL,
+     "serve the HTTP API over TLS with this PEM certificate chain (with --https-key)"},
+    {"https-key", CONFIG_STRING, NULL, 0, 0, NULL, "the HTTPS certificate's PEM private key"},
     {"admin-token", CONFIG_STRING, NULL, 0, 0, NULL,
      "bearer token for POST /v1/nodes/{id}/drain|undrain (at least 16 printable characters; "
      "prefer BERTH_ADMIN_TOKEN over the flag); empty: admin endpoints answer 403"},
@@ -158,6 +162,55 @@ static void balancer_release(struct balancer *b)
     zap_allowlist_free(b->curve.allow);
     OPENSSL_cleanse(&b->curve.keys, sizeof b->curve.keys);
     config_free(b->cfg);
+}
+
+/* Reads a PEM file for HTTPS into a malloc'd string (at most 1 MiB). NULL
+ * with the cause on stderr. */
+static char *balancer_read_pem(const char *flag, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, PROGRAM ": --%s %s: %s\n", flag, path, strerror(errno));
+        return NULL;
+    }
+    enum { PEM_MAX = 1 << 20 };
+    char *text = malloc(PEM_MAX + 1);
+    size_t n = text ? fread(text, 1, PEM_MAX + 1, f) : 0;
+    bool bad = !text || ferror(f) || n > PEM_MAX || n == 0;
+    if (bad)
+        fprintf(stderr, PROGRAM ": --%s %s: %s\n", flag, path,
+                !text ? "out of memory" : ferror(f) ? strerror(errno)
+                : n == 0 ? "empty file" : "larger than 1 MiB: not a PEM file");
+    fclose(f);
+    if (bad) {
+        free(text);
+        return NULL;
+    }
+    text[n] = '\0';
+    return text;
+}
+
+/* --https-cert and --https-key, both or neither. 0 (both NULL for plain
+ * HTTP), or -1 with the cause on stderr. */
+static int balancer_read_https(struct balancer *b, char **cert, char **key)
+{
+    const char *cf = config_str(b->cfg, "https-cert"), *kf = config_str(b->cfg, "https-key");
+    bool have_cert = cf && *cf, have_key = kf && *kf;
+    *cert = *key = NULL;
+    if (!have_cert && !have_key)
+        return 0;
+    if (!have_cert || !have_key) {
+        fprintf(stderr, PROGRAM ": HTTPS needs both --https-cert and --https-key\n");
+        return -1;
+    }
+    *cert = balancer_read_pem("https-cert", cf);
+    *key = *cert ? balancer_read_pem("https-key", kf) : NULL;
+    if (!*key) {
+        free(*cert);
+        *cert = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 /* SIGHUP: reads --curve-allow again; a list that does not load leaves the
@@ -467,6 +520,9 @@ int main(int argc, char **argv)
         fprintf(stderr, PROGRAM ": %s\n", err);
         goto out;
     }
+    char *https_cert = NULL, *https_key = NULL;
+    if (balancer_read_https(&b, &https_cert, &https_key) != 0)
+        goto out;
     struct http_api_config hcfg = {
         .addr = (const struct sockaddr *)&ss,
         .policy = policy,
@@ -474,8 +530,15 @@ int main(int argc, char **argv)
         .admin_token = admin_token,
         .metrics = b.metrics,
         .history = b.history,
+        .tls_cert_pem = https_cert,
+        .tls_key_pem = https_key,
     };
     b.api = http_api_new(&hcfg, b.reg, b.picker, b.hb, err, sizeof err);
+    free(https_cert);
+    if (https_key) {
+        OPENSSL_cleanse(https_key, strlen(https_key));
+        free(https_key);
+    }
     if (!b.api) {
         fprintf(stderr, PROGRAM ": --http %s: %s\n", config_str(b.cfg, "http"), err);
         goto out;

@@ -157,6 +157,11 @@ berth_err berth_client_new(const struct berth_options *o, berth_client **out)
         c->nlookups = o->nbalancers;
         for (size_t i = 0; i < o->nbalancers; i++) {
             c->lookups[i] = lookup_new(o->balancers[i], o->timeout_ms, e, sizeof(e));
+            /* One CA for nodes and an https balancer: a cluster's own. */
+            if (c->lookups[i] && lookup_set_ca_file(c->lookups[i], c->ca_file) != 0) {
+                berth_client_free(c);
+                return BERTH_E_NOMEM;
+            }
             if (!c->lookups[i]) {
                 berth_client_free(c);
                 return BERTH_E_INVALID;

@@ -22,6 +22,7 @@ struct lookup {
     CURL *curl;                      /* one easy handle, so connections are reused */
     char *base;                      /* balancer URL without trailing '/' */
     long timeout_ms;                 /* per request, connect included */
+    char *ca_file;                   /* trust anchors for an https balancer; NULL: system */
     char curl_err[CURL_ERROR_SIZE];  /* libcurl's detail for the last failure */
 };
 
@@ -253,12 +254,23 @@ fail:
     return NULL;
 }
 
+int lookup_set_ca_file(struct lookup *l, const char *ca_file)
+{
+    char *copy = NULL;
+    if (ca_file && *ca_file && !(copy = strdup(ca_file)))
+        return -1;
+    free(l->ca_file);
+    l->ca_file = copy;
+    return 0;
+}
+
 void lookup_free(struct lookup *l)
 {
     if (!l)
         return;
     if (l->curl)
         curl_easy_cleanup(l->curl);
+    free(l->ca_file);
     free(l->base);
     free(l);
 }
@@ -326,6 +338,8 @@ static int lookup_http(struct lookup *l, const char *path_and_query, const char 
     SETOPT(CURLOPT_USERAGENT, "berth/" BERTH_VERSION);
     SETOPT(CURLOPT_WRITEFUNCTION, lookup_write_cb);
     SETOPT(CURLOPT_WRITEDATA, body);
+    if (l->ca_file)
+        SETOPT(CURLOPT_CAINFO, l->ca_file);
     if (post) {
         headers = curl_slist_append(NULL, "Content-Type: application/json");
         if (!headers) {

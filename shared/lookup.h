@@ -35,6 +35,9 @@ int lookup_global_init(char *err, size_t errlen);
 struct lookup *lookup_new(const char *balancer_url, long timeout_ms, char *err, size_t errlen);
 /* NULL is a no-op. */
 void lookup_free(struct lookup *l);
+/* Trust anchors (PEM file) for an https:// balancer instead of the system
+ * store; NULL or "" goes back to the system store. 0, or -1 on out of memory. */
+int lookup_set_ca_file(struct lookup *l, const char *ca_file);
 
 /* GET /v1/pick[?key=K][&exclude=a,b]: key may be NULL (no affinity);
  * exclude holds nexclude node ids to skip (may be NULL when 0). Both are

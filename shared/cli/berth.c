@@ -42,7 +42,8 @@ static const struct config_setting settings[] = {
     {"node", CONFIG_STRING, NULL, 0, 0, NULL,
      "host:port of a node to use directly, without asking the balancer"},
     {"ca", CONFIG_STRING, NULL, 0, 0, NULL,
-     "CA certificate file the node's certificate must chain to (empty: system store)"},
+     "CA certificate file the node's (and an https:// balancer's) certificate must chain to "
+     "(empty: system store)"},
     {"insecure", CONFIG_BOOL, "false", 0, 0, NULL, "do not verify the node's certificate"},
     {"cert", CONFIG_STRING, NULL, 0, 0, NULL,
      "client certificate (PEM) for nodes that require mutual TLS (with --key)"},
@@ -702,6 +703,10 @@ int main(int argc, char **argv)
             cli->lookups[i] = lookup_new(cli->balancers[i], timeout_ms, err, sizeof(err));
             if (!cli->lookups[i]) {
                 fprintf(stderr, PROGRAM ": --balancer: %s\n", err);
+                goto out;
+            }
+            if (lookup_set_ca_file(cli->lookups[i], config_str(cli->cfg, "ca")) != 0) {
+                fprintf(stderr, PROGRAM ": out of memory\n");
                 goto out;
             }
         }

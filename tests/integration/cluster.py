@@ -294,9 +294,14 @@ def wait_until(pred, timeout, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
-def http_get(port, path, timeout=3.0):
-    """(status, body bytes, content-type) of GET path on 127.0.0.1:port."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def http_get(port, path, timeout=3.0, ca=None):
+    """(status, body bytes, content-type) of GET path on 127.0.0.1:port;
+    over HTTPS, verified against the CA file ca, when ca is given."""
+    if ca:
+        ctx = ssl.create_default_context(cafile=ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
         r = conn.getresponse()
@@ -488,7 +493,10 @@ class Cluster:
         self.http_port, self.hb_port = ports[0], ports[1]
         self.node_ports = {i + 1: ports[2 + i] for i in range(self.n)}
         self.hb_endpoint = "tcp://127.0.0.1:%d" % self.hb_port
-        self.balancer_url = "http://127.0.0.1:%d" % self.http_port
+        # A balancer given --https-cert serves HTTPS (the tests' CA signs it).
+        self.https = "--https-cert" in self.balancer_args
+        self.balancer_url = "%s://127.0.0.1:%d" % ("https" if self.https else "http",
+                                                  self.http_port)
         self.start_balancer()
         if self.start_nodes:
             for i in range(1, self.n + 1):
@@ -556,15 +564,18 @@ class Cluster:
         return p
 
     def balancer_argv(self):
+        # "@CERTS@" in an argument stands for the cluster's certificate
+        # directory, which exists only once the cluster is set up.
         return [BALANCER_BIN, "--http", "127.0.0.1:%d" % self.http_port,
                 "--heartbeat-bind", self.hb_endpoint, "--interval", self.interval
-                ] + self.balancer_args
+                ] + [a.replace("@CERTS@", self.certs) for a in self.balancer_args]
 
     def start_balancer(self, wait=True, env=None):
         p = self.spawn("balancer", self.balancer_argv(), dict(self.balancer_env, **(env or {})))
         if wait:
             wait_until(lambda: self._alive_or_raise("balancer")
-                       and http_get(self.http_port, "/healthz", 1.0)[0] == 200,
+                       and http_get(self.http_port, "/healthz", 1.0,
+                                    ca=self.ca if self.https else None)[0] == 200,
                        15, 0.02, "balancer /healthz")
         return p
 
@@ -663,7 +674,8 @@ class Cluster:
 
     def http_get_json(self, path, timeout=3.0):
         """(status, parsed JSON or None) of GET path on the balancer."""
-        status, body, _ = http_get(self.http_port, path, timeout)
+        status, body, _ = http_get(self.http_port, path, timeout,
+                                   ca=self.ca if self.https else None)
         try:
             return status, json.loads(body.decode())
         except ValueError:
