@@ -11,7 +11,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 missing=()
-for b in nginx wrk gnuplot haproxy redis-server redis-sentinel redis-benchmark taskset openssl; do
+for b in nginx wrk gnuplot haproxy redis-server redis-sentinel redis-benchmark taskset openssl curl; do
   command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || missing+=("$b")
 done
 if [ ${#missing[@]} -gt 0 ]; then

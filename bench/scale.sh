@@ -62,8 +62,10 @@ cleanup() {
 trap cleanup EXIT
 
 start_balancer() { # start_balancer <log name>
+    # plaintext heartbeats: hb_sim speaks no CURVE (it measures the registry
+    # and the loop, not the handshake)
     "${PIN_BAL[@]}" "$BAL" --http "$HTTP" --heartbeat-bind "$HB" --interval "$INTERVAL" --log-level warn \
-        >>"$TMP/$1.log" 2>&1 &
+        --heartbeat-plaintext >>"$TMP/$1.log" 2>&1 &
     BAL_PID=$!
     for _ in $(seq 100); do
         curl -sf "http://$HTTP/healthz" >/dev/null 2>&1 && return 0
@@ -125,17 +127,24 @@ lookup_sum_count() {
         awk '/^berth_lookup_duration_seconds_sum/ {s=$2} /^berth_lookup_duration_seconds_count/ {c=$2} END {print s, c}'
 }
 
-# measure_pick <label>: sets PICK_RPS, PICK_P99 (wrk, plain GET, no Lua) and
-# PICK_US (mean in-balancer lookup time, microseconds)
+# measure_pick <label> <heartbeat-only CPU %>: sets PICK_RPS, PICK_P99 (wrk,
+# plain GET, no Lua), PICK_US (mean in-balancer lookup time, microseconds)
+# and PICK_CPU_US (balancer CPU per lookup from /proc, the heartbeat-only CPU
+# rate taken off: what a lookup costs the server whatever shares its core)
 measure_pick() {
-    local s0 c0 s1 c1
+    local s0 c0 s1 c1 t0 t1 k0 k1
     read -r s0 c0 <<<"$(lookup_sum_count)"
+    k0=$(cpu_ticks "$BAL_PID"); t0=$(date +%s.%N)
     "${PIN_LOAD[@]}" wrk -t1 -c"$WRK_CONNS" -d"${PICK_SECONDS}s" --latency "http://$HTTP/v1/pick" >"$TMP/wrk-$1.txt"
     PICK_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$TMP/wrk-$1.txt")
     PICK_P99=$(awk '$1 == "99%" {print $2}' "$TMP/wrk-$1.txt")
     PICK_ERR=$(awk '/Non-2xx/ {print $NF}' "$TMP/wrk-$1.txt")
     PICK_ERR=${PICK_ERR:-0}
+    k1=$(cpu_ticks "$BAL_PID"); t1=$(date +%s.%N)
     read -r s1 c1 <<<"$(lookup_sum_count)"
+    local reqs
+    reqs=$(awk '/requests in/ {print $1}' "$TMP/wrk-$1.txt")
+    PICK_CPU_US=$(python3 -c "print('%.2f' % (1e6 * max(0.0, ($k1 - $k0) / $CLK_TCK - ${2:-0} / 100.0 * ($t1 - $t0)) / max(1, $reqs)))")
     PICK_US=$(python3 -c "print('%.2f' % (1e6 * ($s1 - $s0) / max(1, $c1 - $c0)))")
 }
 
@@ -149,8 +158,9 @@ start_sim 3 small
 wait_healthy 3 10 >/dev/null
 measure_cpu 5
 SMALL_CPU=$CPU_PCT; SMALL_HB=$HB_RATE
-measure_pick small
+measure_pick small "$SMALL_CPU"
 SMALL_RPS=$PICK_RPS; SMALL_P99=$PICK_P99; SMALL_ERR=$PICK_ERR; SMALL_US=$PICK_US
+SMALL_CPU_US=$PICK_CPU_US
 read -r SMALL_HEALTH_S SMALL_HEALTH_B <<<"$(curl_time "")"
 stop "$SIM_PID"; SIM_PID=""
 stop "$BAL_PID"; BAL_PID=""
@@ -163,8 +173,9 @@ REG_S=$(wait_healthy "$NODES" 30)
 sleep 2
 measure_cpu "$CPU_SECONDS"
 BIG_CPU=$CPU_PCT; BIG_HB=$HB_RATE
-measure_pick big
+measure_pick big "$BIG_CPU"
 BIG_RPS=$PICK_RPS; BIG_P99=$PICK_P99; BIG_ERR=$PICK_ERR; BIG_US=$PICK_US
+BIG_CPU_US=$PICK_CPU_US
 measure_cpu 5 # CPU while only heartbeats flow again (sanity)
 read -r FULL_S FULL_B <<<"$(curl_time "")"
 read -r PAGE_S PAGE_B <<<"$(curl_time "?limit=100&offset=5000")"
@@ -210,6 +221,7 @@ mkdir -p "$OUT_DIR"
     echo "| /v1/pick p99 | $SMALL_P99 | $BIG_P99 | |"
     echo "| /v1/pick non-2xx | $SMALL_ERR | $BIG_ERR | 0 |"
     echo "| mean time inside the balancer per lookup (µs, berth_lookup_duration_seconds) | $SMALL_US | $BIG_US | |"
+    echo "| balancer CPU per lookup (µs, /proc, heartbeat-only CPU rate taken off) | $SMALL_CPU_US | $BIG_CPU_US ($(pct "$BIG_CPU_US" "$SMALL_CPU_US") %) | |"
     echo "| /v1/health (all nodes) time / size | ${SMALL_HEALTH_S} s / $SMALL_HEALTH_B B | ${FULL_S} s / $FULL_B B | |"
     echo "| /v1/health?limit=100&offset=5000 | | ${PAGE_S} s / $PAGE_B B | |"
     echo "| /v1/health?state=down&limit=100 | | ${DOWN_S} s / $DOWN_B B | |"

@@ -5,7 +5,13 @@ bench/results/. Called by bench/run.sh; only the Python standard library.
 
 Every throughput row also reports the server's own CPU time per request
 (utime+stime from /proc/<pid>/stat before and after), which does not depend
-on the load generator."""
+on the load generator.
+
+Two rows are not request rates: bulk transfer over one connection (bytes
+per server CPU second, with `openssl speed -evp aes-128-gcm` as the crypto
+bound) and memory per idle TLS connection at 10,000 of them (PSS and RSS
+growth of the server's processes from /proc/<pid>/smaps_rollup; the
+connections are opened by bench/idle_tls.py from this process)."""
 
 import argparse
 import atexit
@@ -25,6 +31,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import idle_tls  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.environ.get("BERTH_BUILD_DIR") or os.path.join(ROOT, "build")
@@ -34,6 +43,9 @@ CLI = os.path.join(BUILD, "shared", "berth")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 PROCS = []  # every Popen started, stopped at exit by pid
+IDLE_CONNS = 10000  # idle TLS connections for the memory row
+BULK_SIZE = 64 * 1024  # message size of the bulk row
+BULK_FILE = 1 << 30  # nginx's file for the bulk row (1 GiB)
 
 
 def log(msg):
@@ -167,13 +179,80 @@ def openssl_bound(cpu):
             "handshakes_per_s": 1.0 / (1.0 / sign + 2.0 / x)}
 
 
+def aes_gcm_bound(cpu):
+    """AES-128-GCM bytes/s of one core at 16 KiB records (a TLS record's size)."""
+    out = run(["openssl", "speed", "-seconds", "2", "-bytes", "16384", "-evp", "aes-128-gcm"],
+              cpu=cpu, timeout=120)
+    m = re.search(r"^aes-128-gcm\s+([\d.]+)k\s*$", out, re.M | re.I)
+    return float(m.group(1)) * 1000.0
+
+
+def pids_of(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, t)) as f:
+                    todo += [int(x) for x in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def memory_kb(pid):
+    """{"pss": kB, "rss": kB} of pid and its descendants (smaps_rollup)."""
+    tot = {"pss": 0, "rss": 0}
+    for p in pids_of(pid):
+        try:
+            with open("/proc/%d/smaps_rollup" % p) as f:
+                for line in f:
+                    k = line.split(":")[0]
+                    if k in ("Pss", "Rss"):
+                        tot[k.lower()] += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return tot
+
+
+def idle_memory(pid, port, ca, count, hello):
+    """Memory growth of server pid for count idle TLS connections to port:
+    {"before", "after", "per_conn_pss_b", "per_conn_rss_b", "open_s"}."""
+    before = memory_kb(pid)
+    t0 = time.monotonic()
+    socks = idle_tls.open_idle("127.0.0.1", port, ca, count, hello=hello)
+    took = time.monotonic() - t0
+    try:
+        time.sleep(1.0)  # let the server settle (lazy frees, timers)
+        after = memory_kb(pid)
+    finally:
+        for sk in socks:
+            sk.close()
+    return {"before": before, "after": after, "open_s": took, "connections": count,
+            "per_conn_pss_b": (after["pss"] - before["pss"]) * 1024.0 / count,
+            "per_conn_rss_b": (after["rss"] - before["rss"]) * 1024.0 / count}
+
+
+def curl_bulk(url, cpu):
+    """Downloads url once over HTTPS: {"bytes", "elapsed_s", "rate"} (bytes/s)."""
+    out = run(["curl", "-skf", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url],
+              cpu=cpu, timeout=300)
+    size, secs = out.split()
+    if int(size) != BULK_FILE:
+        raise RuntimeError("curl %s: %s bytes, not %d" % (url, size, BULK_FILE))
+    return {"bytes": int(size), "elapsed_s": float(secs), "rate": int(size) / float(secs)}
+
+
 NGINX_CONF = """
 worker_processes 1;
 daemon off;
 master_process on;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     client_body_temp_path {work}/ngx-body;
@@ -189,6 +268,7 @@ http {{
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
         location / {{ return 200 "{body}"; }}
+        location = /big {{ alias {work}/big.bin; default_type application/octet-stream; }}
     }}
 }}
 """
@@ -289,6 +369,11 @@ def main():
         if not os.access(b, os.X_OK):
             sys.exit("bench: %s is not built (BERTH_BUILD_DIR=%s)" % (b, BUILD))
 
+    # 10,000 idle connections are opened from this process, and the servers
+    # started from it inherit the limit.
+    if not idle_tls.raise_nofile(IDLE_CONNS + 1024):
+        sys.exit("bench: RLIMIT_NOFILE hard limit below %d (raise it: ulimit -Hn)"
+                 % (IDLE_CONNS + 1024))
     work = tempfile.mkdtemp(prefix="berth-bench-")
     atexit.register(shutil.rmtree, work, True)
     atexit.register(stop_all)
@@ -299,7 +384,7 @@ def main():
     run(["bash", os.path.join(ROOT, "deploy", "gen-certs.sh"), certs])
     ca, cert, key = (os.path.join(certs, n) for n in ("ca.pem", "node.pem", "node.key"))
     (http_port, hb_port, node_port, ngx_port, hap_eq_port, hap_def_port, redis_port,
-     sent_eq_port, sent_def_port, node2_port) = free_ports(10)
+     sent_eq_port, sent_def_port, node2_port, bulk_port, idle_port, ngx_idle_port) = free_ports(13)
     load_before = os.getloadavg()
     rows, raw = [], {}
 
@@ -307,13 +392,15 @@ def main():
     bound = openssl_bound(S)
     raw["openssl_bound"] = bound
 
+    # Heartbeats in plaintext: CURVE costs the heartbeat path, not what is
+    # measured here, and the bench has no keys to hand out.
     bal = spawn([BALANCER, "--http", "127.0.0.1:%d" % http_port, "--heartbeat-bind",
                  "tcp://127.0.0.1:%d" % hb_port, "--interval", "250ms", "--fall", "3",
-                 "--log-level", "warn"], "balancer", work, cpu=S)
+                 "--heartbeat-plaintext", "--log-level", "warn"], "balancer", work, cpu=S)
     wait_port(http_port)
     node = spawn([NODE, "--id", "bench1", "--listen", "127.0.0.1:%d" % node_port, "--balancer",
                   "tcp://127.0.0.1:%d" % hb_port, "--cert", cert, "--key", key, "--workers", "1",
-                  "--log-level", "warn"], "node", work, cpu=S)
+                  "--heartbeat-plaintext", "--log-level", "warn"], "node", work, cpu=S)
     wait_port(node_port)
     body = "x" * 64
     with open(os.path.join(work, "nginx.conf"), "w") as f:
@@ -352,6 +439,55 @@ def main():
                       hbcpu / max(hb["requests"], 1), hb["latency_us"].get("p99"),
                       "nginx", hn["rate"], hncpu / max(hn["requests"], 1),
                       hn["latency_us"].get("p99"), "1.2"))
+
+    # 3. bulk transfer on one connection: 64 KiB SENDs, 16 in flight, every
+    # ACK checked (journal off: the transport, not the disk), against nginx
+    # sending a 1 GiB file over HTTPS to curl. Bytes per server CPU second.
+    log("bulk: openssl speed aes-128-gcm on cpu %d" % S)
+    raw["aes_gcm_bytes_per_s"] = aes_gcm_bound(S)
+    bulk_node = spawn([NODE, "--id", "bulk1", "--listen", "127.0.0.1:%d" % bulk_port, "--balancer",
+                       "tcp://127.0.0.1:%d" % hb_port, "--cert", cert, "--key", key,
+                       "--workers", "1", "--journal", "off", "--heartbeat-plaintext",
+                       "--log-level", "warn"], "bulk-node", work, cpu=S)
+    wait_port(bulk_port)
+    log("bulk: berth-node SEND %d B x 16 in flight, 1 connection, %d s" % (BULK_SIZE, D))
+    bb, bbcpu = measured(bulk_node.pid, lambda: berth_bench("127.0.0.1:%d" % bulk_port, ca, L, [
+        "--mode", "send", "--connections", "1", "--pipeline", "16", "--size", str(BULK_SIZE),
+        "--duration", "%ds" % D]))
+    stop(bulk_node)
+    with open(os.path.join(work, "big.bin"), "wb") as f:
+        f.truncate(BULK_FILE)  # sparse: read from the page cache, never the disk
+    # nginx's worker runs as another user when started as root: it must be
+    # able to reach the file (mkdtemp made the directory 0700)
+    os.chmod(work, 0o711)
+    os.chmod(os.path.join(work, "big.bin"), 0o644)
+    log("bulk: nginx 1 GiB file over HTTPS to curl")
+    nb, nbcpu = measured(ngx.pid, lambda: curl_bulk("https://127.0.0.1:%d/big" % ngx_port, L))
+    os.unlink(os.path.join(work, "big.bin"))
+    raw["bulk"] = {"berth": bb, "berth_server_cpu_s": bbcpu, "nginx": nb,
+                   "nginx_server_cpu_s": nbcpu}
+
+    # 6. memory per idle TLS connection, 10,000 of them, fresh servers.
+    idle_node = spawn([NODE, "--id", "idle1", "--listen", "127.0.0.1:%d" % idle_port, "--balancer",
+                       "tcp://127.0.0.1:%d" % hb_port, "--cert", cert, "--key", key,
+                       "--workers", "1", "--journal", "off", "--max-connections", "20000",
+                       "--heartbeat-plaintext", "--log-level", "warn"], "idle-node", work, cpu=S)
+    wait_port(idle_port)
+    time.sleep(0.5)
+    log("idle memory: %d connections to berth-node (TLS + HELLO)" % IDLE_CONNS)
+    im_b = idle_memory(idle_node.pid, idle_port, ca, IDLE_CONNS, hello=True)
+    stop(idle_node)
+    with open(os.path.join(work, "nginx-idle.conf"), "w") as f:
+        f.write(NGINX_CONF.format(work=work, port=ngx_idle_port, cert=cert, key=key, body=body)
+                .replace(work + "/nginx.pid", work + "/nginx-idle.pid"))
+    ngx_idle = spawn(["nginx", "-c", os.path.join(work, "nginx-idle.conf"), "-p", work, "-e",
+                      os.path.join(work, "nginx-idle-error.log")], "nginx-idle", work, cpu=S)
+    wait_port(ngx_idle_port)
+    time.sleep(0.5)
+    log("idle memory: %d connections to nginx (TLS handshake)" % IDLE_CONNS)
+    im_n = idle_memory(ngx_idle.pid, ngx_idle_port, ca, IDLE_CONNS, hello=False)
+    stop(ngx_idle)
+    raw["idle_memory"] = {"berth": im_b, "nginx": im_n}
 
     # 4. lookups: GET /v1/pick (wrk, keep-alive) vs SENTINEL get-master-addr-by-name.
     redis = spawn(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no",
@@ -417,7 +553,8 @@ def main():
         for how in ("kill", "stop"):
             n2 = spawn([NODE, "--id", "victim", "--listen", "127.0.0.1:%d" % node2_port,
                         "--balancer", "tcp://127.0.0.1:%d" % hb_port, "--cert", cert, "--key", key,
-                        "--workers", "1", "--log-level", "warn"], "victim", work)
+                        "--workers", "1", "--heartbeat-plaintext", "--log-level", "warn"],
+                       "victim", work)
             end = time.monotonic() + 20
             while time.monotonic() < end:
                 ids = [x["id"] for x in http_json(http_port, "/v1/nodes")[1]["nodes"]]
@@ -510,6 +647,33 @@ def main():
         md.append("- %s: berth-node %.0f handshakes per server CPU second (%.0f %% of the bound), "
                   "nginx %.0f (%.0f %%)." % (label, bps, 100 * bps / bound["handshakes_per_s"], nps,
                                             100 * nps / bound["handshakes_per_s"]))
+    bk, ib, inx = raw["bulk"], raw["idle_memory"]["berth"], raw["idle_memory"]["nginx"]
+    b_rate, n_rate = bk["berth"]["bytes"] / bk["berth"]["elapsed_s"], bk["nginx"]["rate"]
+    b_cpu = bk["berth"]["bytes"] / bk["berth_server_cpu_s"] if bk["berth_server_cpu_s"] else 0
+    n_cpu = bk["nginx"]["bytes"] / bk["nginx_server_cpu_s"] if bk["nginx_server_cpu_s"] else 0
+    aes = raw["aes_gcm_bytes_per_s"]
+    mem_ratio = inx["per_conn_pss_b"] / ib["per_conn_pss_b"] if ib["per_conn_pss_b"] > 0 else 0
+    md += ["", "## Bulk transfer and idle connections", "",
+           "| what | berth | peer | ratio | target |", "|---|---|---|---|---|",
+           "| bulk, one TLS connection, 64 KiB messages | berth-node SEND (16 in flight, every "
+           "ACK checked, journal off): %.0f MB/s, %.0f MB per server CPU s | nginx, 1 GiB file "
+           "over HTTPS (curl): %.0f MB/s, %.0f MB per server CPU s | %.2f× per server CPU s "
+           "(%.2f× rate) | ≥ 1.0× |" % (b_rate / 1e6, b_cpu / 1e6, n_rate / 1e6, n_cpu / 1e6,
+                                        b_cpu / n_cpu if n_cpu else 0,
+                                        b_rate / n_rate if n_rate else 0),
+           "| memory per idle TLS connection, %d open | berth-node (TLS + HELLO): %.1f KiB PSS, "
+           "%.1f KiB RSS | nginx (TLS handshake done): %.1f KiB PSS, %.1f KiB RSS | nginx / berth "
+           "%.2f× | ≥ 1.0× (no more than nginx) |" % (
+               IDLE_CONNS, ib["per_conn_pss_b"] / 1024, ib["per_conn_rss_b"] / 1024,
+               inx["per_conn_pss_b"] / 1024, inx["per_conn_rss_b"] / 1024, mem_ratio), "",
+           "Crypto bound: `openssl speed -evp aes-128-gcm -bytes 16384` on the server CPU: %.0f MB/s "
+           "(encrypt one way); berth-node reached %.0f %% of it per server CPU second, nginx %.0f %%."
+           % (aes / 1e6, 100 * b_cpu / aes, 100 * n_cpu / aes),
+           "Memory: growth of PSS (RSS) of the server's processes from `/proc/<pid>/smaps_rollup` "
+           "between before and 1 s after the %d connections were open (opened %.1f s / %.1f s)."
+           % (IDLE_CONNS, ib["open_s"], inx["open_s"])]
+    chart.append(("bulk", b_rate / n_rate if n_rate else 0, b_cpu / n_cpu if n_cpu else 0))
+    chart.append(("idle memory", mem_ratio, mem_ratio))
     md += ["", "## Failure detection (kill -9 and SIGSTOP of one node, %d trials, median)" % a.trials,
            "", "Time from the signal until the node is out of rotation (berth: gone from "
            "`/v1/nodes`; HAProxy: server DOWN in `show stat`; Sentinel: `s_down` flag), each "
@@ -540,12 +704,12 @@ def main():
     with open(dat, "w") as f:
         for name, r_rate, r_cpu in chart:
             if r_rate is not None:
-                f.write("%s %.3f %.3f\n" % (name, r_rate, r_cpu))
+                f.write("\"%s\" %.3f %.3f\n" % (name, r_rate, r_cpu))  # names have spaces
     png = os.path.join(a.out, stamp + ".png")
     gp = ("set terminal pngcairo size 900,500; set output '%s';"
           "set title 'berth / peer (higher is better)'; set style data histograms;"
           "set style fill solid 0.8 border -1; set boxwidth 0.9; set yrange [0:*];"
-          "set xtics noenhanced; set grid ytics; set key top left opaque box;"
+          "set xtics noenhanced rotate by -25; set grid ytics; set key top left opaque box;"
           "plot '%s' using 2:xtic(1) title 'rate ratio', '' using 3 title 'per server CPU second ratio',"
           " 1 with lines lc rgb 'black' dt 2 notitle" % (png, dat))
     run(["gnuplot", "-e", gp])
