@@ -66,15 +66,20 @@ static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) << 32 | 
 static int feed_send(struct feed *f, struct feed_consumer *c, uint8_t type, const void *body,
                      size_t len)
 {
+    /* Built before the routing frame goes: once that is out, the ROUTER
+     * is mid-message and nothing may fail before the body follows. */
     zmq_msg_t m;
-    if (zmq_send(f->sock, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        return zmq_errno() == EAGAIN ? 1 : -1;
     if (zmq_msg_init_size(&m, len + 1) != 0)
         return -1;
     uint8_t *p = zmq_msg_data(&m);
     p[0] = type;
     if (len)
         memcpy(p + 1, body, len);
+    if (zmq_send(f->sock, c->id, c->idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        int e = zmq_errno();
+        zmq_msg_close(&m);
+        return e == EAGAIN ? 1 : -1;
+    }
     /* The routing frame is out: the body must follow, so it may block for
      * the moment the pipe needs (credit keeps it below the HWM). */
     int rc = zmq_msg_send(&m, f->sock, 0);
@@ -170,7 +175,10 @@ static void feed_on_readable(struct feed *f, uint64_t now)
             return;
         int more = 0;
         size_t ml = sizeof(more);
-        zmq_getsockopt(f->sock, ZMQ_RCVMORE, &more, &ml);
+        if (zmq_getsockopt(f->sock, ZMQ_RCVMORE, &more, &ml) != 0) {
+            log_error("feed_recv_failed", "error=\"%s\"", zmq_strerror(zmq_errno()));
+            return;
+        }
         if (!more)
             continue;
         int bn = zmq_recv(f->sock, body, sizeof(body), ZMQ_DONTWAIT);
@@ -226,7 +234,6 @@ static void feed_on_readable(struct feed *f, uint64_t now)
 static bool feed_pump(struct feed *f, uint64_t now)
 {
     bool more = false;
-    uint64_t durable = journal_durable_seq(f->journal);
     for (int i = 0; i < FEED_CONSUMERS_MAX; i++) {
         struct feed_consumer *c = &f->consumers[i];
         if (!c->used)
@@ -238,7 +245,9 @@ static bool feed_pump(struct feed *f, uint64_t now)
         for (int n = 0; n < FEED_BURST && c->credit > 0; n++) {
             struct journal_record rec;
             char err[512];
-            int r = journal_reader_next(c->reader, durable, &f->raw, &rec, err, sizeof(err));
+            /* Durable records only, never a lost one: its client was told
+             * it failed and sends it again, maybe elsewhere. */
+            int r = journal_read_next(f->journal, c->reader, &f->raw, &rec, err, sizeof(err));
             if (r == 0)
                 break;
             if (r < 0) {
@@ -301,8 +310,36 @@ static void *feed_thread(void *arg)
     return NULL;
 }
 
+/* Is the endpoint reachable from this host only? ipc:// and inproc://, or
+ * tcp:// on 127.0.0.0/8, localhost or [::1]. */
+static bool feed_endpoint_local(const char *ep)
+{
+    if (strncmp(ep, "ipc://", 6) == 0 || strncmp(ep, "inproc://", 9) == 0)
+        return true;
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return false;
+    const char *h = ep + 6;
+    const char *semi = strchr(h, ';'); /* "source;dest" form: judge the bound side */
+    if (semi)
+        return false;
+    return strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost:", 10) == 0 ||
+           strncmp(h, "[::1]:", 6) == 0;
+}
+
 struct feed *feed_new(const struct feed_config *cfg, char *err, size_t errlen)
 {
+    /* The feed has neither authentication nor encryption: every payload
+     * goes to whoever connects. */
+    if (!feed_endpoint_local(cfg->endpoint) && !cfg->insecure) {
+        errbuf_setf(err, errlen, "%s is reachable from other hosts and the feed is neither "
+                    "authenticated nor encrypted: bind it to 127.0.0.1, [::1] or ipc://, or "
+                    "pass --feed-insecure (docs/SECURITY.md)", cfg->endpoint);
+        return NULL;
+    }
+    if (!feed_endpoint_local(cfg->endpoint))
+        log_warn("feed_insecure", "endpoint=%s reason=\"--feed-insecure: every journaled "
+                 "payload goes unencrypted to anyone who connects\"", cfg->endpoint);
+
     struct feed *f = calloc(1, sizeof(*f));
     if (!f) {
         errbuf_setf(err, errlen, "out of memory");

@@ -6,6 +6,7 @@
 #ifndef BERTH_FEED_H
 #define BERTH_FEED_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,11 +29,13 @@ struct feed_config {
     const char *endpoint;     /* ZeroMQ endpoint to bind */
     const char *node_id;      /* copied */
     struct journal *journal;  /* borrowed; outlives the feed */
+    bool insecure;            /* allow an endpoint other hosts can reach (no auth, no TLS) */
 };
 
 struct feed;
 
-/* Binds the endpoint and starts the thread. NULL with err. */
+/* Binds the endpoint and starts the thread. NULL with err, also for an
+ * endpoint other hosts can reach unless cfg->insecure. */
 struct feed *feed_new(const struct feed_config *cfg, char *err, size_t errlen);
 /* Stops the thread and closes the socket. NULL is a no-op. */
 void feed_free(struct feed *f);

@@ -3,6 +3,7 @@
  * recovery at open, retention by size and age, and the on-disk reader. */
 #include "journal.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -23,8 +24,7 @@
 #include "mono.h"
 
 #define JOURNAL_WAITERS_MAX 64
-#define JOURNAL_RETIRED_MAX 16      /* rolled segments awaiting their last fsync */
-#define JOURNAL_LOST_MAX 16         /* remembered ranges of records whose fsync failed */
+#define JOURNAL_LOST_MAX 16         /* lost ranges kept apart; older ones fold into lost[0] */
 #define JOURNAL_MAINT_MS 1000       /* retention and health probe period */
 #define JOURNAL_PROBE_BYTES 65536   /* what the directory must take to be healthy again */
 #define JOURNAL_REASON_MAX 160
@@ -38,14 +38,17 @@ struct journal {
     char *dir;
     int dirfd;
     struct journal_config cfg;            /* dir points at ->dir */
-    pthread_mutex_t mu;                   /* everything below but the atomics */
+    pthread_mutex_t mu;                   /* everything below but the atomics and waiters */
     pthread_cond_t cond;                  /* wakes the sync thread */
+    bool mu_ok, cond_ok;                  /* initialised: journal_free destroys them */
     pthread_t thread;
     bool started, stop;
     int fd;                               /* active segment, -1: roll on next append */
     uint64_t seg_first, seg_size;
-    int retired[JOURNAL_RETIRED_MAX];     /* rolled segments not yet fsynced */
-    unsigned nretired;
+    int *retired;                         /* rolled segments not yet fsynced; grows */
+    unsigned nretired, retired_cap;
+    int *syncing;                         /* the sync round's swap of retired */
+    unsigned syncing_cap;
     bool dir_dirty;                       /* a segment was created: fsync the directory */
     uint64_t next_seq;
     uint64_t written_seq;                 /* last record written */
@@ -53,12 +56,17 @@ struct journal {
     uint64_t notified_seq;                /* last written seq the waiters heard of */
     uint64_t pending, pending_since_ms;   /* records since the last fsync, and since when */
     atomic_uint_fast64_t durable;         /* last record that is durable */
-    struct { uint64_t lo, hi; } lost[JOURNAL_LOST_MAX];
-    unsigned nlost;                       /* ring count, capped */
+    struct { uint64_t lo, hi; } lost[JOURNAL_LOST_MAX]; /* ascending, never forgotten */
+    unsigned nlost;
     atomic_uint lost_gen;                 /* non-zero once any record was lost */
-    atomic_bool unhealthy;
-    char reason[JOURNAL_REASON_MAX];
+    atomic_bool unhealthy;                /* write_bad || sync_bad */
+    bool write_bad;                       /* the last append failed to write */
+    bool sync_bad;                        /* an fsync failed since the last good round */
+    char write_reason[JOURNAL_REASON_MAX];
+    char sync_reason[JOURNAL_REASON_MAX];
     uint64_t first_on_disk;               /* oldest seq kept */
+    pthread_mutex_t wmu;                  /* waiters; held while they are written */
+    bool wmu_ok;
     int waiters[JOURNAL_WAITERS_MAX];
     unsigned nwaiters;
     uint64_t next_maint_ms;
@@ -207,11 +215,14 @@ static int journal_list(const char *dir, struct journal_seg **out, size_t *n)
     return 0;
 }
 
+static void journal_gap_name(char *name, size_t len, uint64_t seg_first);
+
 static uint64_t journal_real_wall_ms(void *arg)
 {
     (void)arg;
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return (uint64_t)time(NULL) * 1000u; /* cannot fail on Linux; whole seconds if it does */
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
@@ -220,20 +231,69 @@ static uint64_t journal_wall(const struct journal *j)
     return j->cfg.wall_ms(j->cfg.clock_arg);
 }
 
-/* Caller holds mu. */
-static void journal_set_unhealthy(struct journal *j, const char *what, int e)
-{
-    snprintf(j->reason, sizeof(j->reason), "journal: %s: %s", what, strerror(e));
-    if (!atomic_exchange(&j->unhealthy, true))
-        log_error("journal_unhealthy", "dir=%s reason=\"%s\"", j->dir, j->reason);
-}
+/* Why the journal is unhealthy: a write and an fsync fail independently,
+ * and a write that works says nothing about the next fsync. */
+enum journal_cause { JOURNAL_CAUSE_WRITE, JOURNAL_CAUSE_SYNC };
 
 /* Caller holds mu. */
-static void journal_set_healthy(struct journal *j)
+static void journal_set_unhealthy(struct journal *j, enum journal_cause c, const char *what,
+                                  int e)
 {
-    if (atomic_exchange(&j->unhealthy, false))
-        log_info("journal_healthy", "dir=%s was=\"%s\"", j->dir, j->reason);
-    j->reason[0] = '\0';
+    bool *bad = c == JOURNAL_CAUSE_WRITE ? &j->write_bad : &j->sync_bad;
+    char *reason = c == JOURNAL_CAUSE_WRITE ? j->write_reason : j->sync_reason;
+    snprintf(reason, JOURNAL_REASON_MAX, "journal: %s: %s", what, strerror(e));
+    if (!*bad)
+        log_error("journal_unhealthy", "dir=%s reason=\"%s\"", j->dir, reason);
+    *bad = true;
+    atomic_store(&j->unhealthy, true);
+}
+
+/* Clears one cause; healthy once none is left. Caller holds mu. */
+static void journal_clear_cause(struct journal *j, enum journal_cause c)
+{
+    bool *bad = c == JOURNAL_CAUSE_WRITE ? &j->write_bad : &j->sync_bad;
+    char *reason = c == JOURNAL_CAUSE_WRITE ? j->write_reason : j->sync_reason;
+    if (!*bad)
+        return;
+    *bad = false;
+    if (!j->write_bad && !j->sync_bad) {
+        atomic_store(&j->unhealthy, false);
+        log_info("journal_healthy", "dir=%s was=\"%s\"", j->dir, reason);
+    }
+    reason[0] = '\0';
+}
+
+static int journal_fdatasync(struct journal *j, int fd)
+{
+    return j->cfg.fsync_hook ? j->cfg.fsync_hook(fd) : fdatasync(fd);
+}
+
+/* Room for two more retired segments (a roll, then an abandoned write),
+ * so neither ever has to fsync or drop a segment itself. Caller holds mu. */
+static int journal_retired_reserve(struct journal *j)
+{
+    if (j->nretired + 2 <= j->retired_cap)
+        return 0;
+    unsigned cap = j->retired_cap ? j->retired_cap * 2 : 16;
+    int *r = realloc(j->retired, cap * sizeof(*r));
+    if (!r)
+        return -1;
+    j->retired = r;
+    j->retired_cap = cap;
+    return 0;
+}
+
+/* A segment is done with: the sync round fsyncs it (never inline: a worker
+ * holds mu here), or, with fsync off, it just closes. Caller holds mu and
+ * reserved room. */
+static void journal_retire(struct journal *j, int fd)
+{
+    if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
+        close(fd);
+        return;
+    }
+    assert(j->nretired < j->retired_cap);
+    j->retired[j->nretired++] = fd;
 }
 
 /* Starts a new segment named after the next seq. Caller holds mu. */
@@ -247,22 +307,12 @@ static int journal_roll(struct journal *j, char *err, size_t errlen)
     if (fd < 0) {
         int e = errno;
         errbuf_setf(err, errlen, "journal: create %s/%s: %s", j->dir, name, strerror(e));
-        journal_set_unhealthy(j, "create segment", e);
+        journal_set_unhealthy(j, JOURNAL_CAUSE_WRITE, "create segment", e);
         errno = e;
         return -1;
     }
-    if (j->fd >= 0) {
-        if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
-            close(j->fd);
-        } else if (j->nretired < JOURNAL_RETIRED_MAX) {
-            j->retired[j->nretired++] = j->fd;
-        } else {
-            /* Only with segments far smaller than an fsync's worth. */
-            if (fdatasync(j->fd) != 0)
-                log_error("journal_fsync_failed", "dir=%s error=\"%s\"", j->dir, strerror(errno));
-            close(j->fd);
-        }
-    }
+    if (j->fd >= 0)
+        journal_retire(j, j->fd);
     j->fd = fd;
     j->seg_first = j->next_seq;
     j->seg_size = 0;
@@ -312,6 +362,13 @@ int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *s
     uint32_t rl = (uint32_t)journal_record_size(e);
     uint8_t hdr[JOURNAL_HEADER_SIZE], trailer[JOURNAL_TRAILER_SIZE];
     pthread_mutex_lock(&j->mu);
+    if (journal_retired_reserve(j) != 0) {
+        errbuf_setf(err, errlen, "journal: out of memory");
+        journal_set_unhealthy(j, JOURNAL_CAUSE_WRITE, "write", ENOMEM);
+        pthread_mutex_unlock(&j->mu);
+        errno = ENOMEM;
+        return -1;
+    }
     if (j->fd < 0 || (j->seg_size > 0 && j->seg_size + rl > j->cfg.segment_bytes)) {
         if (journal_roll(j, err, errlen) != 0) {
             pthread_mutex_unlock(&j->mu);
@@ -337,17 +394,15 @@ int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *s
     if (journal_writev_all(j, j->fd, iov, 6) < 0) {
         int werr = errno;
         errbuf_setf(err, errlen, "journal: write %s: %s", j->dir, strerror(werr));
-        journal_set_unhealthy(j, "write", werr);
+        journal_set_unhealthy(j, JOURNAL_CAUSE_WRITE, "write", werr);
         /* A part of the record may be in the file: cut it, so the segment
-         * stays a sequence of whole records. */
+         * stays a sequence of whole records. If that fails too, the segment
+         * ends in a torn record (recovery cuts it) and gets its fsync. */
         if (ftruncate(j->fd, (off_t)j->seg_size) != 0) {
             log_error("journal_truncate_failed",
                       "dir=%s segment=%020" PRIu64 ".seg offset=%" PRIu64 " error=\"%s\"", j->dir,
                       j->seg_first, j->seg_size, strerror(errno));
-            if (j->nretired < JOURNAL_RETIRED_MAX)
-                j->retired[j->nretired++] = j->fd;
-            else
-                close(j->fd);
+            journal_retire(j, j->fd);
             j->fd = -1;
         }
         pthread_mutex_unlock(&j->mu);
@@ -357,10 +412,16 @@ int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *s
     j->seg_size += rl;
     j->next_seq++;
     j->written_seq = s;
-    if (atomic_load_explicit(&j->unhealthy, memory_order_relaxed))
-        journal_set_healthy(j);
+    /* A write that works clears only a write failure: it says nothing of
+     * the next fsync. */
+    if (j->write_bad)
+        journal_clear_cause(j, JOURNAL_CAUSE_WRITE);
     if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
         atomic_store_explicit(&j->durable, s, memory_order_release);
+        /* The thread only notifies: wake it for the first record since it
+         * last did, not on a timer. */
+        if (s - 1 == j->notified_seq)
+            pthread_cond_signal(&j->cond);
     } else {
         if (j->pending++ == 0) {
             j->pending_since_ms = mono_now_ms();
@@ -381,16 +442,12 @@ enum journal_state journal_state(struct journal *j, uint64_t seq)
         return seq <= d ? JOURNAL_DURABLE : JOURNAL_PENDING;
     enum journal_state st = JOURNAL_PENDING;
     pthread_mutex_lock(&j->mu);
-    unsigned n = j->nlost < JOURNAL_LOST_MAX ? j->nlost : JOURNAL_LOST_MAX;
-    for (unsigned i = 0; i < n; i++)
+    /* Lost before durable: the durable seq moves on past lost ranges. */
+    for (unsigned i = 0; i < j->nlost && st != JOURNAL_LOST; i++)
         if (seq >= j->lost[i].lo && seq <= j->lost[i].hi)
             st = JOURNAL_LOST;
-    if (st != JOURNAL_LOST) {
-        if (seq <= atomic_load(&j->durable))
-            st = JOURNAL_DURABLE;
-        else if (seq <= j->synced_seq && j->nlost >= JOURNAL_LOST_MAX)
-            st = JOURNAL_LOST; /* its range was forgotten: it is not known durable */
-    }
+    if (st != JOURNAL_LOST && seq <= atomic_load(&j->durable))
+        st = JOURNAL_DURABLE;
     pthread_mutex_unlock(&j->mu);
     return st;
 }
@@ -420,26 +477,27 @@ const char *journal_dir(const struct journal *j) { return j->dir; }
 
 int journal_add_waiter(struct journal *j, int efd)
 {
-    pthread_mutex_lock(&j->mu);
+    pthread_mutex_lock(&j->wmu);
     int rc = -1;
     if (j->nwaiters < JOURNAL_WAITERS_MAX) {
         j->waiters[j->nwaiters++] = efd;
         rc = 0;
     }
-    pthread_mutex_unlock(&j->mu);
+    pthread_mutex_unlock(&j->wmu);
     return rc;
 }
 
 void journal_remove_waiter(struct journal *j, int efd)
 {
-    pthread_mutex_lock(&j->mu);
+    /* wmu is held through every notify: none is under way once we have it. */
+    pthread_mutex_lock(&j->wmu);
     for (unsigned i = 0; i < j->nwaiters; i++) {
         if (j->waiters[i] == efd) {
             j->waiters[i] = j->waiters[--j->nwaiters];
             break;
         }
     }
-    pthread_mutex_unlock(&j->mu);
+    pthread_mutex_unlock(&j->wmu);
 }
 
 bool journal_healthy(struct journal *j, char *reason, size_t len)
@@ -448,17 +506,21 @@ bool journal_healthy(struct journal *j, char *reason, size_t len)
         return true;
     pthread_mutex_lock(&j->mu);
     bool bad = atomic_load(&j->unhealthy);
+    /* An fsync failure is the graver one: records were lost. */
     if (bad && reason && len)
-        snprintf(reason, len, "%s", j->reason);
+        snprintf(reason, len, "%s", j->sync_bad ? j->sync_reason : j->write_reason);
     pthread_mutex_unlock(&j->mu);
     return !bad;
 }
 
 /* ------------------------------------------------------------ sync thread */
 
+/* Writes every waiter's eventfd. Called without mu, so appenders never
+ * wait for these writes. */
 static void journal_notify(struct journal *j)
 {
     uint64_t one = 1;
+    pthread_mutex_lock(&j->wmu);
     for (unsigned i = 0; i < j->nwaiters; i++) {
         ssize_t r;
         do
@@ -466,18 +528,46 @@ static void journal_notify(struct journal *j)
         while (r < 0 && errno == EINTR);
         /* EAGAIN: the counter is saturated, the reader is woken anyway. */
     }
+    pthread_mutex_unlock(&j->wmu);
+}
+
+/* Remembers [lo, hi] as lost. Ranges come in ascending order. When there
+ * are too many, the two oldest fold into one that also covers the durable
+ * records between them: forgetting a range would let its records read as
+ * durable, while a durable record read as lost only costs its client a
+ * re-send (at least once). Caller holds mu. */
+static void journal_lose(struct journal *j, uint64_t lo, uint64_t hi)
+{
+    if (j->nlost > 0 && lo <= j->lost[j->nlost - 1].hi + 1) {
+        if (hi > j->lost[j->nlost - 1].hi)
+            j->lost[j->nlost - 1].hi = hi;
+    } else {
+        if (j->nlost == JOURNAL_LOST_MAX) {
+            j->lost[0].hi = j->lost[1].hi;
+            memmove(&j->lost[1], &j->lost[2], (JOURNAL_LOST_MAX - 2) * sizeof(j->lost[0]));
+            j->nlost--;
+        }
+        j->lost[j->nlost].lo = lo;
+        j->lost[j->nlost].hi = hi;
+        j->nlost++;
+    }
+    atomic_fetch_add(&j->lost_gen, 1);
 }
 
 /* One fsync round for everything written so far. Called with mu held;
- * drops it around the disk work. */
+ * drops it around the disk work and the notify. */
 static void journal_sync_round(struct journal *j)
 {
     uint64_t target = j->written_seq;
     int fd = j->fd;
-    int retired[JOURNAL_RETIRED_MAX];
-    unsigned nret = j->nretired;
-    memcpy(retired, j->retired, sizeof(int) * nret);
+    /* Take the retired segments; appenders go on rolling into the spare. */
+    int *ret = j->retired;
+    unsigned nret = j->nretired, cap = j->retired_cap;
+    j->retired = j->syncing;
+    j->retired_cap = j->syncing_cap;
     j->nretired = 0;
+    j->syncing = ret;
+    j->syncing_cap = cap;
     bool dir = j->dir_dirty;
     j->dir_dirty = false;
     j->pending = 0;
@@ -486,44 +576,57 @@ static void journal_sync_round(struct journal *j)
     int e = 0;
     const char *what = "fsync";
     for (unsigned i = 0; i < nret; i++) {
-        if (fdatasync(retired[i]) != 0 && !e)
+        if (!e && journal_fdatasync(j, ret[i]) != 0)
             e = errno;
-        close(retired[i]);
+        close(ret[i]);
     }
-    if (fd >= 0 && fdatasync(fd) != 0 && !e)
+    if (!e && fd >= 0 && journal_fdatasync(j, fd) != 0)
         e = errno;
-    if (dir && fsync(j->dirfd) != 0 && !e) {
+    if (!e && dir && fsync(j->dirfd) != 0) {
         e = errno;
         what = "fsync directory";
     }
 
     pthread_mutex_lock(&j->mu);
     uint64_t from = j->synced_seq + 1;
-    j->synced_seq = target;
     if (e == 0) {
+        j->synced_seq = target;
         atomic_store_explicit(&j->durable, target, memory_order_release);
+        if (j->sync_bad && (fd >= 0 || nret > 0))
+            journal_clear_cause(j, JOURNAL_CAUSE_SYNC);
     } else {
-        /* Linux may report a failed writeback only once: these records are
-         * never acknowledged, and the segment is not written to again. */
-        if (target >= from) {
-            j->lost[j->nlost % JOURNAL_LOST_MAX].lo = from;
-            j->lost[j->nlost % JOURNAL_LOST_MAX].hi = target;
-            j->nlost++;
-            atomic_fetch_add(&j->lost_gen, 1);
+        /* Workers went on appending to these files while the fsync ran, and
+         * Linux reports a failed writeback once: a later fsync of the same
+         * file returns 0 whatever was lost. So everything written so far is
+         * lost, never acknowledged, and no file written so far is written
+         * or fsynced again: the next append starts a new segment. */
+        uint64_t to = j->written_seq;
+        j->synced_seq = to;
+        j->pending = 0;
+        journal_set_unhealthy(j, JOURNAL_CAUSE_SYNC, what, e);
+        if (to >= from) {
+            journal_lose(j, from, to);
+            log_error("journal_records_lost", "dir=%s from_seq=%" PRIu64 " to_seq=%" PRIu64
+                      " reason=\"%s\"", j->dir, from, to, j->sync_reason);
+        } else {
+            log_error("journal_fsync_failed", "dir=%s records_lost=0 reason=\"%s\"", j->dir,
+                      j->sync_reason);
         }
-        journal_set_unhealthy(j, what, e);
-        log_error("journal_records_lost", "dir=%s from_seq=%" PRIu64 " to_seq=%" PRIu64
-                  " reason=\"%s\"", j->dir, from, target, j->reason);
-        if (j->fd == fd && fd >= 0) {
-            if (j->nretired < JOURNAL_RETIRED_MAX)
-                j->retired[j->nretired++] = fd;
-            else
-                close(fd);
+        if (j->fd >= 0) {
+            close(j->fd);
             j->fd = -1;
+            log_warn("journal_segment_abandoned", "dir=%s segment=%020" PRIu64 ".seg", j->dir,
+                     j->seg_first);
         }
+        for (unsigned i = 0; i < j->nretired; i++)
+            close(j->retired[i]);
+        j->nretired = 0;
+        target = to;
     }
     j->notified_seq = target;
+    pthread_mutex_unlock(&j->mu);
     journal_notify(j);
+    pthread_mutex_lock(&j->mu);
 }
 
 /* Deletes the oldest segments beyond --journal-retain-bytes/-age; never the
@@ -575,7 +678,17 @@ static void journal_retain(struct journal *j)
                  j->dir, segs[i].name, sizes[i], too_big ? "size" : "age");
         total -= sizes[i];
         new_first = segs[i + 1].first;
+        /* A gap before the oldest segment needs no marker. */
+        char gap[JOURNAL_SEG_NAME_LEN + 1];
+        journal_gap_name(gap, sizeof(gap), new_first);
+        if (unlinkat(j->dirfd, gap, 0) != 0 && errno != ENOENT)
+            log_warn("journal_delete_failed", "dir=%s file=%s error=\"%s\"", j->dir, gap,
+                     strerror(errno));
     }
+    /* Without it a crash can bring deleted segments back: recovery then
+     * finds them ahead of a gap, or retention deletes them twice. */
+    if (new_first && fsync(j->dirfd) != 0)
+        log_warn("journal_fsync_dir_failed", "dir=%s error=\"%s\"", j->dir, strerror(errno));
     if (new_first) {
         pthread_mutex_lock(&j->mu);
         if (new_first > j->first_on_disk)
@@ -597,16 +710,28 @@ static void journal_probe(struct journal *j)
     bool ok = false;
     if (fd >= 0) {
         static const uint8_t zeros[4096];
-        ok = true;
-        for (size_t done = 0; ok && done < JOURNAL_PROBE_BYTES; done += sizeof(zeros))
-            ok = write(fd, zeros, sizeof(zeros)) == (ssize_t)sizeof(zeros);
-        ok = ok && fdatasync(fd) == 0;
+        size_t done = 0;
+        while (done < JOURNAL_PROBE_BYTES) {
+            size_t want = JOURNAL_PROBE_BYTES - done;
+            ssize_t w = write(fd, zeros, want < sizeof(zeros) ? want : sizeof(zeros));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                break; /* ENOSPC and the like: still unhealthy */
+            done += (size_t)w;
+        }
+        ok = done == JOURNAL_PROBE_BYTES && journal_fdatasync(j, fd) == 0;
         close(fd);
-        unlinkat(j->dirfd, probe_name, 0);
+        if (unlinkat(j->dirfd, probe_name, 0) != 0)
+            log_warn("journal_probe_unlink_failed", "dir=%s error=\"%s\"", j->dir,
+                     strerror(errno));
     }
     if (ok) {
+        /* The directory takes writes and fsyncs again; records already lost
+         * stay lost. */
         pthread_mutex_lock(&j->mu);
-        journal_set_healthy(j);
+        journal_clear_cause(j, JOURNAL_CAUSE_WRITE);
+        journal_clear_cause(j, JOURNAL_CAUSE_SYNC);
         pthread_mutex_unlock(&j->mu);
     }
 }
@@ -624,7 +749,9 @@ void journal_sync_now(struct journal *j)
         journal_sync_round(j);
     else if (j->written_seq > j->notified_seq) {
         j->notified_seq = j->written_seq;
+        pthread_mutex_unlock(&j->mu);
         journal_notify(j);
+        pthread_mutex_lock(&j->mu);
     }
     pthread_mutex_unlock(&j->mu);
     journal_maintain(j);
@@ -632,7 +759,11 @@ void journal_sync_now(struct journal *j)
 
 static void journal_deadline(struct timespec *ts, uint64_t ms_from_now)
 {
-    clock_gettime(CLOCK_MONOTONIC, ts);
+    if (clock_gettime(CLOCK_MONOTONIC, ts) != 0) {
+        ts->tv_sec = 0; /* cannot fail on Linux; if it does, do not sleep */
+        ts->tv_nsec = 0;
+        return;
+    }
     ts->tv_sec += (time_t)(ms_from_now / 1000);
     ts->tv_nsec += (long)(ms_from_now % 1000) * 1000000L;
     if (ts->tv_nsec >= 1000000000L) {
@@ -651,12 +782,14 @@ static void *journal_thread(void *arg)
         bool due = false;
         if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
             if (j->written_seq > j->notified_seq) {
-                /* Nothing to fsync; the feed still wants to hear of it. */
+                /* Nothing to fsync; the feed still wants to hear of it.
+                 * journal_append wakes us for this, no timer needed. */
                 j->notified_seq = j->written_seq;
+                pthread_mutex_unlock(&j->mu);
                 journal_notify(j);
+                pthread_mutex_lock(&j->mu);
+                continue;
             }
-            if (wait_ms > j->cfg.fsync_interval_ms)
-                wait_ms = j->cfg.fsync_interval_ms;
         } else if (j->written_seq > j->synced_seq || j->nretired) {
             uint64_t since = now - j->pending_since_ms;
             if (j->cfg.fsync == JOURNAL_FSYNC_ALWAYS || j->pending >= j->cfg.fsync_batch ||
@@ -702,12 +835,43 @@ static bool journal_valid_after(const uint8_t *p, size_t from, size_t len)
     return false;
 }
 
-/* Scans one segment. last: it is the newest. Sets *next to the seq after
- * its last good record; on the newest, leaves *fd_out open for appending. */
-static int journal_recover_seg(struct journal *j, const struct journal_seg *seg, bool last,
-                               uint64_t *next, uint64_t *size_out, int *fd_out, char *err,
-                               size_t errlen)
+/* "<seq>.gap": the seqs missing before segment <seq> were never
+ * acknowledged (recovery cut them from the end of the segment before).
+ * Kept so that later starts accept the gap too. */
+static void journal_gap_name(char *name, size_t len, uint64_t seg_first)
 {
+    snprintf(name, len, "%020" PRIu64 ".gap", seg_first);
+}
+
+static bool journal_gap_known(struct journal *j, uint64_t seg_first)
+{
+    char name[JOURNAL_SEG_NAME_LEN + 1];
+    journal_gap_name(name, sizeof(name), seg_first);
+    return faccessat(j->dirfd, name, F_OK, 0) == 0;
+}
+
+/* Writes the marker, durably, before the cut that makes the gap: a crash
+ * in between leaves the bad tail, which the next start cuts again. */
+static int journal_mark_gap(struct journal *j, uint64_t seg_first, char *err, size_t errlen)
+{
+    char name[JOURNAL_SEG_NAME_LEN + 1];
+    journal_gap_name(name, sizeof(name), seg_first);
+    int fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 || close(fd) != 0 || fsync(j->dirfd) != 0) {
+        errbuf_setf(err, errlen, "journal: create %s/%s: %s", j->dir, name, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Scans one segment. next_first: the first seq of the segment after it (0:
+ * it is the newest). Sets *next to the seq after its last good record; on
+ * the newest, leaves *fd_out open for appending. */
+static int journal_recover_seg(struct journal *j, const struct journal_seg *seg,
+                               uint64_t next_first, uint64_t *next, uint64_t *size_out,
+                               int *fd_out, char *err, size_t errlen)
+{
+    bool last = next_first == 0;
     int fd = openat(j->dirfd, seg->name, O_RDWR | O_APPEND | O_CLOEXEC);
     if (fd < 0) {
         errbuf_setf(err, errlen, "journal: open %s/%s: %s", j->dir, seg->name, strerror(errno));
@@ -744,17 +908,33 @@ static int journal_recover_seg(struct journal *j, const struct journal_seg *seg,
         }
         why = n == 0 ? "record cut short" : n > 0 ? "sequence number out of order"
                                                   : "bad magic, length or CRC32C";
-        bool torn = last && (n == 0 || !journal_valid_after(p, off + 1, size));
+        /* A bad tail (no valid record after it in this segment) is torn, in
+         * an older segment too: a record becomes durable only once every
+         * segment before it is fsynced, so no record from here on was
+         * acknowledged (a power loss before the roll's fsync, or a segment
+         * abandoned after a failed fsync). An older segment must show it
+         * by content: a length running past the end proves nothing there. */
+        bool torn = last ? n == 0 || !journal_valid_after(p, off + 1, size)
+                         : !journal_valid_after(p, off + 1, size);
         if (torn || j->cfg.recover == JOURNAL_RECOVER_TRUNCATE) {
+            if (!last && next_first > expect && !journal_gap_known(j, next_first) &&
+                journal_mark_gap(j, next_first, err, errlen) != 0) {
+                rc = -1;
+                break;
+            }
             if (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0) {
                 errbuf_setf(err, errlen, "journal: truncate %s/%s at byte %zu: %s", j->dir,
                             seg->name, off, strerror(errno));
                 rc = -1;
                 break;
             }
-            if (torn)
+            if (torn && last)
                 log_warn("journal_torn_tail", "dir=%s segment=%s offset=%zu dropped_bytes=%zu"
                          " reason=\"%s\"", j->dir, seg->name, off, size - off, why);
+            else if (torn)
+                log_error("journal_torn_tail", "dir=%s segment=%s offset=%zu dropped_bytes=%zu"
+                          " reason=\"%s\" newest=false lost_from_seq=%" PRIu64, j->dir,
+                          seg->name, off, size - off, why, expect);
             else
                 log_error("journal_truncated", "dir=%s segment=%s offset=%zu dropped_bytes=%zu"
                           " reason=\"%s\" recover=truncate", j->dir, seg->name, off, size - off,
@@ -802,9 +982,13 @@ static int journal_recover(struct journal *j, char *err, size_t errlen)
     uint64_t records = 0;
     for (size_t i = 0; i < n; i++) {
         if (segs[i].first != next) {
-            /* A gap is what a truncating recovery leaves; anything else is
-             * a segment missing or misnamed. */
-            if (!(segs[i].first > next && j->cfg.recover == JOURNAL_RECOVER_TRUNCATE)) {
+            /* A gap is what cutting the segment before it leaves (its tail
+             * was never acknowledged; the cut wrote the marker) or a
+             * truncating recovery; anything else is a segment missing or
+             * misnamed. */
+            bool known = segs[i].first > next && journal_gap_known(j, segs[i].first);
+            if (!(segs[i].first > next &&
+                  (known || j->cfg.recover == JOURNAL_RECOVER_TRUNCATE))) {
                 errbuf_setf(err, errlen, "journal: %s/%s starts at seq %" PRIu64
                             " but the segments before end at %" PRIu64 "; refusing to start",
                             j->dir, segs[i].name, segs[i].first, next - 1);
@@ -813,12 +997,17 @@ static int journal_recover(struct journal *j, char *err, size_t errlen)
             }
             log_error("journal_gap", "dir=%s segment=%s missing_from=%" PRIu64 " missing_to=%"
                       PRIu64, j->dir, segs[i].name, next, segs[i].first - 1);
+            if (!known && journal_mark_gap(j, segs[i].first, err, errlen) != 0) {
+                free(segs);
+                return -1;
+            }
             next = segs[i].first;
         }
         uint64_t before = next, size = 0;
         int fd = -1;
         bool last = i + 1 == n;
-        if (journal_recover_seg(j, &segs[i], last, &next, &size, &fd, err, errlen) != 0) {
+        if (journal_recover_seg(j, &segs[i], last ? 0 : segs[i + 1].first, &next, &size, &fd,
+                                err, errlen) != 0) {
             free(segs);
             return -1;
         }
@@ -855,18 +1044,34 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
     if (j->cfg.segment_bytes == 0)
         j->cfg.segment_bytes = 64u << 20;
     j->dir = strdup(cfg->dir ? cfg->dir : "");
-    pthread_condattr_t ca;
-    if (!j->dir || pthread_mutex_init(&j->mu, NULL) != 0) {
-        errbuf_setf(err, errlen, "journal: out of memory");
-        free(j->dir);
-        free(j);
-        return NULL;
-    }
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&j->cond, &ca);
-    pthread_condattr_destroy(&ca);
     j->cfg.dir = j->dir;
+    if (!j->dir) {
+        errbuf_setf(err, errlen, "journal: out of memory");
+        goto fail;
+    }
+    int rc = pthread_mutex_init(&j->mu, NULL);
+    j->mu_ok = rc == 0;
+    if (rc == 0) {
+        rc = pthread_mutex_init(&j->wmu, NULL);
+        j->wmu_ok = rc == 0;
+    }
+    pthread_condattr_t ca;
+    if (rc == 0)
+        rc = pthread_condattr_init(&ca);
+    if (rc == 0) {
+        /* Deadlines on the monotonic clock: a wall clock step must not
+         * stall or hurry group commit. */
+        rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        if (rc == 0) {
+            rc = pthread_cond_init(&j->cond, &ca);
+            j->cond_ok = rc == 0;
+        }
+        pthread_condattr_destroy(&ca);
+    }
+    if (rc != 0) {
+        errbuf_setf(err, errlen, "journal: pthread init: %s", strerror(rc));
+        goto fail;
+    }
     atomic_init(&j->durable, 0);
     atomic_init(&j->lost_gen, 0);
     atomic_init(&j->unhealthy, false);
@@ -888,7 +1093,7 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
         goto fail;
     j->next_maint_ms = mono_now_ms();
     if (!j->cfg.manual_sync) {
-        int rc = pthread_create(&j->thread, NULL, journal_thread, j);
+        rc = pthread_create(&j->thread, NULL, journal_thread, j);
         if (rc != 0) {
             errbuf_setf(err, errlen, "journal: pthread_create: %s", strerror(rc));
             goto fail;
@@ -913,18 +1118,26 @@ void journal_free(struct journal *j)
         pthread_join(j->thread, NULL);
     }
     /* A clean stop leaves everything written on disk, whatever the policy. */
-    pthread_mutex_lock(&j->mu);
-    if (j->dirfd >= 0 && (j->written_seq > j->synced_seq || j->nretired || j->dir_dirty))
-        journal_sync_round(j);
-    pthread_mutex_unlock(&j->mu);
+    if (j->mu_ok && j->wmu_ok) {
+        pthread_mutex_lock(&j->mu);
+        if (j->dirfd >= 0 && (j->written_seq > j->synced_seq || j->nretired || j->dir_dirty))
+            journal_sync_round(j);
+        pthread_mutex_unlock(&j->mu);
+    }
     for (unsigned i = 0; i < j->nretired; i++)
         close(j->retired[i]);
+    free(j->retired);
+    free(j->syncing);
     if (j->fd >= 0)
         close(j->fd);
     if (j->dirfd >= 0)
         close(j->dirfd);
-    pthread_cond_destroy(&j->cond);
-    pthread_mutex_destroy(&j->mu);
+    if (j->cond_ok)
+        pthread_cond_destroy(&j->cond);
+    if (j->wmu_ok)
+        pthread_mutex_destroy(&j->wmu);
+    if (j->mu_ok)
+        pthread_mutex_destroy(&j->mu);
     free(j->dir);
     free(j);
 }
@@ -937,6 +1150,8 @@ struct journal_reader {
     uint64_t seg_first;
     uint64_t off;
     uint64_t next;       /* seq the next record must have */
+    bool at_end;         /* at the end of fd, no newer segment as of ... */
+    uint64_t at_end_max; /* ... this max_seq: no need to list again before it moves */
 };
 
 struct journal_reader *journal_reader_new(const char *dir, uint64_t from_seq)
@@ -1010,6 +1225,7 @@ static int journal_reader_open(struct journal_reader *r, bool after_current, cha
     r->fd = fd;
     r->seg_first = segs[pick].first;
     r->off = 0;
+    r->at_end = false;
     if (r->seg_first > r->next)
         r->next = r->seg_first; /* a gap: retention or a truncating recovery */
     free(segs);
@@ -1051,8 +1267,16 @@ int journal_reader_next(struct journal_reader *r, uint64_t max_seq, struct buf *
             return -1;
         }
         if (got == 0) {
-            /* End of this segment: the record is in the next one. */
+            /* End of this segment: the record is in the next one. Any
+             * segment holding a record <= max_seq existed before max_seq
+             * was published, so one listing per max_seq finds it. */
+            if (r->at_end && r->at_end_max == max_seq && max_seq != UINT64_MAX)
+                return 0;
             int o = journal_reader_open(r, true, err, errlen);
+            if (o == 0) {
+                r->at_end = true;
+                r->at_end_max = max_seq;
+            }
             if (o <= 0)
                 return o;
             continue;
@@ -1094,4 +1318,32 @@ int journal_reader_next(struct journal_reader *r, uint64_t max_seq, struct buf *
         return 1;
     }
     return 0;
+}
+
+int journal_reader_skip(struct journal_reader *r, char *err, size_t errlen)
+{
+    return journal_reader_open(r, r->fd >= 0, err, errlen);
+}
+
+int journal_read_next(struct journal *j, struct journal_reader *r, struct buf *raw,
+                      struct journal_record *rec, char *err, size_t errlen)
+{
+    uint64_t durable = journal_durable_seq(j);
+    for (int hops = 0; hops < 4096; hops++) {
+        int rc = journal_reader_next(r, durable, raw, rec, err, errlen);
+        if (rc == 1) {
+            if (journal_state(j, rec->seq) != JOURNAL_LOST)
+                return 1;
+            continue; /* its client was told it failed */
+        }
+        uint64_t s = journal_reader_seq(r);
+        if (s > durable || journal_state(j, s) != JOURNAL_LOST)
+            return rc;
+        /* A segment abandoned after a failed fsync: its tail may be missing
+         * or unreadable, and holds only lost records. Go on in the next. */
+        int o = journal_reader_skip(r, err, errlen);
+        if (o <= 0)
+            return o;
+    }
+    return 0; /* a long lost stretch: the caller comes back for the rest */
 }

@@ -51,6 +51,8 @@ struct journal_config {
     bool manual_sync;
     /* Tests: replaces writev(2) for appends to inject failures. */
     ssize_t (*writev_hook)(int fd, const struct iovec *iov, int iovcnt);
+    /* Tests: replaces fdatasync(2) of segments (and the health probe). */
+    int (*fsync_hook)(int fd);
 };
 
 /* What a SEND gives the journal. Strings need not be NUL-terminated. */
@@ -100,13 +102,18 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
 void journal_free(struct journal *j);
 
 /* Appends one record (thread-safe; never waits for the disk except in the
- * write(2) itself). Returns 0 with *seq set, or -1 with the cause in err:
- * nothing was stored and the journal reports itself unhealthy. */
+ * write(2) itself: rolled segments get their fsync on the sync thread).
+ * Returns 0 with *seq set, or -1 with the cause in err: nothing was stored
+ * and the journal reports itself unhealthy. */
 int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *seq, char *err,
                    size_t errlen);
 
-/* Durability of seq as of now; cheap (one atomic load on the fast path). */
+/* Durability of seq as of now; cheap (one atomic load on the fast path).
+ * A lost record stays LOST for the journal's lifetime (past many failures,
+ * a durable record between two lost ranges may read as LOST too). */
 enum journal_state journal_state(struct journal *j, uint64_t seq);
+/* The durable watermark: every record up to it is DURABLE or LOST (lost
+ * ranges lie below it once a later fsync worked). */
 uint64_t journal_durable_seq(const struct journal *j);
 /* The seq the next record gets; the last stored is one less. */
 uint64_t journal_next_seq(struct journal *j);
@@ -115,19 +122,21 @@ uint64_t journal_first_seq(struct journal *j);
 const char *journal_dir(const struct journal *j);
 
 /* Registers an eventfd written after the durable (or, with fsync off, the
- * written) seq advanced or a record was lost. Up to 64; call before the
- * threads that read it run. Returns 0 or -1. */
+ * written) seq advanced or a record was lost; written without the append
+ * lock held. Up to 64. Returns 0 or -1. */
 int journal_add_waiter(struct journal *j, int efd);
 
 /* Unregisters efd: once this returns the journal never writes it again. */
 void journal_remove_waiter(struct journal *j, int efd);
 
-/* False with "journal: <cause>" in reason while writes fail (disk full, I/O
- * error); true again once the directory takes writes. */
+/* False with "journal: <cause>" in reason while writes or fsyncs fail (disk
+ * full, I/O error). A write failure clears with the next append that works;
+ * an fsync failure with the next sync round that works; both with the
+ * health probe (the directory takes a write and an fsync again). */
 bool journal_healthy(struct journal *j, char *reason, size_t len);
 
 /* manual_sync mode (tests): one pass of the thread's work (fsync, notify,
- * retention, health probe) as if now_wall_ms were the time. */
+ * retention, health probe), on the wall clock of journal_config.wall_ms. */
 void journal_sync_now(struct journal *j);
 
 /* Record codec. journal_record_size: the encoded size of an entry.
@@ -150,5 +159,13 @@ int journal_reader_next(struct journal_reader *r, uint64_t max_seq, struct buf *
                         struct journal_record *rec, char *err, size_t errlen);
 /* The seq the next journal_reader_next returns. */
 uint64_t journal_reader_seq(const struct journal_reader *r);
+/* Leaves the current segment for the next newer one (the rest of this one
+ * is not wanted). 1 moved, 0 none newer yet, -1 with err. */
+int journal_reader_skip(struct journal_reader *r, char *err, size_t errlen);
+/* What the feed sends: journal_reader_next up to the durable seq, passing
+ * over lost records (their clients were told they failed) and the rest of
+ * a segment abandoned after a failed fsync. Same returns. */
+int journal_read_next(struct journal *j, struct journal_reader *r, struct buf *raw,
+                      struct journal_record *rec, char *err, size_t errlen);
 
 #endif

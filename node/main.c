@@ -109,6 +109,9 @@ static const struct config_setting node_settings[] = {
     {"feed", CONFIG_STRING, NULL, 0, 0, NULL,
      "ZeroMQ endpoint the journal is published on for consumers (berth tail), e.g. "
      "tcp://127.0.0.1:7101 (default: no feed)"},
+    {"feed-insecure", CONFIG_BOOL, "false", 0, 0, NULL,
+     "allow a --feed endpoint other hosts can reach: it has no authentication or "
+     "encryption (default: loopback and ipc:// only)"},
 };
 
 /* Everything the main loop and the heartbeat fill callback share. */
@@ -523,7 +526,8 @@ static int node_open_journal(struct node *n)
     n->env.journal = n->journal;
     const char *feed = config_str(n->cfg, "feed");
     if (feed && feed[0]) {
-        struct feed_config fc = {.endpoint = feed, .node_id = n->id, .journal = n->journal};
+        struct feed_config fc = {.endpoint = feed, .node_id = n->id, .journal = n->journal,
+                                 .insecure = config_bool(n->cfg, "feed-insecure")};
         n->feed = feed_new(&fc, err, sizeof(err));
         if (!n->feed) {
             fprintf(stderr, "berth-node: --feed %s: %s\n", feed, err);

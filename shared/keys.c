@@ -124,7 +124,12 @@ static int read_small_file(const char *path, char *buf, size_t bufsize, struct s
         errbuf_setf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
-    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
+    if (fstat(fd, st) != 0) {
+        errbuf_setf(err, errlen, "%s: stat: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) {
         errbuf_setf(err, errlen, "%s: not a regular file", path);
         close(fd);
         return -1;
@@ -239,9 +244,34 @@ int keys_load_text_or_file(const char *text, uint8_t out[KEYS_LEN], char *err, s
     return 0;
 }
 
+/* fsyncs the directory holding path, so a new or renamed name survives a
+ * crash as well as the file's content does. 0 or -1 (errno). */
+static int fsync_parent_dir(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    int fd;
+    do
+        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
 /* Writes line into a new temporary file beside final, with mode, then puts
  * it in place: link() refuses an existing file atomically, rename()
- * replaces one. */
+ * replaces one; then the directory is fsynced. */
 static int write_key_file(const char *final, const char *line, mode_t mode, bool force, char *err,
                           size_t errlen)
 {
@@ -293,6 +323,10 @@ static int write_key_file(const char *final, const char *line, mode_t mode, bool
             errbuf_setf(err, errlen, "%s: %s", final, strerror(errno));
         if (force)
             unlink(tmp);
+        return -1;
+    }
+    if (fsync_parent_dir(final) != 0) {
+        errbuf_setf(err, errlen, "%s: fsync of its directory: %s", final, strerror(errno));
         return -1;
     }
     return 0;

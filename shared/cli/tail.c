@@ -71,10 +71,17 @@ static void put_u64(uint8_t *p, uint64_t v)
         p[i] = (uint8_t)v;
 }
 
+/* 0 sent, 1 not now (the pipe is full or not connected yet: the caller
+ * tries again later), -1 the socket is unusable (said on stderr). */
 static int tail_send(struct tail_feed *t, const uint8_t *p, size_t len)
 {
     t->last_sent_ms = mono_now_ms();
-    return zmq_send(t->sock, p, len, ZMQ_DONTWAIT) < 0 ? -1 : 0;
+    if (zmq_send(t->sock, p, len, ZMQ_DONTWAIT) >= 0)
+        return 0;
+    if (zmq_errno() == EAGAIN || zmq_errno() == EINTR)
+        return 1;
+    fprintf(stderr, "berth tail: %s: send: %s\n", t->endpoint, zmq_strerror(zmq_errno()));
+    return -1;
 }
 
 static int tail_subscribe(struct tail_feed *t, uint64_t from, uint32_t credit)
@@ -89,12 +96,17 @@ static int tail_subscribe(struct tail_feed *t, uint64_t from, uint32_t credit)
     return tail_send(t, m, sizeof(m));
 }
 
-static int tail_credit(struct tail_feed *t, uint32_t n)
+/* Grants the records consumed since the last grant; what could not go
+ * now goes with the next one. 0 or -1 (tail_send). */
+static int tail_credit(struct tail_feed *t)
 {
     uint8_t m[5];
     m[0] = 'C';
-    put_u32(m + 1, n);
-    return tail_send(t, m, sizeof(m));
+    put_u32(m + 1, (uint32_t)t->unacked);
+    int rc = tail_send(t, m, sizeof(m));
+    if (rc == 0)
+        t->unacked = 0;
+    return rc < 0 ? -1 : 0;
 }
 
 /* data as text: printable ASCII stays, the rest is escaped. */
@@ -215,10 +227,16 @@ static int tail_run(struct config *cfg)
             status = EXIT_USAGE;
             goto done;
         }
-        tail_subscribe(t, from, credit);
+        /* Not sent now (1): the subscription timeout asks again. */
+        if (tail_subscribe(t, from, credit) < 0) {
+            status = EXIT_RUNTIME;
+            goto done;
+        }
     }
     signal(SIGINT, tail_on_signal);
     signal(SIGTERM, tail_on_signal);
+    /* A closed stdout (`berth tail | head`) shows as EPIPE from fflush
+     * below, and ends the run quietly. */
     signal(SIGPIPE, SIG_IGN);
 
     uint64_t start = mono_now_ms(), got = 0;
@@ -241,7 +259,11 @@ static int tail_run(struct config *cfg)
             struct tail_feed *t = &feeds[i];
             for (int k = 0; k < 4096 && (count == 0 || got < count); k++) {
                 zmq_msg_t m;
-                zmq_msg_init(&m);
+                if (zmq_msg_init(&m) != 0) {
+                    fprintf(stderr, "berth tail: zmq_msg_init: %s\n", zmq_strerror(zmq_errno()));
+                    status = EXIT_RUNTIME;
+                    break;
+                }
                 if (zmq_msg_recv(&m, t->sock, ZMQ_DONTWAIT) < 0) {
                     zmq_msg_close(&m);
                     break;
@@ -255,10 +277,8 @@ static int tail_run(struct config *cfg)
                         status = EXIT_RUNTIME;
                     }
                     got++;
-                    if (++t->unacked >= credit / 2 + 1) {
-                        tail_credit(t, (uint32_t)t->unacked);
-                        t->unacked = 0;
-                    }
+                    if (++t->unacked >= credit / 2 + 1 && tail_credit(t) != 0)
+                        status = EXIT_RUNTIME;
                 } else if (len >= 18 && p[0] == 'W' && (size_t)p[1] + 18 <= len) {
                     snprintf(t->node, sizeof(t->node), "%.*s", p[1], (const char *)p + 2);
                     t->welcomed = true;
@@ -269,7 +289,8 @@ static int tail_run(struct config *cfg)
                     if (len - 1 == strlen("not subscribed") &&
                         memcmp(p + 1, "not subscribed", len - 1) == 0) {
                         /* The node restarted: go on after the last record seen. */
-                        tail_subscribe(t, t->last_seq ? t->last_seq + 1 : (from ? from : 0), credit);
+                        if (tail_subscribe(t, t->last_seq ? t->last_seq + 1 : from, credit) < 0)
+                            status = EXIT_RUNTIME;
                     } else {
                         fprintf(stderr, "berth tail: %s: %.*s\n", t->node, (int)(len - 1),
                                 (const char *)p + 1);
@@ -280,24 +301,32 @@ static int tail_run(struct config *cfg)
                 if (status)
                     break;
             }
+            if (status)
+                break;
             if (!t->welcomed && now - t->subscribed_ms >= timeout) {
                 /* Lost or never answered: ask again, and say so once per timeout. */
                 fprintf(stderr, "berth tail: %s: no answer to the subscription in %" PRIu64
                         " ms; asking again\n", t->endpoint, timeout);
-                tail_subscribe(t, t->last_seq ? t->last_seq + 1 : from, credit);
-            } else if (now - t->last_sent_ms >= TAIL_KEEPALIVE_MS) {
-                tail_credit(t, (uint32_t)t->unacked);
-                t->unacked = 0;
+                if (tail_subscribe(t, t->last_seq ? t->last_seq + 1 : from, credit) < 0)
+                    status = EXIT_RUNTIME;
+            } else if (now - t->last_sent_ms >= TAIL_KEEPALIVE_MS && tail_credit(t) != 0) {
+                status = EXIT_RUNTIME;
             }
         }
-        fflush(out);
+        if (fflush(out) != 0 || ferror(out)) {
+            if (errno == EPIPE)
+                break; /* the reader is gone (`| head`): done, not a failure */
+            fprintf(stderr, "berth tail: %s: %s\n", raw ? outpath : "stdout", strerror(errno));
+            status = EXIT_RUNTIME;
+        }
         if (status)
             break;
     }
     for (size_t i = 0; i < nf; i++) {
         if (feeds[i].sock) {
+            /* Best effort: a node forgets a silent consumer after 30 s anyway. */
             uint8_t bye = 'X';
-            tail_send(&feeds[i], &bye, 1);
+            (void)tail_send(&feeds[i], &bye, 1);
         }
     }
 done:
@@ -310,7 +339,10 @@ done:
         fprintf(stderr, "berth tail: --out %s: %s\n", outpath, strerror(errno));
         status = EXIT_RUNTIME;
     }
-    fflush(stdout);
+    if (fflush(stdout) != 0 && errno != EPIPE && status == 0) {
+        fprintf(stderr, "berth tail: stdout: %s\n", strerror(errno));
+        status = EXIT_RUNTIME;
+    }
     return status;
 }
 

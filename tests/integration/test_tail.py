@@ -1,6 +1,8 @@
 """berth tail against two nodes' feeds: replay from seq 1 on both, live
 records as they are stored, raw records to a file (--out), a replay from a
-later seq, resubscription after a node restart, and usage errors."""
+later seq, resubscription after a node restart, `berth tail | head` ending
+quietly when its reader goes, a node refusing a feed other hosts can reach,
+and usage errors."""
 import os
 import signal
 import subprocess
@@ -97,6 +99,45 @@ def test():
         assert p.returncode == 0, err
         seqs = [int(r["seq"]) for r in parse_lines(out.decode())]
         assert seqs == list(range(1, 46)), seqs
+
+        # `berth tail | head -1`: once the reader is gone, the next records
+        # end the tail quietly (EPIPE, status 0), not a tail running forever.
+        r, w = os.pipe()
+        p = subprocess.Popen([cluster.CLI_BIN, "tail", "--feed", ep[0], "--from", "1"],
+                             stdout=w, stderr=subprocess.PIPE, cwd=c.dir, env=cluster.child_env())
+        os.close(w)
+        try:
+            assert os.read(r, 40).startswith(b"seq=1 "), "no first record"
+            os.close(r)
+            r = None
+            deadline = time.monotonic() + 10
+            mid = 9000
+            while p.poll() is None and time.monotonic() < deadline:
+                tj.send_many(c, 1, mid, 20, name="piped")  # more output into the closed pipe
+                mid += 20
+                time.sleep(0.3)
+            assert p.poll() is not None, "berth tail still running after its reader went away"
+            err = p.stderr.read().decode()
+            assert p.returncode == 0 and err.count("\n") <= 1, (p.returncode, err)
+        finally:
+            if r is not None:
+                os.close(r)
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stderr.close()
+        print("berth tail | head: tail exited 0")
+
+        # A feed other hosts can reach has no authentication: the node
+        # refuses it unless --feed-insecure is given.
+        argv = c.node_argv(1)
+        argv[argv.index("--id") + 1] = "openfeed"
+        argv[argv.index("--listen") + 1] = "127.0.0.1:%d" % cluster.free_ports(1)[0]
+        argv += ["--journal-dir", os.path.join(c.dir, "journal-openfeed"),
+                 "--feed", "tcp://0.0.0.0:%d" % cluster.free_ports(1)[0]]
+        rc, out, err = cluster.run_bin(argv[0], argv[1:], env=c.security_env(argv, "openfeed"),
+                                       timeout=20)
+        assert rc != 0 and "--feed-insecure" in err and "0.0.0.0" in err, (rc, err)
 
         # Usage errors name the problem.
         rc, out, err = c.run_cli(["tail"])

@@ -1,8 +1,9 @@
 /* Unit tests for node/journal.c: append and reopen, torn tails cut, a
  * corrupt record in the middle refused with its file and offset (or cut
  * with --journal-recover=truncate), segment roll, retention by size and by
- * age on a fake clock, the reader across segments, and write and fsync
- * failures (an injected writev, RLIMIT_FSIZE) that store and ACK nothing. */
+ * age on a fake clock, the reader across segments, write and fsync
+ * failures (an injected writev or fdatasync, RLIMIT_FSIZE) that store and
+ * ACK nothing, lost records kept lost, and recovery after them. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -253,11 +254,39 @@ static void test_roll_and_corrupt_older_segment(void **state)
     assert_int_equal(put(j, 210, "payload1234"), 21);
     journal_free(j);
 
-    /* A cut in an older segment is corruption, not a torn tail. */
+    /* A cut at the end of an older segment is a torn tail too (a power
+     * loss before the roll was fsynced): nothing from there on was ever
+     * durable. The segment is cut to whole records and the sequence goes on
+     * after the newest, with a gap where the cut records were. */
     off_t sz = file_size(seg_path(f, 5));
     assert_int_equal(truncate(seg_path(f, 5), sz - 3), 0);
+    j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    assert_int_equal(journal_next_seq(j), 22);
+    journal_free(j);
+    assert_int_equal(file_size(seg_path(f, 5)), sz / 4 * 3);
+    struct journal_reader *r = journal_reader_new(f->dir, 6);
+    struct buf raw;
+    buf_init(&raw);
+    struct journal_record rec;
+    assert_int_equal(journal_reader_next(r, UINT64_MAX, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 6);
+    assert_int_equal(journal_reader_next(r, UINT64_MAX, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 7);
+    assert_int_equal(journal_reader_next(r, UINT64_MAX, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 9); /* 8 was cut */
+    buf_release(&raw);
+    journal_reader_free(r);
+
+    /* A bad record in an older segment with valid ones after it in that
+     * segment is corruption: refused, naming the file and offset. */
+    int fd = open(seg_path(f, 9), O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "X", 1, JOURNAL_HEADER_SIZE + 1), 1);
+    close(fd);
     assert_null(journal_open(&f->cfg, f->err, sizeof(f->err)));
-    assert_non_null(strstr(f->err, "00000000000000000005.seg"));
+    assert_non_null(strstr(f->err, "00000000000000000009.seg at byte 0"));
+    assert_non_null(strstr(f->err, "refusing to start"));
 }
 
 static void test_retention_size_and_age(void **state)
@@ -402,6 +431,207 @@ static void test_off_and_always(void **state)
     close(efd);
 }
 
+/* fdatasync injection: fails the next fsync_fail calls; with hook_j set,
+ * the first call appends one record to it first, as a worker does while
+ * the sync thread is inside fdatasync. */
+static int fsync_calls, fsync_fail;
+static struct journal *hook_j;
+static uint64_t hook_seq;
+static int hooked_fsync(int fd)
+{
+    (void)fd;
+    fsync_calls++;
+    if (hook_j) {
+        struct journal *j = hook_j;
+        hook_j = NULL;
+        hook_seq = put(j, 990, "during");
+    }
+    if (fsync_fail > 0) {
+        fsync_fail--;
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
+static struct journal *open_hooked(struct fx *f)
+{
+    fsync_calls = fsync_fail = 0;
+    hook_j = NULL;
+    hook_seq = 0;
+    f->cfg.fsync = JOURNAL_FSYNC_ALWAYS;
+    f->cfg.fsync_hook = hooked_fsync;
+    struct journal *j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    return j;
+}
+
+/* Records appended while a failing fdatasync ran went to the same file:
+ * lost with the rest. The file is not fsynced again (Linux reports the
+ * error once, the next fdatasync returns 0), and later records go to a new
+ * segment. The feed never gets a lost record. */
+static void test_fsync_failure_loses_everything_written(void **state)
+{
+    struct fx *f = *state;
+    struct journal *j = open_hooked(f);
+    uint64_t s1 = put(j, 10, "first");
+    hook_j = j;
+    fsync_fail = 2; /* the round and the health probe after it */
+    journal_sync_now(j);
+    assert_int_equal(hook_seq, 2);
+    assert_int_equal(journal_state(j, s1), JOURNAL_LOST);
+    assert_int_equal(journal_state(j, hook_seq), JOURNAL_LOST);
+    char reason[200];
+    assert_false(journal_healthy(j, reason, sizeof(reason)));
+    assert_string_equal(reason, "journal: fsync: Input/output error");
+    int calls = fsync_calls;
+    journal_sync_now(j); /* fdatasync would work now: nothing may turn durable */
+    assert_int_equal(journal_state(j, hook_seq), JOURNAL_LOST);
+    assert_int_equal(fsync_calls, calls + 1); /* the probe only: the file is not fsynced again */
+    assert_true(journal_healthy(j, NULL, 0));
+    uint64_t s3 = put(j, 30, "after");
+    assert_int_equal(s3, 3);
+    struct stat st;
+    assert_int_equal(stat(seg_path(f, 3), &st), 0); /* a new segment */
+    journal_sync_now(j);
+    assert_int_equal(journal_state(j, s3), JOURNAL_DURABLE);
+    assert_int_equal(journal_durable_seq(j), 3);
+    assert_int_equal(journal_state(j, s1), JOURNAL_LOST);
+
+    /* The feed's read passes over the lost records. */
+    struct journal_reader *r = journal_reader_new(f->dir, 1);
+    struct buf raw;
+    buf_init(&raw);
+    struct journal_record rec;
+    assert_int_equal(journal_read_next(j, r, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 3);
+    assert_int_equal(journal_read_next(j, r, &raw, &rec, f->err, sizeof(f->err)), 0);
+    journal_reader_free(r);
+    journal_free(j);
+
+    /* The failed writeback really lost the abandoned segment's tail (cut
+     * mid-record 2): that older segment's bad tail is torn, and recovery
+     * accepts the gap before segment 3. */
+    off_t sz = file_size(seg_path(f, 1));
+    assert_int_equal(truncate(seg_path(f, 1), sz - 5), 0);
+    f->cfg.fsync_hook = NULL;
+    j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    assert_int_equal(journal_next_seq(j), 4);
+    journal_free(j);
+    r = journal_reader_new(f->dir, 1);
+    assert_int_equal(journal_reader_next(r, UINT64_MAX, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 1);
+    assert_int_equal(journal_reader_next(r, UINT64_MAX, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 3);
+    buf_release(&raw);
+    journal_reader_free(r);
+}
+
+/* While the node runs, an abandoned segment whose lost tail cannot be read
+ * does not stop the feed: it goes on in the next segment. */
+static void test_feed_skips_unreadable_lost_tail(void **state)
+{
+    struct fx *f = *state;
+    struct journal *j = open_hooked(f);
+    uint64_t s1 = put(j, 10, "kept");
+    journal_sync_now(j);
+    assert_int_equal(journal_state(j, s1), JOURNAL_DURABLE);
+    put(j, 20, "lost-a");
+    put(j, 30, "lost-b");
+    fsync_fail = 1;
+    journal_sync_now(j);
+    assert_int_equal(journal_state(j, 3), JOURNAL_LOST);
+    off_t sz = file_size(seg_path(f, 1));
+    assert_int_equal(truncate(seg_path(f, 1), sz - 7), 0); /* record 3 unreadable */
+    uint64_t s4 = put(j, 40, "new");
+    journal_sync_now(j);
+    assert_int_equal(journal_state(j, s4), JOURNAL_DURABLE);
+    struct journal_reader *r = journal_reader_new(f->dir, 1);
+    struct buf raw;
+    buf_init(&raw);
+    struct journal_record rec;
+    assert_int_equal(journal_read_next(j, r, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 1);
+    assert_int_equal(journal_read_next(j, r, &raw, &rec, f->err, sizeof(f->err)), 1);
+    assert_int_equal(rec.seq, 4);
+    assert_int_equal(journal_read_next(j, r, &raw, &rec, f->err, sizeof(f->err)), 0);
+    buf_release(&raw);
+    journal_reader_free(r);
+    journal_free(j);
+}
+
+/* Segments far smaller than a record: every append rolls. A worker never
+ * fsyncs a rolled segment itself (it would wait for the disk under the
+ * lock and, before, dropped the failure); the round does, and a failure
+ * there loses every record. */
+static void test_roll_never_fsyncs_inline(void **state)
+{
+    struct fx *f = *state;
+    f->cfg.segment_bytes = 1;
+    struct journal *j = open_hooked(f);
+    for (uint64_t i = 1; i <= 40; i++)
+        assert_int_equal(put(j, i * 10, "r"), i);
+    assert_int_equal(fsync_calls, 0);
+    fsync_fail = 2;
+    journal_sync_now(j);
+    for (uint64_t i = 1; i <= 40; i++)
+        assert_int_equal(journal_state(j, i), JOURNAL_LOST);
+    assert_false(journal_healthy(j, NULL, 0));
+    journal_sync_now(j);
+    assert_int_equal(journal_state(j, 40), JOURNAL_LOST);
+    uint64_t s = put(j, 410, "r");
+    journal_sync_now(j);
+    assert_int_equal(journal_state(j, s), JOURNAL_DURABLE);
+    assert_int_equal(journal_state(j, 17), JOURNAL_LOST);
+    journal_free(j);
+}
+
+/* More failed rounds than ranges kept apart: the oldest lost record still
+ * reads LOST once later rounds work (it read DURABLE when the ring forgot
+ * its range). */
+static void test_lost_ranges_never_forgotten(void **state)
+{
+    struct fx *f = *state;
+    struct journal *j = open_hooked(f);
+    uint64_t lost[40], good[40];
+    for (int i = 0; i < 40; i++) {
+        lost[i] = put(j, 1, "lost");
+        fsync_fail = 1;
+        journal_sync_now(j);
+        good[i] = put(j, 2, "good");
+        journal_sync_now(j);
+        assert_int_equal(journal_state(j, good[i]), JOURNAL_DURABLE);
+    }
+    uint64_t last = put(j, 3, "last");
+    journal_sync_now(j);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(journal_state(j, lost[i]), JOURNAL_LOST);
+    assert_int_equal(journal_state(j, good[39]), JOURNAL_DURABLE);
+    assert_int_equal(journal_state(j, last), JOURNAL_DURABLE);
+    journal_free(j);
+}
+
+/* A write into the page cache says nothing about the disk: under a failing
+ * fsync the journal stays unhealthy across appends, until a round works. */
+static void test_fsync_failure_keeps_unhealthy(void **state)
+{
+    struct fx *f = *state;
+    struct journal *j = open_hooked(f);
+    put(j, 10, "a");
+    fsync_fail = 2; /* the round and the probe */
+    journal_sync_now(j);
+    char reason[200];
+    assert_false(journal_healthy(j, reason, sizeof(reason)));
+    put(j, 20, "b");
+    assert_false(journal_healthy(j, reason, sizeof(reason)));
+    assert_string_equal(reason, "journal: fsync: Input/output error");
+    journal_sync_now(j);
+    assert_true(journal_healthy(j, NULL, 0));
+    assert_int_equal(journal_state(j, 2), JOURNAL_DURABLE);
+    journal_free(j);
+}
+
 static void test_record_parse_rejects(void **state)
 {
     (void)state;
@@ -431,6 +661,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_failure, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_efbig_rlimit, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_off_and_always, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_fsync_failure_loses_everything_written, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_feed_skips_unreadable_lost_tail, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_roll_never_fsyncs_inline, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_lost_ranges_never_forgotten, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_fsync_failure_keeps_unhealthy, fx_setup, fx_teardown),
         cmocka_unit_test(test_record_parse_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
