@@ -456,8 +456,10 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
     if (addr_resolve(&a, SOCK_STREAM, &ss, &sslen, e, sizeof(e)) != 0) {
+        /* Our resolver's failure, not the node's: another node may still
+         * resolve, but nobody should be told this one is unreachable. */
         errbuf_setf(c->err, sizeof(c->err), "%s: %s", c->label, e);
-        return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
+        return client_connect_fail(c, CLIENT_FAIL_RESOLVE, fail, err, errlen);
     }
 
     SSL_CTX *ctx = tls_ctx_client_new(o->ca_file, o->verify, e, sizeof(e));
@@ -564,6 +566,14 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
                                                sizeof(c->err));
     if (r != CLIENT_REPLY_OK) {
         client_reply_failed(c, &f, r);
+        return client_connect_fail(c, CLIENT_FAIL_SESSION, fail, err, errlen);
+    }
+    if (o->expect_id && *o->expect_id && strcmp(c->welcome.node_id, o->expect_id) != 0) {
+        /* A stale registry entry (the address now belongs to another node)
+         * or a node posing as another: either way not the node we were
+         * sent to, and its id must not steer our exclusions. */
+        errbuf_setf(c->err, sizeof(c->err), "%s: the node says it is \"%s\"", c->label,
+                    c->welcome.node_id);
         return client_connect_fail(c, CLIENT_FAIL_SESSION, fail, err, errlen);
     }
     snprintf(c->label, sizeof(c->label), "node %s", c->welcome.node_id);

@@ -35,7 +35,8 @@ struct client_options {
 enum client_fail {
     CLIENT_FAIL_NONE = 0,
     CLIENT_FAIL_SETUP,   /* local: bad options, CA file, out of memory; no node will do better */
-    CLIENT_FAIL_CONNECT, /* resolve or TCP connect: try another node */
+    CLIENT_FAIL_RESOLVE, /* the node's name did not resolve here: try another node */
+    CLIENT_FAIL_CONNECT, /* TCP connect: try another node */
     CLIENT_FAIL_TLS,     /* TLS handshake or certificate check: try another node */
     CLIENT_FAIL_SESSION, /* HELLO refused (e.g. the node is draining) or broken reply */
 };

@@ -488,6 +488,26 @@ static void test_session_wrong_id(void **state)
     fake_node_stop(&node);
 }
 
+/* The balancer named n2 but the node at that address is n1 (a stale entry,
+ * or a node posing as another): refused, naming both. */
+static void test_connect_other_node(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_GOOD);
+    char addr[64], err[768];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node.port);
+    struct client_options o = {.ca_file = certs.ca_pem, .verify = true, .name = "unit",
+                               .timeout_ms = 2000, .expect_id = "n2"};
+    enum client_fail fail;
+    assert_null(client_connect(&o, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_SESSION);
+    char want[160];
+    snprintf(want, sizeof(want), "node n2 (%s): the node says it is \"n1\"", addr);
+    assert_string_equal(err, want);
+    fake_node_stop(&node);
+}
+
 static void test_session_error_frame(void **state)
 {
     (void)state;
@@ -661,6 +681,7 @@ int main(void)
         cmocka_unit_test(test_session_good),
         cmocka_unit_test(test_session_bad_sha),
         cmocka_unit_test(test_session_wrong_id),
+        cmocka_unit_test(test_connect_other_node),
         cmocka_unit_test(test_session_error_frame),
         cmocka_unit_test(test_session_drain),
         cmocka_unit_test(test_session_timeout),
