@@ -61,20 +61,33 @@ struct binding {
     char key[KEYS_Z85_LEN + 1]; /* Z85 of the key that registered it; "" in plaintext */
     uint64_t boot_id;           /* of its last accepted message */
     int fd;                     /* connection of its last accepted message; -1 none */
-    /* The connection whose close took it out, and that fd's accept count
-     * then: a message still queued from it is stale, not a sign of life. */
-    int dead_fd;
-    uint32_t dead_gen;
     struct binding *next;                /* hash chain */
     struct binding *fd_prev, *fd_next;   /* the bindings on the same fd */
 };
 
-/* Per file descriptor: the bindings whose messages came on it, and how
- * many connections were accepted on it (fds are reused). */
+/* A ROUTER routing id: libzmq makes one per connection ([0][uint32 BE
+ * counter], 5 bytes) unless the peer sets its own; nodes do not. Longer
+ * ids than this are not tracked (no fast detection for such a peer). */
+#define HB_CONN_ID_MAX 32
+struct conn_id {
+    uint8_t len; /* 0 = unknown */
+    uint8_t bytes[HB_CONN_ID_MAX];
+};
+
+/* Per file descriptor: the connection on it as the monitor last said, and
+ * the bindings whose messages came on that connection. A descriptor is
+ * reused by a later connection once closed, so the routing id, not the
+ * fd, says which connection a message came on. */
 struct fd_slot {
     struct binding *head;
-    uint32_t accept_gen;
+    uint32_t accepts;    /* connections accepted on it; 0: never seen, not tracked */
+    bool open;           /* last monitor event for the fd was ACCEPTED */
+    struct conn_id conn; /* routing id of the open connection, once it spoke */
 };
+
+/* Routing ids of closed connections: a message still queued from one is
+ * stale, never a sign of life. A ring: the oldest is forgotten first. */
+#define HB_DEAD_CONNS 1024
 
 struct hb_server {
     void *router;             /* the ROUTER nodes' DEALERs connect to */
@@ -89,6 +102,8 @@ struct hb_server {
     size_t nbuckets, nbindings;
     struct fd_slot *fds;      /* indexed by fd */
     size_t nfds;
+    struct conn_id dead[HB_DEAD_CONNS]; /* closed connections, a ring */
+    size_t dead_next;                   /* ring slot the next one goes into */
     uint64_t next_sweep_ms;
 };
 
@@ -238,12 +253,67 @@ static struct binding *binding_add(struct hb_server *s, const char *id, const ch
         return NULL;
     snprintf(b->id, sizeof(b->id), "%s", id);
     snprintf(b->key, sizeof(b->key), "%s", key ? key : "");
-    b->fd = b->dead_fd = -1;
+    b->fd = -1;
     size_t h = id_hash(id) & (s->nbuckets - 1);
     b->next = s->buckets[h];
     s->buckets[h] = b;
     s->nbindings++;
     return b;
+}
+
+/* ---- connections: routing ids, and those of closed connections ---- */
+
+/* The routing id of a message as a conn_id; false when it is too long to
+ * track. */
+static bool conn_id_of(zmq_msg_t *id, struct conn_id *out)
+{
+    size_t len = zmq_msg_size(id);
+    if (len == 0 || len > HB_CONN_ID_MAX)
+        return false;
+    out->len = (uint8_t)len;
+    memcpy(out->bytes, zmq_msg_data(id), len);
+    return true;
+}
+
+static bool conn_id_eq(const struct conn_id *a, const struct conn_id *b)
+{
+    return a->len == b->len && memcmp(a->bytes, b->bytes, a->len) == 0;
+}
+
+/* libzmq's own routing ids are [0][uint32 big-endian counter], handed out
+ * as connections complete their handshake: of two, the larger counter
+ * (serial arithmetic, so a wrap is fine) is the later connection. Returns
+ * 1 when a is later than b, -1 when earlier, 0 when either id is one a
+ * peer chose (no order known). */
+static int conn_id_order(const struct conn_id *a, const struct conn_id *b)
+{
+    if (a->len != 5 || b->len != 5 || a->bytes[0] != 0 || b->bytes[0] != 0)
+        return 0;
+    uint32_t x = (uint32_t)a->bytes[1] << 24 | (uint32_t)a->bytes[2] << 16 |
+                 (uint32_t)a->bytes[3] << 8 | a->bytes[4];
+    uint32_t y = (uint32_t)b->bytes[1] << 24 | (uint32_t)b->bytes[2] << 16 |
+                 (uint32_t)b->bytes[3] << 8 | b->bytes[4];
+    if (x == y)
+        return 0;
+    return (int32_t)(x - y) > 0 ? 1 : -1;
+}
+
+static void dead_add(struct hb_server *s, const struct conn_id *c)
+{
+    if (c->len == 0)
+        return;
+    s->dead[s->dead_next] = *c;
+    s->dead_next = (s->dead_next + 1) % HB_DEAD_CONNS;
+}
+
+/* Linear: only asked for the first messages of a connection, not for
+ * every heartbeat. */
+static bool dead_contains(const struct hb_server *s, const struct conn_id *c)
+{
+    for (size_t i = 0; i < HB_DEAD_CONNS; i++)
+        if (conn_id_eq(&s->dead[i], c))
+            return true;
+    return false;
 }
 
 /* Drops the bindings of ids the registry forgot: their key no longer
@@ -363,8 +433,24 @@ static bool check_key(struct hb_server *s, const struct hb_msg *m, const char *u
         reject(s, HB_REJECT_UNAUTHENTICATED, peer, detail);
         return false;
     }
+    /* An id pinned by the allowlist (allow/<id>.pub) belongs to that key
+     * alone, from the first message and whatever was bound before. */
+    const uint8_t *pin = zap_allowlist_pinned(zap_handler_allowlist(s->zap), m->node_id);
+    if (pin && memcmp(pin, key, KEYS_LEN) != 0) {
+        char pinned[KEYS_Z85_LEN + 1];
+        keys_encode(pin, pinned);
+        snprintf(detail, sizeof detail,
+                 "%s for node %s from key %.8s..., pinned to key %.8s... by the allowlist",
+                 hb_type_name(m->type), m->node_id, user, pinned);
+        reject(s, HB_REJECT_KEY_MISMATCH, peer, detail);
+        return false;
+    }
     if (!b || strcmp(b->key, user) == 0)
         return true;
+    if (pin) {
+        snprintf(b->key, sizeof b->key, "%s", user); /* the pin changed (SIGHUP): follow it */
+        return true;
+    }
     /* An id the registry forgot is free again: its key protects nothing. */
     if (m->type == HB_REGISTER && registry_find(s->reg, m->node_id) == NULL) {
         snprintf(b->key, sizeof b->key, "%s", user);
@@ -386,12 +472,16 @@ static void note_sender(struct hb_server *s, struct binding *b, const struct hb_
     if (!b)
         return; /* out of memory: no key binding; the next REGISTER tries again */
     b->boot_id = m->boot_id;
-    b->dead_fd = -1;
-    binding_set_fd(s, b, fd);
+    if (fd >= 0)
+        binding_set_fd(s, b, fd);
+    else
+        binding_unlink_fd(s, b); /* an untracked connection: its old one says nothing */
 }
 
+/* Applies one message body. fd is the connection to file the node under
+ * (-1: not tracked); stale marks a message from a closed connection. */
 static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, size_t len,
-                        const char *peer, const char *user, int fd)
+                        const char *peer, const char *user, int fd, bool stale)
 {
     struct hb_msg m;
     char err[160];
@@ -406,8 +496,7 @@ static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, si
     struct binding *b = binding_find(s, m.node_id);
     if (s->zap && !check_key(s, &m, user, b, peer))
         return;
-    if (b && fd >= 0 && fd == b->dead_fd && (size_t)fd < s->nfds &&
-        s->fds[fd].accept_gen == b->dead_gen) {
+    if (stale) {
         /* Queued before its connection closed: the node is gone, and this
          * must not bring it back. Its connection is gone too: no reply. */
         s->stats.stale++;
@@ -453,6 +542,58 @@ static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, si
     }
     }
     send_reply(s, id, reply, m.node_id);
+}
+
+static void drain_monitor(struct hb_server *s);
+static void conn_closed(struct hb_server *s, int fd);
+
+/* Which connection a message came on, told by its routing id (fds are
+ * reused, routing ids are not). *fd stays the descriptor to file the node
+ * under, or becomes -1 when the connection is not tracked (no fast
+ * detection, silence still works). Returns true when the message came on a
+ * connection already closed: stale. */
+static bool conn_check(struct hb_server *s, zmq_msg_t *id, int *fd)
+{
+    struct conn_id c;
+    struct fd_slot *slot = conn_id_of(id, &c) ? fd_slot(s, *fd) : NULL;
+    if (!slot) {
+        *fd = -1;
+        return false;
+    }
+    if (slot->open && conn_id_eq(&slot->conn, &c))
+        return false; /* the connection this fd carries: every heartbeat after the first */
+    /* A connection not seen speaking on this fd yet. Its ACCEPTED, and the
+     * DISCONNECTED of whatever had the fd before, were queued on the
+     * monitor before this message existed (libzmq reports a close before
+     * it closes the fd): handle them first, so the old close cannot take
+     * this connection's nodes with it. */
+    drain_monitor(s);
+    slot = &s->fds[*fd]; /* the monitor may have grown the table */
+    if (slot->accepts == 0) {
+        *fd = -1; /* its ACCEPTED was never seen (out of memory then) */
+        return false;
+    }
+    if (dead_contains(s, &c))
+        return true;
+    if (!slot->open || (slot->conn.len != 0 && conn_id_order(&c, &slot->conn) < 0)) {
+        /* Closed before it was read: its own fd is closed, or a later
+         * connection has it now. */
+        dead_add(s, &c);
+        return true;
+    }
+    if (slot->conn.len != 0 && !conn_id_eq(&slot->conn, &c)) {
+        if (conn_id_order(&c, &slot->conn) == 0) {
+            *fd = -1; /* peer-chosen routing ids: no telling which is current */
+            return false;
+        }
+        /* A later connection on the fd: the earlier one is gone (its close
+         * was filed under the fd before we knew it spoke). */
+        conn_closed(s, *fd);
+        slot = &s->fds[*fd];
+        slot->open = true;
+    }
+    slot->conn = c;
+    return false;
 }
 
 /* Receives the rest of a multipart message and throws it away. */
@@ -529,7 +670,8 @@ static int read_one(struct hb_server *s)
         /* ZMQ_MAXMSGSIZE already refuses these; kept as the codec's guard. */
         reject(s, HB_REJECT_OVERSIZE, peer, "body larger than 16 KiB");
     } else {
-        handle_body(s, &id, zmq_msg_data(&body), len, peer, user, fd);
+        bool stale = conn_check(s, &id, &fd);
+        handle_body(s, &id, zmq_msg_data(&body), len, peer, user, fd, stale);
     }
     zmq_msg_close(&body);
     zmq_msg_close(&id);
@@ -540,18 +682,21 @@ static int read_one(struct hb_server *s)
  * process's socket closes at once) leave the rotation now, not after fall
  * intervals of silence. A live node whose connection merely blipped
  * (ZeroMQ reconnects it) is back at its next heartbeat: see
- * registry_disconnected. */
-static void on_disconnected(struct hb_server *s, int fd)
+ * registry_disconnected. Its routing id is remembered as dead: a message
+ * from it read later is stale. */
+static void conn_closed(struct hb_server *s, int fd)
 {
     if (fd < 0 || (size_t)fd >= s->nfds)
         return;
     struct fd_slot *slot = &s->fds[fd];
+    dead_add(s, &slot->conn);
+    slot->conn.len = 0;
+    slot->open = false;
     while (slot->head) {
         struct binding *b = slot->head;
         binding_unlink_fd(s, b);
-        b->dead_fd = fd;
-        b->dead_gen = slot->accept_gen;
         if (registry_disconnected(s->reg, b->id, b->boot_id) == REGISTRY_OK) {
+            /* only closes that took a node out of rotation */
             s->stats.disconnects++;
             log_info("hb_disconnected", "node_id=%s fd=%d", b->id, fd);
         }
@@ -585,7 +730,10 @@ static int read_monitor_event(struct hb_server *s)
     if (more) {
         zmq_msg_t ep;
         zmq_msg_init(&ep);
-        if (zmq_msg_recv(&ep, s->monitor, ZMQ_DONTWAIT) >= 0)
+        do {
+            rc = zmq_msg_recv(&ep, s->monitor, ZMQ_DONTWAIT);
+        } while (rc == -1 && zmq_errno() == EINTR);
+        if (rc >= 0)
             log_sanitize(zmq_msg_data(&ep), zmq_msg_size(&ep), endpoint, sizeof endpoint);
         bool epmore = zmq_msg_more(&ep);
         zmq_msg_close(&ep);
@@ -595,10 +743,16 @@ static int read_monitor_event(struct hb_server *s)
 
     if (event == ZMQ_EVENT_ACCEPTED) {
         struct fd_slot *slot = fd_slot(s, (int)value);
-        if (slot)
-            slot->accept_gen++;
+        if (slot && (slot->open || slot->head))
+            conn_closed(s, (int)value); /* its close went unseen; the fd is another's now */
+        if (slot) {
+            slot = &s->fds[value];
+            slot->accepts++;
+            slot->open = true;
+            slot->conn.len = 0;
+        }
     } else if (event == ZMQ_EVENT_DISCONNECTED) {
-        on_disconnected(s, (int)value);
+        conn_closed(s, (int)value);
     } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
         /* The ZAP handler refused it and counted it already. */
         log_debug("hb_auth_failed", "status=%" PRIu32, value);
@@ -643,12 +797,11 @@ static void on_zap_refused(void *arg, const struct zap_decision *d)
 
 size_t hb_server_drain(struct hb_server *s)
 {
-    /* Order matters for telling a closed connection from a new one on the
-     * same fd: messages first (those queued before a close are read before
-     * the close is seen), then the monitor, then ZAP; a connection ZAP just
-     * admitted sends nothing before its handshake ends, and its fd's close
-     * event (emitted before the ZAP request) is read by the second monitor
-     * pass, so its first message is never taken for a stale one. */
+    /* Messages first (those queued before a close are applied before the
+     * close takes their node out), then the monitor, then ZAP. Telling a
+     * closed connection from a new one on the same fd does not rest on
+     * this order: a message from a connection not yet seen on its fd first
+     * handles the monitor events queued before it (conn_check). */
     size_t n = 0;
     while (n < HB_DRAIN_BATCH && read_one(s))
         n++;

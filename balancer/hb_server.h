@@ -42,15 +42,16 @@ struct hb_server_stats {
     uint64_t rejected[HB_REJECT_COUNT];
     uint64_t replies_sent;   /* ACK and REREGISTER sent */
     uint64_t replies_failed; /* replies the socket would not take (dropped) */
-    uint64_t disconnects;    /* nodes taken out because their connection closed */
-    uint64_t stale;          /* messages read after their connection's close, ignored */
+    uint64_t disconnects;    /* nodes taken out of rotation because their connection closed */
+    uint64_t stale;          /* messages from a connection already closed, ignored */
 };
 
 struct hb_server;
 
 /* Secure mode: CurveZMQ with the balancer's key pair, nodes admitted by a
- * ZAP handler checking their public key against an allowlist; each node id
- * is bound to the key that registered it. */
+ * ZAP handler checking their public key against an allowlist; a node id the
+ * allowlist pins (allow/<id>.pub) belongs to that key alone, any other id
+ * is bound to the key that registered it first. */
 struct hb_server_curve {
     struct keys_pair keys;       /* the balancer's own */
     struct zap_allowlist *allow; /* node keys; taken by hb_server_new_curve, also on failure */
@@ -90,7 +91,10 @@ void hb_server_set_allowlist(struct hb_server *s, struct zap_allowlist *a);
  * a flood cannot starve the HTTP side; zmq_poll reports the rest at once),
  * then every waiting monitor event (a closed connection takes the nodes
  * whose messages came on it out of rotation at once: registry_disconnected)
- * and ZAP request. Never blocks. Returns the number of messages read. */
+ * and ZAP request. The first message of a connection first handles the
+ * monitor events queued before it, so a close is matched to the
+ * connection (by routing id) it belongs to. Never blocks. Returns the
+ * number of messages read. */
 size_t hb_server_drain(struct hb_server *s);
 
 void hb_server_stats(const struct hb_server *s, struct hb_server_stats *out);

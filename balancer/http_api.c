@@ -890,7 +890,8 @@ static enum MHD_Result serve_admin(struct http_api *a, struct MHD_Connection *co
 
 /* The reporter is the connection's peer address, never anything the body
  * says: a client cannot vote twice by lying. An IPv4-mapped IPv6 address
- * counts as the IPv4 one. Returns 0, or -1 when MHD has no address. */
+ * counts as the IPv4 one (registry_report then counts IPv6 by /64).
+ * Returns 0, or -1 when MHD has no address. */
 static int reporter_of(struct MHD_Connection *conn, char *out, size_t outlen)
 {
     const union MHD_ConnectionInfo *ci =
@@ -1221,10 +1222,14 @@ struct http_api *http_api_new(const struct http_api_config *cfg, struct registry
         snprintf(err, errlen, "the HTTP address must be IPv4 or IPv6");
         goto fail;
     }
+    /* MHD treats a per-IP limit of 0 as none. An IPv6 client is limited per
+     * full address: MHD counts per address, and a host holding a /64 can
+     * still take 1024 / limit times as many; the total limit bounds it. */
     a->daemon = MHD_start_daemon(
         flags, port, NULL, NULL, on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
         MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)HTTP_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONN_LIMIT,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->per_ip_limit,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_ARRAY, tls_opts,
         MHD_OPTION_END);

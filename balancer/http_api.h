@@ -27,6 +27,10 @@ struct http_api_config {
      * libmicrohttpd, TLS 1.2 or 1.3 and AEAD suites only, like the nodes. */
     const char *tls_cert_pem;
     const char *tls_key_pem;
+    /* Connections one client address may hold at once (of the
+     * HTTP_CONN_LIMIT, 1024, in all), so one host cannot take them all;
+     * 0: no per-address limit. */
+    unsigned per_ip_limit;
 };
 
 struct http_api;

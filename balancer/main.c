@@ -83,6 +83,8 @@ static const struct config_setting settings[] = {
      "percent of the rotation (with the ejected nodes) that reports may eject at once"},
     {"report-rate", CONFIG_INT, "10", 0, 100000, NULL,
      "reports a second one client address may send (more get 429); 0: no limit"},
+    {"http-per-ip-limit", CONFIG_INT, "64", 0, 1024, NULL,
+     "HTTP connections one client address may hold at once (of 1024 in all); 0: no limit"},
     {"policy", CONFIG_ENUM, "least-loaded", 0, 0, "least-loaded|round-robin",
      "how /v1/pick chooses without a key"},
     {"https-cert", CONFIG_STRING, NULL, 0, 0, NULL,
@@ -532,6 +534,7 @@ int main(int argc, char **argv)
         .history = b.history,
         .tls_cert_pem = https_cert,
         .tls_key_pem = https_key,
+        .per_ip_limit = (unsigned)config_int(b.cfg, "http-per-ip-limit"),
     };
     b.api = http_api_new(&hcfg, b.reg, b.picker, b.hb, err, sizeof err);
     free(https_cert);

@@ -3,6 +3,8 @@
  * ejection, the panic guard rail, and the rotation of healthy nodes. */
 #include "registry.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,8 +264,14 @@ static void set_state(struct registry *r, struct reg_entry *e, enum node_state t
     e->silence_exit_ms = 0; /* the reap pass sets it again when silence was the cause */
     if (to == NODE_DOWN && from != NODE_DRAINING)
         flap_note_down(r, e, registry_now(r));
-    if (from == NODE_EJECTED)
-        e->eject_ended_ms = registry_now(r); /* for the doubling of the next ejection */
+    /* An ejection ends when its time is over, not when silence or an
+     * unhealthy heartbeat takes the node down meanwhile (set_risen puts it
+     * back to ejected until eject_until_ms); a new process or a drain ends
+     * it early. Its end is kept for the doubling of the next ejection. */
+    if (from == NODE_EJECTED) {
+        uint64_t now = registry_now(r);
+        e->eject_ended_ms = to == NODE_DOWN && e->eject_until_ms > now ? e->eject_until_ms : now;
+    }
     e->pub.state = to;
     e->pub.state_since_ms = registry_now(r);
     r->state_count[from]--;
@@ -384,13 +392,19 @@ static void set_flapping(struct registry *r, struct reg_entry *e, uint64_t now)
     set_state(r, e, NODE_FLAPPING, why);
 }
 
+static void set_ejected(struct registry *r, struct reg_entry *e, uint64_t now);
+
 /* Where a node that has risen goes: the rotation, flapping while a flap hold
- * keeps it out, or draining while an admin holds it out. */
+ * keeps it out, ejected while client reports keep it out (a down or a
+ * blip during an ejection does not end it), or draining while an admin
+ * holds it out. */
 static void set_risen(struct registry *r, struct reg_entry *e)
 {
     uint64_t now = registry_now(r);
     if (e->pub.admin_drained)
         set_state(r, e, NODE_DRAINING, "admin drain");
+    else if (now < e->eject_until_ms)
+        set_ejected(r, e, now);
     else if (flap_hold(r, e, now))
         set_flapping(r, e, now);
     else
@@ -419,6 +433,16 @@ static void flap_release(struct registry *r, struct reg_entry *e, uint64_t now)
 
 /* ---- client reports and ejection ---- */
 
+/* Back to ejected: a node that went down during its ejection and rose
+ * again before the ejection is over. */
+static void set_ejected(struct registry *r, struct reg_entry *e, uint64_t now)
+{
+    char why[HB_REASON_MAX + 1];
+    snprintf(why, sizeof why, "reported unreachable by clients, held out for %llu ms more",
+             (unsigned long long)(e->eject_until_ms - now));
+    set_state(r, e, NODE_EJECTED, why);
+}
+
 /* An ejected node whose time is over takes the normal way back: straight
  * to the rotation (through set_risen, so a flap hold or an admin drain
  * still applies) when it is heartbeating normally, to joining otherwise. */
@@ -432,9 +456,23 @@ static void eject_release(struct registry *r, struct reg_entry *e, uint64_t now)
         set_state(r, e, NODE_JOINING, "joining");
 }
 
-/* Never 0, which marks an empty slot. */
+/* Never 0, which marks an empty slot. An IPv6 reporter counts by its /64:
+ * one host is usually handed a whole /64 and could otherwise vote (and
+ * spend the per-address rate) once per address in it. An IPv4 address
+ * counts alone: addresses are scarce, and a wider prefix would merge a
+ * NAT'd site's vote with its neighbours'. */
 static uint64_t reporter_hash(const char *reporter)
 {
+    struct in6_addr a6;
+    char net[INET6_ADDRSTRLEN + 3];
+    if (strchr(reporter, ':') != NULL && inet_pton(AF_INET6, reporter, &a6) == 1 &&
+        !IN6_IS_ADDR_V4MAPPED(&a6)) {
+        memset(&a6.s6_addr[8], 0, 8);
+        if (inet_ntop(AF_INET6, &a6, net, sizeof net) != NULL) {
+            strcat(net, "/64");
+            reporter = net;
+        }
+    }
     uint64_t h = id_hash(reporter);
     return h ? h : 1;
 }
@@ -507,7 +545,8 @@ static void eject(struct registry *r, struct reg_entry *e, size_t reporters, uin
     uint64_t cap = r->cfg.report_eject_max_ms > base ? r->cfg.report_eject_max_ms : base;
     uint64_t len = base;
     /* ejected again soon after the last one ended: twice as long (capped) */
-    if (e->eject_len_ms != 0 && e->eject_ended_ms != 0 && now - e->eject_ended_ms <= cap)
+    if (e->eject_len_ms != 0 && e->eject_ended_ms != 0 && now >= e->eject_ended_ms &&
+        now - e->eject_ended_ms <= cap)
         len = (uint64_t)e->eject_len_ms * 2 < cap ? (uint64_t)e->eject_len_ms * 2 : cap;
     e->eject_len_ms = (uint32_t)len;
     e->eject_until_ms = now + len;
@@ -529,10 +568,12 @@ static struct reg_entry *lookup(const struct registry *r, const char *id)
     return index_find(r, id, id_hash(id));
 }
 
-/* Returns true if the advertised address changed. */
+/* Returns true if what clients cache about the node changed: its address,
+ * or its certificate digest (a renewed certificate they must pin anew). */
 static bool copy_register_fields(struct reg_entry *e, const struct hb_msg *m)
 {
-    bool moved = strcmp(e->pub.addr, m->addr) != 0;
+    bool moved = strcmp(e->pub.addr, m->addr) != 0 ||
+                 strcmp(e->pub.cert_sha256, m->cert_sha256) != 0;
     snprintf(e->pub.addr, sizeof e->pub.addr, "%s", m->addr);
     snprintf(e->pub.version, sizeof e->pub.version, "%s", m->version);
     snprintf(e->pub.cert_sha256, sizeof e->pub.cert_sha256, "%s", m->cert_sha256);
@@ -557,6 +598,7 @@ static void reset_process(struct reg_entry *e, const struct hb_msg *m, uint64_t 
     e->pub.nbalancers = 0;
     e->self_draining = false;
     memset(e->reports, 0, sizeof e->reports); /* they were about the old process */
+    e->eject_until_ms = 0; /* and so was an ejection: the new process starts clean */
 }
 
 /* ---- public API ---- */
@@ -652,8 +694,9 @@ int registry_register(struct registry *r, const struct hb_msg *m)
 
     bool moved = copy_register_fields(e, m);
     bool restarted = e->pub.boot_id != m->boot_id;
-    /* A node that stays in rotation but now is another process or at
-     * another address is a different member for clients caching by epoch
+    /* A node that stays in rotation but now is another process, at another
+     * address or with another certificate is a different member for clients
+     * caching by epoch
      * (leaving or joining the rotation bumps it in set_state instead). */
     if (e->rot_idx != NOT_IN_ROTATION && (moved || restarted) &&
         (!restarted || fresh == NODE_HEALTHY))
@@ -794,7 +837,7 @@ enum registry_result registry_disconnected(struct registry *r, const char *id, u
     /* Already out, or kept in by panic like a silent node. The streak is
      * left alone: see registry.h on why rise does not apply to a blip. */
     if (e->pub.state != NODE_HEALTHY || r->panic)
-        return REGISTRY_OK;
+        return REGISTRY_UNCHANGED;
     set_state(r, e, NODE_DOWN, "connection closed");
     e->silence_exit_ms = registry_now(r); /* counted by the panic check as silence */
     return REGISTRY_OK;

@@ -132,7 +132,8 @@ int registry_register(struct registry *r, const struct hb_msg *m);
 
 enum registry_result {
     REGISTRY_OK,
-    REGISTRY_UNKNOWN, /* not registered (or another boot_id): send HB_REREGISTER */
+    REGISTRY_UNKNOWN,   /* not registered (or another boot_id): send HB_REREGISTER */
+    REGISTRY_UNCHANGED, /* registry_disconnected: known, but nothing changed */
 };
 /* HEARTBEAT: refreshes last_seen and load, advances rise, applies the
  * node's own healthy/draining flags. */
@@ -154,9 +155,10 @@ enum registry_result registry_drain(struct registry *r, const char *id);
 enum registry_result registry_undrain(struct registry *r, const char *id);
 
 /* The node's heartbeat connection closed (fast kill detection). A node in
- * rotation leaves it now: state down, reason "connection closed"; a node
- * already out of rotation is left as it is. REGISTRY_UNKNOWN when the id is
- * not registered or the boot_id is another process's.
+ * rotation leaves it now: state down, reason "connection closed"
+ * (REGISTRY_OK); a node already out of rotation, or one panic keeps in, is
+ * left as it is (REGISTRY_UNCHANGED). REGISTRY_UNKNOWN when the id is not
+ * registered or the boot_id is another process's.
  *
  * rise does not apply to a reconnect blip: the run of good heartbeats is
  * not broken by the close, so a node that was healthy and heartbeats again
@@ -202,7 +204,8 @@ struct registry_report_outcome {
 };
 
 /* A client says it cannot reach node id. reporter identifies the client
- * (its address as text, from the connection, never from the request body)
+ * (its address as text, from the connection, never from the request body;
+ * an IPv6 address counts by its /64, for the quorum and for report_rate)
  * and is not kept, only a 64-bit hash of it: a reporter counts once per
  * node however often it reports. Ejects the node when that makes
  * report_quorum reporters within the window, the node is in rotation, and

@@ -13,15 +13,24 @@
 #include <zmq.h>
 
 #include "errbuf.h"
+#include "hb_msg.h"
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define ZAP_VERSION "1.0"
 #define ZAP_MAX_FRAMES 16      /* a request has 7; more parts are read and dropped */
 #define ZAP_LIST_MAX (1 << 20) /* keys in one allowlist file, a sanity bound */
 
+/* A node id only one key may use. */
+struct zap_pin {
+    char id[HB_NODE_ID_MAX + 1];
+    uint8_t key[KEYS_LEN];
+};
+
 struct zap_allowlist {
     uint8_t (*keys)[KEYS_LEN]; /* sorted, no duplicates */
     size_t n;
+    struct zap_pin *pins; /* in no order: asked once per heartbeat, few ids */
+    size_t npins, pins_cap;
 };
 
 static int key_cmp(const void *a, const void *b)
@@ -55,6 +64,7 @@ void zap_allowlist_free(struct zap_allowlist *a)
     if (!a)
         return;
     free(a->keys);
+    free(a->pins);
     free(a);
 }
 
@@ -68,10 +78,44 @@ bool zap_allowlist_contains(const struct zap_allowlist *a, const uint8_t key[KEY
     return a && a->n && bsearch(key, a->keys, a->n, KEYS_LEN, key_cmp) != NULL;
 }
 
+int zap_allowlist_pin(struct zap_allowlist *a, const char *id, const uint8_t key[KEYS_LEN])
+{
+    if (!hb_node_id_valid(id))
+        return -1;
+    struct zap_pin *p = NULL;
+    for (size_t i = 0; i < a->npins && !p; i++)
+        if (strcmp(a->pins[i].id, id) == 0)
+            p = &a->pins[i];
+    if (!p) {
+        if (a->npins == a->pins_cap) {
+            size_t cap = a->pins_cap ? a->pins_cap * 2 : 16;
+            struct zap_pin *np = realloc(a->pins, cap * sizeof(*np));
+            if (!np)
+                return -1;
+            a->pins = np;
+            a->pins_cap = cap;
+        }
+        p = &a->pins[a->npins++];
+        snprintf(p->id, sizeof(p->id), "%s", id);
+    }
+    memcpy(p->key, key, KEYS_LEN);
+    return 0;
+}
+
+const uint8_t *zap_allowlist_pinned(const struct zap_allowlist *a, const char *id)
+{
+    for (size_t i = 0; a && i < a->npins; i++)
+        if (strcmp(a->pins[i].id, id) == 0)
+            return a->pins[i].key;
+    return NULL;
+}
+
 /* A growing array of keys while loading. */
 struct key_vec {
     uint8_t (*keys)[KEYS_LEN];
     size_t n, cap;
+    struct zap_pin *pins; /* the "<id>.pub" files */
+    size_t npins, pins_cap;
 };
 
 static int key_vec_push(struct key_vec *v, const uint8_t key[KEYS_LEN])
@@ -85,6 +129,24 @@ static int key_vec_push(struct key_vec *v, const uint8_t key[KEYS_LEN])
         v->cap = cap;
     }
     memcpy(v->keys[v->n++], key, KEYS_LEN);
+    return 0;
+}
+
+static int key_vec_pin(struct key_vec *v, const char *id, const uint8_t key[KEYS_LEN])
+{
+    if (v->npins == v->pins_cap) {
+        size_t cap = v->pins_cap ? v->pins_cap * 2 : 16;
+        struct zap_pin *p = realloc(v->pins, cap * sizeof(*p));
+        if (!p)
+            return -1;
+        v->pins = p;
+        v->pins_cap = cap;
+    }
+    /* The caller checked id with hb_node_id_valid: it fits. */
+    size_t n = strnlen(id, HB_NODE_ID_MAX);
+    memcpy(v->pins[v->npins].id, id, n);
+    v->pins[v->npins].id[n] = '\0';
+    memcpy(v->pins[v->npins++].key, key, KEYS_LEN);
     return 0;
 }
 
@@ -108,9 +170,13 @@ static int load_dir(const char *path, struct key_vec *v, char *err, size_t errle
             break;
         }
         uint8_t key[KEYS_LEN];
+        char id[HB_NODE_ID_MAX + 2];
+        snprintf(id, sizeof(id), "%.*s", (int)(len - 4 < sizeof(id) - 1 ? len - 4 : sizeof(id) - 1),
+                 de->d_name);
         if (keys_read_file(file, key, err, errlen) != 0) {
             rc = -1;
-        } else if (key_vec_push(v, key) != 0) {
+        } else if (key_vec_push(v, key) != 0 ||
+                   (hb_node_id_valid(id) && key_vec_pin(v, id, key) != 0)) {
             errbuf_setf(err, errlen, "out of memory");
             rc = -1;
         }
@@ -182,6 +248,13 @@ struct zap_allowlist *zap_allowlist_load(const char *path, char *err, size_t err
                     path);
     else if (rc == 0 && !(a = zap_allowlist_new((const uint8_t(*)[KEYS_LEN])v.keys, v.n)))
         errbuf_setf(err, errlen, "out of memory");
+    if (a) {
+        /* Ids are unique in one directory: the loader's array is the pin table. */
+        a->pins = v.pins;
+        a->npins = a->pins_cap = v.npins;
+        v.pins = NULL;
+    }
+    free(v.pins);
     free(v.keys);
     return a;
 }
@@ -215,7 +288,7 @@ static void decide(struct zap_decision *out, enum zap_verdict v, const char *rea
 }
 
 void zap_decide(const struct zap_allowlist *a, const struct zap_frame *frames, size_t nframes,
-                struct zap_decision *out)
+                bool truncated, struct zap_decision *out)
 {
     memset(out, 0, sizeof(*out));
     if (nframes < 2 || !frame_is(&frames[0], ZAP_VERSION)) {
@@ -236,7 +309,7 @@ void zap_decide(const struct zap_allowlist *a, const struct zap_frame *frames, s
         decide(out, ZAP_DENY, "mechanism is not CURVE");
         return;
     }
-    if (nframes != 7 || frames[6].size != KEYS_LEN) {
+    if (truncated || nframes != 7 || frames[6].size != KEYS_LEN) {
         decide(out, ZAP_MALFORMED, "CURVE request without one 32-byte key");
         return;
     }
@@ -327,7 +400,13 @@ static int serve_one(struct zap_handler *z, zap_refused_fn refused, void *arg)
     bool more = true, truncated = false;
     while (more) {
         zmq_msg_t m;
-        zmq_msg_init(&m);
+        if (zmq_msg_init(&m) != 0) {
+            /* Cannot fail in libzmq 4.3; a part left unread is never allowed. */
+            if (n == 0)
+                return -1;
+            truncated = true;
+            break;
+        }
         int rc;
         do
             rc = zmq_msg_recv(&m, z->sock, ZMQ_DONTWAIT);
@@ -347,7 +426,7 @@ static int serve_one(struct zap_handler *z, zap_refused_fn refused, void *arg)
         }
     }
 
-    struct zap_frame frames[ZAP_MAX_FRAMES];
+    struct zap_frame frames[ZAP_MAX_FRAMES] = {{0}};
     size_t nf = 0;
     bool envelope = n >= 2 && zmq_msg_size(&parts[1]) == 0;
     for (size_t i = 2; envelope && i < n; i++, nf++) {
@@ -355,9 +434,7 @@ static int serve_one(struct zap_handler *z, zap_refused_fn refused, void *arg)
         frames[nf].size = zmq_msg_size(&parts[i]);
     }
     struct zap_decision d;
-    zap_decide(z->allow, frames, truncated ? ZAP_MAX_FRAMES + 1 : nf, &d);
-    if (truncated && d.verdict == ZAP_ALLOW)
-        decide(&d, ZAP_MALFORMED, "ZAP request with too many frames"); /* cannot happen */
+    zap_decide(z->allow, frames, nf, truncated, &d);
 
     if (envelope && d.verdict != ZAP_DROP) {
         const char *user = d.verdict == ZAP_ALLOW ? d.key_z85 : "";

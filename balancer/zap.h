@@ -21,13 +21,23 @@ struct zap_allowlist;
 /* Loads the node keys allowed to connect: path is a directory (every
  * "*.pub" file in it holds one key; other files are ignored) or a file of
  * one Z85 key per line ('#' comments and blank lines ignored). No key at
- * all is an error. Returns NULL with err naming the file and line. */
+ * all is an error. In a directory, a file named after a node id
+ * ("<id>.pub", id as in hb_node_id_valid) also pins that id to its key:
+ * only that key may use the id (zap_allowlist_pinned). Returns NULL with
+ * err naming the file and line. */
 struct zap_allowlist *zap_allowlist_load(const char *path, char *err, size_t errlen);
 /* An allowlist of n keys (tests, and the loader). NULL on out of memory. */
 struct zap_allowlist *zap_allowlist_new(const uint8_t (*keys)[KEYS_LEN], size_t n);
 void zap_allowlist_free(struct zap_allowlist *a);
 size_t zap_allowlist_size(const struct zap_allowlist *a);
 bool zap_allowlist_contains(const struct zap_allowlist *a, const uint8_t key[KEYS_LEN]);
+/* Pins node id to key (the key must be allowed too; the loader adds both).
+ * 0, or -1 on out of memory or an invalid id. A later pin of the same id
+ * replaces the earlier. */
+int zap_allowlist_pin(struct zap_allowlist *a, const char *id, const uint8_t key[KEYS_LEN]);
+/* The key pinned to node id, borrowed (valid while a lives), or NULL when
+ * the id is not pinned (any allowed key may bind it first). */
+const uint8_t *zap_allowlist_pinned(const struct zap_allowlist *a, const char *id);
 
 /* ---- one decision ---- */
 
@@ -55,9 +65,11 @@ struct zap_decision {
 /* Decides on one request, given its frames after the envelope:
  * version "1.0", request id, domain, address, routing id, mechanism,
  * credentials. Only mechanism CURVE with a 32-byte key in the allowlist
- * and domain ZAP_DOMAIN is allowed. Never fails; pure. */
+ * and domain ZAP_DOMAIN is allowed. frames holds nframes valid frames;
+ * truncated says the request had more that were not kept (never
+ * allowed). Never fails; pure. */
 void zap_decide(const struct zap_allowlist *a, const struct zap_frame *frames, size_t nframes,
-                struct zap_decision *out);
+                bool truncated, struct zap_decision *out);
 
 /* ---- the handler socket ---- */
 

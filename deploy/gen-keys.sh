@@ -7,7 +7,8 @@
 #
 # OUTDIR defaults to ./keys, the nodes to node1 node2 node3. Writes
 # OUTDIR/balancer.key + .pub, OUTDIR/NODE.key + .pub for each node, and
-# OUTDIR/allow/NODE.pub (the balancer's --curve-allow). Secret keys are 0600.
+# OUTDIR/allow/NODE.pub (the balancer's --curve-allow; the file name pins the id NODE
+# to that key, so pass the nodes' --id values). Secret keys are 0600.
 # Existing pairs are kept unless --force: running it twice is harmless; a
 # node added later only gets its own pair. The `berth` binary is --berth,
 # else $BERTH_CLI, else build/shared/berth, else `berth` on PATH.

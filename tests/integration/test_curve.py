@@ -201,6 +201,42 @@ def secure():
         assert c.healthy_ids() == ["node1", "node2"]
 
 
+def pinned():
+    """allow/<id>.pub pins the id to that key: another allowed key cannot
+    take the id first, neither before the node ever registered nor after a
+    balancer restart; ids without a file of their name stay first come."""
+    with cluster.Cluster(n=1, interval="250ms", start_nodes=False) as c:
+        ctx = zmq.Context()
+        try:
+            for round_ in ("fresh", "restarted"):
+                if round_ == "restarted":
+                    # node1 down, so the tester speaks first to the new balancer
+                    c.kill_node(1)
+                    c.restart_balancer(signal.SIGKILL)
+                tester = c.dealer(ctx, "tester")
+                m0 = rejected(c, "key_mismatch")
+                send(tester, register_msg("node1", 1))
+                wait_until(lambda: rejected(c, "key_mismatch") > m0, 5, 0.05,
+                           "%s: a foreign key's REGISTER of node1 refused" % round_)
+                assert not tester.poll(200), "the squatting REGISTER was answered"
+                assert c.node_health("node1") is None or \
+                    c.node_health("node1")["version"] != "rogue-0", c.node_health("node1")
+                assert "pinned to key" in log_text(c), "the refusal does not say why"
+                # An id without a file of its name: first come, as before.
+                send(tester, register_msg("free-%s" % round_, 1))
+                assert tester.poll(3000), "an unpinned id's REGISTER got no answer"
+                assert json.loads(tester.recv())["type"] == "ack"
+                tester.close()
+                # The real node1 registers with its own key.
+                c.start_node(1)
+                wait_until(lambda: c.node_state("node1") == "healthy", 10, 0.05,
+                           "%s: node1 healthy with its own key" % round_)
+            print("pinned: node1 refused to the tester key before node1 registered and after "
+                  "a balancer restart; node1 healthy")
+        finally:
+            ctx.destroy(linger=0)
+
+
 def plaintext():
     with cluster.Cluster(n=1, interval="250ms", plaintext=True) as c:
         c.wait_healthy(1)
@@ -215,6 +251,7 @@ def plaintext():
 def test():
     refuses_to_start()
     secure()
+    pinned()
     plaintext()
 
 

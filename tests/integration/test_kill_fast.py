@@ -4,7 +4,9 @@ before fall x interval of silence (750 ms here): the time from the kill to
 the first /v1/pick that no longer returns it must stay under 150 ms, in
 secure (CURVE) and in plaintext mode. A live node whose connection only
 blips is not held out: a restarted balancer gets it back at once, and the
-killed node, restarted, rejoins."""
+killed node, restarted, rejoins. A closed connection whose descriptor a new
+one reuses takes only its own nodes out (plaintext, no ZAP round trip)."""
+import json
 import select
 import signal
 import socket
@@ -174,7 +176,63 @@ def measure(plaintext):
         return took
 
 
+def fd_reuse():
+    """Plaintext (no ZAP round trip between accept and first message): a
+    node whose connection closes must not take out a live node whose new
+    connection got the same file descriptor. 40 rounds of: A registers and
+    heartbeats, A closes, B connects and registers on a connection that
+    stays open. Every A goes down "connection closed", no B does."""
+    zmq = cluster.require_zmq()
+    rounds = 40
+    with cluster.Cluster(n=1, interval="1s", plaintext=True, start_nodes=False,
+                         balancer_args=["--rise", "1", "--fall", "10", "--panic-threshold", "0",
+                                        "--flap-count", "0"]) as c:
+        ctx = zmq.Context()
+        try:
+            def reg(n):
+                return json.dumps({"type": "register", "node": n, "boot": "00c0ffee00c0ffee",
+                                   "seq": 1, "addr": "127.0.0.1:9", "capacity": 4,
+                                   "version": "x"}).encode()
+
+            def hb(n, s):
+                return json.dumps({"type": "heartbeat", "node": n, "boot": "00c0ffee00c0ffee",
+                                   "seq": s, "sessions": 0, "accepted": 0, "msgs_per_sec": 0.0,
+                                   "healthy": True, "draining": False, "reason": "",
+                                   "workers": []}).encode()
+
+            def call(sock, body):
+                sock.send(body)
+                assert sock.poll(3000), "no answer from the balancer"
+                sock.recv()
+
+            live = []
+            for t in range(rounds):
+                a = c.dealer(ctx)
+                call(a, reg("a%d" % t))
+                time.sleep(0.02)
+                call(a, hb("a%d" % t, 2))
+                a.close()  # closes while the balancer rests between drains
+                b = c.dealer(ctx)
+                call(b, reg("b%d" % t))
+                live.append(b)
+                time.sleep(0.05)
+            time.sleep(0.3)
+            nodes = c.health()["nodes"]
+            wrong = [(n["id"], n["state"], n["reason"]) for n in nodes
+                     if n["id"].startswith("b") and n["reason"] == "connection closed"]
+            a_out = [n for n in nodes if n["id"].startswith("a") and n["state"] == "down"
+                     and n["reason"] == "connection closed"]
+            print("fd reuse: %d of %d live nodes taken out by another's close; %d of %d closed "
+                  "nodes out at their close" % (len(wrong), rounds, len(a_out), rounds))
+            assert not wrong, wrong[:5]
+            assert len(a_out) == rounds, [(n["id"], n["state"], n["reason"]) for n in nodes
+                                          if n["id"].startswith("a")]
+        finally:
+            ctx.destroy(linger=0)
+
+
 def test():
+    fd_reuse()
     measure(plaintext=False)
     measure(plaintext=True)
 

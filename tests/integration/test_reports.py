@@ -3,9 +3,11 @@ distinct client addresses (127.0.0.2/.3/.4) eject it although its heartbeats
 still arrive, /v1/pick stops handing it out, and it comes back after the
 ejection time; one address reporting many times never ejects (it counts
 once, then gets 429); reports never eject more than the max share of the
-rotation; bad bodies get JSON 4xx answers."""
+rotation; bad bodies get JSON 4xx answers. One address cannot hold more
+than --http-per-ip-limit (64) HTTP connections; another is still served."""
 import http.client
 import json
+import socket
 import time
 
 import cluster
@@ -158,9 +160,48 @@ def max_share(c):
     assert st == 200
 
 
+def per_ip_limit(c):
+    """One address holds at most --http-per-ip-limit (default 64)
+    connections: the next one from it is closed unanswered, another
+    address is still served, and the first one is served again once it
+    lets go."""
+    held = []
+    try:
+        for _ in range(64):
+            held.append(socket.create_connection(("127.0.0.1", c.http_port), timeout=3,
+                                                 source_address=("127.0.0.1", 0)))
+        other = http.client.HTTPConnection("127.0.0.1", c.http_port, timeout=3.0,
+                                           source_address=("127.0.0.5", 0))
+        try:
+            other.request("GET", "/healthz")
+            st = other.getresponse().status
+        finally:
+            other.close()
+        assert st == 200, "another address not served: %d" % st
+        extra = socket.create_connection(("127.0.0.1", c.http_port), timeout=3,
+                                         source_address=("127.0.0.1", 0))
+        try:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            refused = False
+            try:
+                refused = extra.recv(100) == b""
+            except (ConnectionResetError, socket.timeout):
+                refused = True
+            assert refused, "a 65th connection from one address was served"
+        finally:
+            extra.close()
+    finally:
+        for s in held:
+            s.close()
+    cluster.wait_until(lambda: cluster.http_get(c.http_port, "/healthz")[0] == 200, 5, 0.05,
+                       "127.0.0.1 served again once its connections closed")
+    print("per-address limit: 64 held from 127.0.0.1, the 65th closed, 127.0.0.5 served")
+
+
 def test():
     with cluster.Cluster(n=4, balancer_args=ARGS) as c:
         c.wait_healthy(4)
+        per_ip_limit(c)
         bad_bodies(c)
         one_address_cannot_eject(c)
         t_eject = quorum_ejects(c)

@@ -1779,6 +1779,106 @@ static void test_ejected_node_dies_drains_restarts(void **state)
     assert_int_equal(state_of(w, "n2"), NODE_HEALTHY);
 }
 
+/* An ejection lasts its time: a short silence or one unhealthy heartbeat
+ * (down meanwhile) does not end it, and the node rising again goes back to
+ * ejected until the time is over. */
+static void test_ejection_survives_down(void **state)
+{
+    struct world *w = world_of(state);
+    eject_now(w, "n0");
+    uint64_t ejected_at = w->clock.now;
+    /* silent for fall intervals while the others beat on: down */
+    for (int i = 0; i < FALL; i++) {
+        w->clock.now += INTERVAL;
+        for (int k = 1; k < REPORT_NODES; k++) {
+            char id[8];
+            snprintf(id, sizeof id, "n%d", k);
+            do_heartbeat(w, id, 1);
+        }
+        registry_reap(w->reg);
+    }
+    assert_int_equal(state_of(w, "n0"), NODE_DOWN);
+    /* heartbeats again: risen, but still ejected */
+    all_beating(w, 2 * INTERVAL);
+    assert_int_equal(state_of(w, "n0"), NODE_EJECTED);
+    assert_non_null(strstr(registry_find(w->reg, "n0")->reason, "held out for"));
+    assert_int_equal(registry_rotation_size(w->reg), REPORT_NODES - 1);
+    /* one unhealthy heartbeat, then good ones: still ejected */
+    w->clock.now += INTERVAL;
+    struct hb_msg m = hb_msg_for("n0", 1);
+    m.healthy = false;
+    assert_int_equal(registry_heartbeat(w->reg, &m), REGISTRY_OK);
+    assert_int_equal(state_of(w, "n0"), NODE_DOWN);
+    all_beating(w, 3 * INTERVAL);
+    assert_int_equal(state_of(w, "n0"), NODE_EJECTED);
+    /* until the ejection time is over, then back in rotation */
+    all_beating(w, ejected_at + REPORT_EJECT - w->clock.now - INTERVAL);
+    assert_int_equal(state_of(w, "n0"), NODE_EJECTED);
+    all_beating(w, 2 * INTERVAL);
+    assert_int_equal(state_of(w, "n0"), NODE_HEALTHY);
+    /* ejected again soon after: the down in between did not reset the
+     * doubling */
+    eject_now(w, "n0");
+    assert_non_null(strstr(registry_find(w->reg, "n0")->reason, "held out for 60000 ms"));
+}
+
+/* IPv6 reporters count by /64: one host holding a /64 is one vote and one
+ * rate; another /64 is another reporter. IPv4 counts per address. */
+static void test_report_ipv6_by_64(void **state)
+{
+    struct world *w = world_of(state);
+    struct registry_report_outcome o = report_ok(w, "n0", "2001:db8:1:2::1");
+    assert_int_equal(o.reporters, 1);
+    o = report_ok(w, "n0", "2001:db8:1:2::2");
+    assert_int_equal(o.reporters, 1);
+    o = report_ok(w, "n0", "2001:db8:1:2:ffff:ffff:ffff:ffff");
+    assert_int_equal(o.reporters, 1);
+    assert_int_equal(state_of(w, "n0"), NODE_HEALTHY);
+    o = report_ok(w, "n0", "2001:db8:1:3::1");
+    assert_int_equal(o.reporters, 2);
+    o = report_ok(w, "n0", "10.0.0.1");
+    assert_int_equal(o.reporters, 3);
+    assert_true(o.ejected);
+    /* the rate limit is per /64 as well: REPORT_RATE a second for all of it
+     * (four used above from 2001:db8:1:2::/64, one from the other) */
+    w->clock.now += 1000;
+    char who[64];
+    for (int i = 0; i < REPORT_RATE; i++) {
+        snprintf(who, sizeof who, "2001:db8:1:2::%x", 0x100 + i);
+        assert_int_equal(registry_report(w->reg, "n1", who, REPORT_TLS, NULL),
+                         REGISTRY_REPORT_OK);
+    }
+    assert_int_equal(registry_report(w->reg, "n1", "2001:db8:1:2::abcd", REPORT_TLS, NULL),
+                     REGISTRY_REPORT_LIMITED);
+    assert_int_equal(registry_report(w->reg, "n1", "2001:db8:1:3::abcd", REPORT_TLS, NULL),
+                     REGISTRY_REPORT_OK);
+    assert_int_equal(registry_report(w->reg, "n1", "10.0.0.9", REPORT_TLS, NULL),
+                     REGISTRY_REPORT_OK);
+}
+
+/* A node in rotation registering again from the same process with a new
+ * certificate digest is a change for clients caching by epoch. */
+static void test_cert_change_bumps_epoch(void **state)
+{
+    struct world *w = world_of(state);
+    struct hb_msg m = reg_msg("n1", 1);
+    memset(m.cert_sha256, 'a', HB_CERT_SHA256_HEX);
+    assert_int_equal(registry_register(w->reg, &m), 0);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "n1", 1);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    uint64_t epoch = registry_epoch(w->reg);
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_register(w->reg, &m), 0); /* same digest: no change */
+    assert_int_equal(registry_epoch(w->reg), epoch);
+    memset(m.cert_sha256, 'b', HB_CERT_SHA256_HEX);
+    w->clock.now += INTERVAL;
+    assert_int_equal(registry_register(w->reg, &m), 0);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_epoch(w->reg), epoch + 1);
+    assert_int_equal(registry_find(w->reg, "n1")->cert_sha256[0], 'b');
+}
+
 /* ---- heartbeat connection closed ---- */
 
 static void test_disconnected_blip_and_death(void **state)
@@ -1800,7 +1900,7 @@ static void test_disconnected_blip_and_death(void **state)
     assert_int_equal(registry_rotation_size(w->reg), 1);
     /* again: already out, nothing changes */
     size_t changes = w->nchanges;
-    assert_int_equal(registry_disconnected(w->reg, "n1", 1), REGISTRY_OK);
+    assert_int_equal(registry_disconnected(w->reg, "n1", 1), REGISTRY_UNCHANGED);
     assert_int_equal(w->nchanges, changes);
     /* a reconnect blip: the next heartbeat, within 1.5 intervals of the
      * last message, brings it back without rise */
@@ -1821,10 +1921,10 @@ static void test_disconnected_blip_and_death(void **state)
 
     /* a node out of rotation is left as it is */
     do_register(w, "n3", 1);
-    assert_int_equal(registry_disconnected(w->reg, "n3", 1), REGISTRY_OK);
+    assert_int_equal(registry_disconnected(w->reg, "n3", 1), REGISTRY_UNCHANGED);
     assert_int_equal(state_of(w, "n3"), NODE_JOINING);
     /* a dead node stays down and is forgotten as usual */
-    assert_int_equal(registry_disconnected(w->reg, "n2", 1), REGISTRY_OK);
+    assert_int_equal(registry_disconnected(w->reg, "n2", 1), REGISTRY_UNCHANGED);
     w->clock.now += FORGET + INTERVAL;
     registry_reap(w->reg);
     assert_null(registry_find(w->reg, "n2"));
@@ -1849,7 +1949,7 @@ static void test_disconnected_in_panic(void **state)
     assert_true(registry_panic(w->reg));
     assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
     /* while in panic a close leaves the node in rotation */
-    assert_int_equal(registry_disconnected(w->reg, ids[7], 1), REGISTRY_OK);
+    assert_int_equal(registry_disconnected(w->reg, ids[7], 1), REGISTRY_UNCHANGED);
     assert_int_equal(registry_find(w->reg, ids[7])->state, NODE_HEALTHY);
     /* one close alone is no panic once they are all back */
     for (int i = 0; i < 6; i++)
@@ -1930,6 +2030,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disconnected_blip_and_death, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnected_in_panic, setup_panic, teardown),
+        cmocka_unit_test_setup_teardown(test_ejection_survives_down, setup_reports, teardown),
+        cmocka_unit_test_setup_teardown(test_report_ipv6_by_64, setup_reports, teardown),
+        cmocka_unit_test_setup_teardown(test_cert_change_bumps_epoch, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@
 
 #include <zmq.h>
 
+#include "hb_msg.h"
 #include "keys.h"
 #include "zap.h"
 
@@ -44,7 +45,7 @@ static void test_decide(void **state)
     struct zap_frame req[7] = {F("1.0"), F("42"), F(ZAP_DOMAIN), F("127.0.0.1"), F(""),
                                F("CURVE"), {key_a, KEYS_LEN}};
 
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_ALLOW);
     assert_string_equal(d.status_code, "200");
     char z[KEYS_Z85_LEN + 1];
@@ -53,7 +54,7 @@ static void test_decide(void **state)
     assert_string_equal(d.address, "127.0.0.1");
 
     req[6].data = key_b; /* not allowed */
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_DENY);
     assert_string_equal(d.status_code, "400");
     assert_non_null(strstr(d.reason, "allowlist"));
@@ -62,55 +63,55 @@ static void test_decide(void **state)
 
     req[6].data = key_a;
     req[2] = (struct zap_frame)F("other");
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_DENY);
     assert_non_null(strstr(d.reason, "domain"));
     req[2] = (struct zap_frame)F(ZAP_DOMAIN);
 
     /* NULL and PLAIN prove nothing, even with a key-sized frame after them */
     req[5] = (struct zap_frame)F("NULL");
-    zap_decide(a, req, 6, &d);
+    zap_decide(a, req, 6, false, &d);
     assert_int_equal(d.verdict, ZAP_DENY);
     req[5] = (struct zap_frame)F("PLAIN");
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_DENY);
     req[5] = (struct zap_frame)F("CURVEX");
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_DENY);
     req[5] = (struct zap_frame)F("CURVE");
 
     /* CURVE with a short, long or missing key, or extra frames */
     req[6].size = 31;
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_MALFORMED);
     assert_string_equal(d.status_code, "500");
     req[6].size = 0;
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_MALFORMED);
     req[6].size = KEYS_LEN;
-    zap_decide(a, req, 6, &d);
+    zap_decide(a, req, 6, false, &d);
     assert_int_equal(d.verdict, ZAP_MALFORMED);
     struct zap_frame more[8];
     memcpy(more, req, sizeof req);
     more[7] = (struct zap_frame)F("x");
-    zap_decide(a, more, 8, &d);
+    zap_decide(a, more, 8, false, &d);
     assert_int_equal(d.verdict, ZAP_MALFORMED);
 
     /* too short to hold domain and mechanism, but answerable */
-    zap_decide(a, req, 5, &d);
+    zap_decide(a, req, 5, false, &d);
     assert_int_equal(d.verdict, ZAP_MALFORMED);
-    zap_decide(a, req, 2, &d);
+    zap_decide(a, req, 2, false, &d);
     assert_int_equal(d.verdict, ZAP_MALFORMED);
     /* no request id, or another version: nothing to answer */
-    zap_decide(a, req, 1, &d);
+    zap_decide(a, req, 1, false, &d);
     assert_int_equal(d.verdict, ZAP_DROP);
-    zap_decide(a, req, 0, &d);
+    zap_decide(a, req, 0, false, &d);
     assert_int_equal(d.verdict, ZAP_DROP);
     req[0] = (struct zap_frame)F("2.0");
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_DROP);
     req[0] = (struct zap_frame)F("1.0\0");
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_DROP);
     req[0] = (struct zap_frame)F("1.0");
 
@@ -120,14 +121,14 @@ static void test_decide(void **state)
     addr[3] = '\n';
     req[3].data = addr;
     req[3].size = sizeof addr;
-    zap_decide(a, req, 7, &d);
+    zap_decide(a, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_ALLOW);
     assert_true(strlen(d.address) < sizeof d.address);
     assert_null(strchr(d.address, '"'));
     assert_null(strchr(d.address, '\n'));
 
     /* an empty allowlist admits nobody */
-    zap_decide(NULL, req, 7, &d);
+    zap_decide(NULL, req, 7, false, &d);
     assert_int_equal(d.verdict, ZAP_DENY);
     zap_allowlist_free(a);
 }
@@ -323,6 +324,148 @@ static void test_handler(void **state)
     assert_int_equal(zmq_ctx_term(ctx), 0);
 }
 
+/* A request with more frames than kept is never allowed, whatever the
+ * frames that were kept say. */
+static void test_decide_truncated(void **state)
+{
+    (void)state;
+    struct zap_allowlist *a = allow_a();
+    struct zap_decision d;
+    struct zap_frame req[7] = {F("1.0"), F("42"), F(ZAP_DOMAIN), F("127.0.0.1"), F(""),
+                               F("CURVE"), {key_a, KEYS_LEN}};
+    zap_decide(a, req, 7, false, &d);
+    assert_int_equal(d.verdict, ZAP_ALLOW);
+    zap_decide(a, req, 7, true, &d);
+    assert_int_equal(d.verdict, ZAP_MALFORMED);
+    /* truncated with nothing kept (no envelope): nothing to answer */
+    zap_decide(a, req, 0, true, &d);
+    assert_int_equal(d.verdict, ZAP_DROP);
+    zap_allowlist_free(a);
+}
+
+/* "<id>.pub" in an allowlist directory pins the id to its key; other names
+ * and key-per-line files pin nothing. */
+static void test_allowlist_pins(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/berth-test-zap-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    char z1[KEYS_Z85_LEN + 1], z2[KEYS_Z85_LEN + 1], text[256], p[256];
+    uint8_t k1[KEYS_LEN], k2[KEYS_LEN];
+    memset(k1, 0x11, KEYS_LEN);
+    memset(k2, 0x22, KEYS_LEN);
+    keys_encode(k1, z1);
+    keys_encode(k2, z2);
+    snprintf(text, sizeof text, "%s\n", z1);
+    write_file("node1.pub", text);
+    snprintf(text, sizeof text, "%s\n", z2);
+    write_file("ops laptop.pub", text); /* not a node id: allowed, pins nothing */
+    char longname[HB_NODE_ID_MAX + 8];
+    memset(longname, 'x', HB_NODE_ID_MAX + 1);
+    snprintf(longname + HB_NODE_ID_MAX + 1, 6, ".pub");
+    write_file(longname, text); /* 65 characters: not an id either */
+    struct zap_allowlist *a = zap_allowlist_load(dir, err, sizeof err);
+    assert_non_null(a);
+    assert_int_equal(zap_allowlist_size(a), 2);
+    const uint8_t *pin = zap_allowlist_pinned(a, "node1");
+    assert_non_null(pin);
+    assert_memory_equal(pin, k1, KEYS_LEN);
+    assert_null(zap_allowlist_pinned(a, "node2"));
+    assert_null(zap_allowlist_pinned(a, "ops laptop"));
+    assert_null(zap_allowlist_pinned(a, "ops"));
+    assert_null(zap_allowlist_pinned(NULL, "node1"));
+    /* a pin may be added and replaced; an invalid id is refused */
+    assert_int_equal(zap_allowlist_pin(a, "node2", k2), 0);
+    assert_memory_equal(zap_allowlist_pinned(a, "node2"), k2, KEYS_LEN);
+    assert_int_equal(zap_allowlist_pin(a, "node2", k1), 0);
+    assert_memory_equal(zap_allowlist_pinned(a, "node2"), k1, KEYS_LEN);
+    assert_int_equal(zap_allowlist_pin(a, "bad id", k1), -1);
+    zap_allowlist_free(a);
+
+    /* a key-per-line file pins nothing */
+    snprintf(text, sizeof text, "%s\n%s\n", z1, z2);
+    write_file("node1.list", text);
+    snprintf(p, sizeof p, "%s/node1.list", dir);
+    a = zap_allowlist_load(p, err, sizeof err);
+    assert_non_null(a);
+    assert_null(zap_allowlist_pinned(a, "node1"));
+    assert_null(zap_allowlist_pinned(a, "node1.list"));
+    zap_allowlist_free(a);
+
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void count_drop(void *arg, const struct zap_decision *d)
+{
+    int *counts = arg;
+    counts[d->verdict]++;
+}
+
+/* Sends parts as one message from sock. */
+static void send_parts(void *sock, const char *const *parts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int flags = i + 1 < n ? ZMQ_SNDMORE : 0;
+        size_t len = strlen(parts[i]);
+        assert_int_equal(zmq_send(sock, parts[i], len, flags), (int)len);
+    }
+}
+
+/* Crafted requests straight to the handler socket: more parts than it
+ * keeps, with and without the empty envelope frame. Neither is allowed;
+ * the one with an envelope is answered 500, the other dropped. (Before the
+ * fix the one without envelope made the decision read frames that were
+ * never filled: run under valgrind or MSan to see it.) */
+static void test_handler_crafted(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    struct zap_handler *z = zap_handler_new(ctx, allow_a(), err, sizeof err);
+    assert_non_null(z);
+    void *peer = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    assert_int_equal(zmq_setsockopt(peer, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_connect(peer, "inproc://zeromq.zap.01"), 0);
+
+    const char *parts[21];
+    parts[0] = "";
+    parts[1] = "1.0";
+    parts[2] = "7";
+    parts[3] = ZAP_DOMAIN;
+    parts[4] = "127.0.0.1";
+    parts[5] = "";
+    parts[6] = "CURVE";
+    for (size_t i = 7; i < 21; i++)
+        parts[i] = "x";
+    int counts[4] = {0};
+    send_parts(peer, parts + 1, 20); /* no envelope, 20 parts */
+    send_parts(peer, parts, 21);     /* envelope, 21 parts */
+    for (int i = 0; i < 200 && counts[ZAP_DROP] + counts[ZAP_MALFORMED] < 2; i++) {
+        zmq_pollitem_t it = {zap_handler_socket(z), 0, ZMQ_POLLIN, 0};
+        assert_true(zmq_poll(&it, 1, 10) >= 0);
+        assert_int_equal(zap_handler_drain(z, 16, count_drop, counts), 0);
+    }
+    assert_int_equal(counts[ZAP_DROP], 1);
+    assert_int_equal(counts[ZAP_MALFORMED], 1);
+    assert_int_equal(counts[ZAP_ALLOW], 0);
+    /* the answer to the second: [empty][1.0][7][500]... */
+    char buf[64];
+    zmq_pollitem_t it = {peer, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&it, 1, 2000), 1);
+    assert_int_equal(zmq_recv(peer, buf, sizeof buf, 0), 0);
+    assert_int_equal(zmq_recv(peer, buf, sizeof buf, 0), 3);
+    assert_int_equal(zmq_recv(peer, buf, sizeof buf, 0), 1);
+    assert_int_equal(zmq_recv(peer, buf, sizeof buf, 0), 3);
+    assert_memory_equal(buf, "500", 3);
+
+    zmq_close(peer);
+    zap_handler_free(z);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +473,9 @@ int main(void)
         cmocka_unit_test(test_allowlist),
         cmocka_unit_test(test_allowlist_load),
         cmocka_unit_test(test_handler),
+        cmocka_unit_test(test_decide_truncated),
+        cmocka_unit_test(test_allowlist_pins),
+        cmocka_unit_test(test_handler_crafted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
