@@ -18,7 +18,8 @@
 
 #define SESSION_READ_CHUNK 16384u /* one TLS record */
 #define SESSION_PUMP_MAX 64       /* rounds per session_handle, for fairness */
-#define SESSION_KEEP_BUF 4096u    /* an empty buffer larger than this is released */
+#define SESSION_BUSY_REQUESTS 8   /* requests between two sweeps that make a session
+                                   * keep its TLS record buffers */
 
 /* An ACK held until its journal record is durable. */
 struct session_held {
@@ -38,14 +39,17 @@ struct session {
     bool draining;    /* node shutdown: read nothing more, then BYE */
     bool peer_closed; /* EOF or close_notify: read nothing more */
     bool rerun;       /* the last session_handle stopped on its budget */
+    bool busy;        /* TLS record buffers kept between requests (see session_sweep) */
     bool read_more;   /* this session_handle may read (again): not yet read, or
                        * OpenSSL holds bytes epoll will not signal */
     uint32_t hs_wait; /* epoll events the handshake's last TLS_AGAIN asked for */
     uint32_t read_wait;  /* ... the last read's TLS_AGAIN (0: plain EPOLLIN) */
     uint32_t write_wait; /* ... the last write's TLS_AGAIN (0: plain EPOLLOUT) */
-    struct buf in;    /* client bytes not yet parsed */
-    struct buf out;   /* replies not yet written */
+    struct buf in;    /* client bytes not yet parsed (a partial frame, or frames held
+                       * back by the limits); storage only while it holds any */
+    struct buf out;   /* replies not yet written; storage only while it holds any */
     uint64_t requests, bytes_in, bytes_out;
+    uint64_t requests_at_sweep; /* requests at the last session_sweep */
     uint64_t inflight;     /* requests parsed whose reply is not yet written */
     size_t out_head_left;  /* bytes of the output's first frame not yet written; 0: at a
                             * frame boundary */
@@ -180,15 +184,13 @@ static void session_closing(struct session *s, const char *reason, uint64_t now)
     s->closing_ms = now;
 }
 
-/* Keeps small buffers for reuse, gives big ones back once empty. */
+/* Gives an empty buffer's storage back: an idle session holds none (at
+ * 10,000 idle connections two small buffers each would be 5 MB), and
+ * malloc's per-thread cache makes taking a small one again cheap. */
 static void session_trim(struct buf *b)
 {
-    if (buf_size(b) > 0)
-        return;
-    if (b->cap > SESSION_KEEP_BUF)
+    if (buf_size(b) == 0 && b->data)
         buf_release(b);
-    else
-        buf_clear(b);
 }
 
 static void session_error(struct session *s, uint64_t request_id, enum frame_error code,
@@ -484,18 +486,20 @@ static bool session_below_limits(const struct session *s)
            (s->env->max_inflight == 0 || s->inflight < s->env->max_inflight);
 }
 
-/* Answers every complete frame in the input while the session is below its
- * limits; what is buffered beyond them waits, unparsed. Returns true if
- * anything changed. */
-static bool session_process(struct session *s, uint64_t now)
+/* Answers every complete frame in p[0, len) while the session is below
+ * its limits; *used gets the bytes answered (what follows waits, unparsed).
+ * Returns true if anything changed. */
+static bool session_answer(struct session *s, const uint8_t *p, size_t len, size_t *used,
+                           uint64_t now)
 {
     bool progress = false;
+    *used = 0;
     while (s->state == SESSION_OPEN && session_below_limits(s)) {
         struct frame f;
         enum frame_error err = FRAME_ERR_NONE;
         memset(&f, 0, sizeof(f));
-        size_t avail = buf_size(&s->in);
-        long n = avail ? frame_decode(buf_head(&s->in), avail, s->env->max_frame, &f, &err) : 0;
+        size_t avail = len - *used;
+        long n = avail ? frame_decode(p + *used, avail, s->env->max_frame, &f, &err) : 0;
         if (n < 0) {
             /* The header alone condemns the frame: nothing more is buffered. */
             session_error(s, f.h.request_id, err == FRAME_ERR_NONE ? FRAME_ERR_MALFORMED : err,
@@ -524,9 +528,18 @@ static bool session_process(struct session *s, uint64_t now)
         s->last_active_ms = now;
         s->inflight++; /* every request gets exactly one reply, ERROR included */
         session_on_frame(s, &f, now);
-        buf_consume(&s->in, (size_t)n);
+        *used += (size_t)n;
         progress = true;
     }
+    return progress;
+}
+
+/* Answers the complete frames buffered in the input (see session_answer). */
+static bool session_process(struct session *s, uint64_t now)
+{
+    size_t used = 0;
+    bool progress = session_answer(s, buf_head(&s->in), buf_size(&s->in), &used, now);
+    buf_consume(&s->in, used);
     session_trim(&s->in);
     return progress;
 }
@@ -564,16 +577,25 @@ static bool session_read(struct session *s, uint64_t now)
      * taken in (epoll cannot see them) are read on at once. */
     s->read_more = st == TLS_DONE && tls_conn_has_pending(s->tls);
     switch (st) {
-    case TLS_DONE:
+    case TLS_DONE: {
         s->read_wait = 0;
         if (n == 0)
             return false;
-        if (buf_append(&s->in, session_scratch, n) != 0) {
+        s->bytes_in += n;
+        /* With nothing buffered before them, the bytes are answered where
+         * they landed and only what is left (a partial frame, or frames
+         * over the limits) is copied into the input: a request that arrives
+         * whole costs no copy and no input buffer. */
+        size_t used = 0;
+        if (buf_size(&s->in) == 0 && s->state == SESSION_OPEN)
+            session_answer(s, session_scratch, n, &used, now);
+        if (used < n && s->state == SESSION_OPEN &&
+            buf_append(&s->in, session_scratch + used, n - used) != 0) {
             session_closed(s, "out_of_memory", now);
             return true;
         }
-        s->bytes_in += n;
         return true;
+    }
     case TLS_AGAIN:
         s->read_wait = tls_conn_events(s->tls);
         return false;
@@ -775,8 +797,23 @@ uint32_t session_events(const struct session *s)
     }
 }
 
+/* A session that answered several requests since the last sweep keeps
+ * OpenSSL's record buffers (no allocation per record); one that went quiet
+ * gives them back, so idle sessions stay small. */
+static void session_sweep_buffers(struct session *s)
+{
+    bool busy = s->requests - s->requests_at_sweep >= SESSION_BUSY_REQUESTS;
+    s->requests_at_sweep = s->requests;
+    if (busy != s->busy) {
+        tls_conn_keep_buffers(s->tls, busy);
+        s->busy = busy;
+    }
+}
+
 void session_sweep(struct session *s, uint64_t now_ms)
 {
+    if (s->tls && s->state == SESSION_OPEN)
+        session_sweep_buffers(s);
     switch (s->state) {
     case SESSION_HANDSHAKE:
         if (now_ms - s->created_ms >= s->env->handshake_timeout_ms) {

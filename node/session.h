@@ -13,7 +13,7 @@
 #include "node_stats.h"
 #include "tls_conn.h"
 
-#define SESSION_PEER_MAX 263       /* "[v6 address]:port" */
+#define SESSION_PEER_MAX 63        /* "[v6 address]:port" needs at most 53 */
 #define SESSION_CLOSE_LINGER_MS 5000 /* how long a closing session may take to flush */
 #define SESSION_CERT_ID_MAX 255      /* bytes of a client certificate's identity kept */
 
@@ -92,7 +92,10 @@ bool session_needs_rerun(const struct session *s);
 
 /* Handles the timers: handshake timeout (close), HELLO not in within the
  * handshake timeout or no complete request for the idle timeout (ERROR
- * timeout, then close), a closing session that cannot flush (close). */
+ * timeout, then close), a closing session that cannot flush (close). Also
+ * sizes the session to its traffic: one that answered several requests
+ * since the last sweep keeps OpenSSL's record buffers, one that went quiet
+ * frees them. Call it every WORKER_SWEEP_MS or so. */
 void session_sweep(struct session *s, uint64_t now_ms);
 
 /* Node shutdown: a session mid-handshake closes at once; an established one

@@ -23,9 +23,14 @@ struct tls_conn {
     SSL *ssl;      /* owned */
     int fd;        /* owned, non-blocking */
     bool fatal;    /* a fatal error happened: SSL_shutdown must not be called */
-    uint32_t events;             /* what the last TLS_AGAIN waits for */
-    char err[TLS_CONN_ERR_MAX];  /* last error text */
+    uint32_t events; /* what the last TLS_AGAIN waits for */
+    char *err;       /* last error text, TLS_CONN_ERR_MAX bytes; allocated at the first
+                      * error, so the thousands of healthy connections a node holds
+                      * carry no error buffer */
 };
+
+/* tls_conn_error's answer when the error text itself could not be kept. */
+static const char tls_conn_err_nomem[] = "out of memory (recording a TLS error)";
 
 enum tls_conn_op { TLS_OP_HANDSHAKE, TLS_OP_READ, TLS_OP_WRITE };
 
@@ -99,17 +104,31 @@ void tls_conn_free(struct tls_conn *c)
     SSL_free(c->ssl);
     if (c->fd >= 0)
         close(c->fd);
+    free(c->err);
     free(c);
 }
 
 static void tls_conn_errf(struct tls_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The error text buffer, allocated on first use; NULL when out of memory
+ * (the OpenSSL queue is cleared then: nobody else reads it). */
+static char *tls_conn_errbuf(struct tls_conn *c)
+{
+    if (!c->err)
+        c->err = malloc(TLS_CONN_ERR_MAX);
+    if (!c->err)
+        ERR_clear_error();
+    return c->err;
+}
+
 static void tls_conn_errf(struct tls_conn *c, const char *fmt, ...)
 {
+    if (!tls_conn_errbuf(c))
+        return;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->err, sizeof(c->err), fmt, ap);
+    vsnprintf(c->err, TLS_CONN_ERR_MAX, fmt, ap);
     va_end(ap);
 }
 
@@ -173,12 +192,14 @@ static enum tls_status tls_conn_fail(struct tls_conn *c, int ret, enum tls_conn_
         if (vr != X509_V_OK) {
             snprintf(what, sizeof(what), "handshake: certificate verify failed: %s",
                      X509_verify_cert_error_string(vr));
-            tls_ctx_error(c->err, sizeof(c->err), what);
+            if (tls_conn_errbuf(c))
+                tls_ctx_error(c->err, TLS_CONN_ERR_MAX, what);
             return TLS_ERROR;
         }
     }
     snprintf(what, sizeof(what), "%s failed", opname);
-    tls_ctx_error(c->err, sizeof(c->err), what);
+    if (tls_conn_errbuf(c))
+        tls_ctx_error(c->err, TLS_CONN_ERR_MAX, what);
     return TLS_ERROR;
 }
 
@@ -248,6 +269,17 @@ void tls_conn_shutdown(struct tls_conn *c)
      * peer's reply, so WANT_READ/WANT_WRITE are not worth retrying. */
     (void)SSL_shutdown(c->ssl);
     ERR_clear_error();
+}
+
+void tls_conn_keep_buffers(struct tls_conn *c, bool keep)
+{
+    if (keep) {
+        SSL_clear_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+        return;
+    }
+    SSL_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+    /* 0 means a buffer still holds bytes: the mode frees it once drained. */
+    (void)SSL_free_buffers(c->ssl);
 }
 
 uint32_t tls_conn_events(const struct tls_conn *c)
@@ -335,5 +367,7 @@ int tls_conn_peer_identity(const struct tls_conn *c, char *out, size_t outlen)
 
 const char *tls_conn_error(const struct tls_conn *c)
 {
+    if (!c->err)
+        return c->fatal ? tls_conn_err_nomem : "";
     return c->err;
 }

@@ -36,6 +36,13 @@ enum tls_status tls_conn_write(struct tls_conn *c, const void *p, size_t len, si
 /* Sends close_notify without waiting for the peer's. */
 void tls_conn_shutdown(struct tls_conn *c);
 
+/* OpenSSL's 16 KiB record buffers: a context with SSL_MODE_RELEASE_BUFFERS
+ * frees them after every read and write, which keeps an idle connection
+ * small but costs a busy one two allocations per record each way. keep true
+ * holds them between calls; false frees them now (unless they hold bytes,
+ * then after their next use) and after every use from then on. */
+void tls_conn_keep_buffers(struct tls_conn *c, bool keep);
+
 /* EPOLLIN and/or EPOLLOUT that the last TLS_AGAIN is waiting for. */
 uint32_t tls_conn_events(const struct tls_conn *c);
 /* Bytes OpenSSL already holds, decrypted or read ahead as whole records:

@@ -906,6 +906,104 @@ static void test_tls_session(void **state)
     assert_int_equal(session_events(t->s), EPOLLIN);
 }
 
+/* Frames cut anywhere across TLS records: whole ones are answered from the
+ * read itself, the cut one waits in the input until its rest comes; and the
+ * sweep's switching of TLS record buffers (busy, then quiet) keeps the
+ * stream intact. */
+static void tls_expect_echoes(struct tlsfx *t, uint64_t *want, uint64_t last, uint64_t now)
+{
+    for (int i = 0; i < 100 && *want <= last; i++) {
+        session_handle(t->s, EPOLLIN, now);
+        assert_int_equal(tls_client_read(t), TLS_AGAIN);
+        struct frame fr;
+        long len;
+        while (tls_next(t, &fr, &len)) {
+            assert_int_equal(fr.h.request_id, *want);
+            if (*want > 1) {
+                char body[16];
+                int bl = snprintf(body, sizeof(body), "e%03u", (unsigned)*want);
+                assert_int_equal(fr.h.type, FRAME_ECHO_REPLY);
+                assert_int_equal(fr.h.length, bl);
+                assert_memory_equal(fr.payload, body, (size_t)bl);
+            }
+            buf_consume(&t->in, (size_t)len);
+            (*want)++;
+        }
+    }
+    assert_int_equal(*want, last + 1);
+}
+
+static void tls_send_records(struct tlsfx *t, const struct buf *req, const size_t *cuts,
+                             size_t ncuts)
+{
+    size_t at = 0;
+    for (size_t i = 0; i <= ncuts; i++) {
+        size_t end = i < ncuts ? cuts[i] : buf_size(req);
+        while (at < end) {
+            size_t n = 0;
+            assert_int_equal(tls_conn_write(t->cl, buf_head(req) + at, end - at, &n), TLS_DONE);
+            at += n;
+        }
+        /* The session reads each record by itself. */
+        session_handle(t->s, EPOLLIN, T0 + 1);
+    }
+}
+
+static void test_tls_split_frames(void **state)
+{
+    struct tlsfx *t = *state;
+    tls_handshake_both(t);
+
+    struct buf req;
+    buf_init(&req);
+    assert_int_equal(frame_append_hello(&req, 1, FRAME_VERSION, "tls-split"), 0);
+    for (uint64_t id = 2; id <= 6; id++) {
+        char body[16];
+        int bl = snprintf(body, sizeof(body), "e%03u", (unsigned)id);
+        assert_int_equal(frame_append(&req, FRAME_ECHO, id, body, (size_t)bl), 0);
+    }
+    size_t hello_len = buf_size(&req) - 5 * (FRAME_HEADER_SIZE + 4);
+    /* HELLO and half a header; the header's rest and half a body; the body's
+     * rest, two whole frames and one byte; the rest. */
+    size_t cuts[] = {hello_len + 7, hello_len + FRAME_HEADER_SIZE + 2,
+                     hello_len + 3 * (FRAME_HEADER_SIZE + 4) + 1};
+    tls_send_records(t, &req, cuts, sizeof(cuts) / sizeof(cuts[0]));
+    buf_release(&req);
+    uint64_t want = 1;
+    tls_expect_echoes(t, &want, 6, T0 + 1);
+
+    /* Busy: enough requests between two sweeps keep the record buffers. */
+    uint64_t now = T0 + 2;
+    session_sweep(t->s, now);
+    buf_init(&req);
+    for (uint64_t id = 7; id <= 30; id++) {
+        char body[16];
+        int bl = snprintf(body, sizeof(body), "e%03u", (unsigned)id);
+        assert_int_equal(frame_append(&req, FRAME_ECHO, id, body, (size_t)bl), 0);
+    }
+    size_t cut2[] = {5, 100, 101};
+    tls_send_records(t, &req, cut2, 3);
+    buf_release(&req);
+    tls_expect_echoes(t, &want, 30, now);
+    session_sweep(t->s, now + 250); /* busy: buffers kept */
+    buf_init(&req);
+    assert_int_equal(frame_append(&req, FRAME_ECHO, 31, "e031", 4), 0);
+    tls_send_records(t, &req, NULL, 0);
+    buf_release(&req);
+    tls_expect_echoes(t, &want, 31, now + 250);
+    session_sweep(t->s, now + 500); /* quiet: buffers given back */
+    session_sweep(t->s, now + 750);
+    buf_init(&req);
+    assert_int_equal(frame_append(&req, FRAME_ECHO, 32, "e032", 4), 0);
+    size_t cut3[] = {3};
+    tls_send_records(t, &req, cut3, 1);
+    buf_release(&req);
+    tls_expect_echoes(t, &want, 32, now + 750);
+    assert_int_equal(session_state(t->s), SESSION_OPEN);
+    assert_int_equal(session_inflight(t->s), 0);
+    assert_int_equal(session_events(t->s), EPOLLIN);
+}
+
 static void test_tls_backpressure(void **state)
 {
     struct tlsfx *t = *state;
@@ -1319,6 +1417,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inflight_limit, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_inflight_journal, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_session, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_split_frames, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_backpressure, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_drain, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_handshake_garbage, tls_setup, tls_teardown),

@@ -262,6 +262,62 @@ static void test_handshake_and_exchange(void **state)
     pair_close(&p);
 }
 
+/* Keeping OpenSSL's record buffers and giving them back, at any point of
+ * a stream: bytes OpenSSL still holds (half a record read) survive the
+ * release, and both directions go on working in either mode. */
+static void test_keep_buffers(void **state)
+{
+    (void)state;
+    struct pair p;
+    open_good_pair(&p, "localhost");
+    assert_string_equal(tls_conn_error(p.server), "");
+    unsigned char got[64];
+    int calls, shorts;
+    size_t n = 0;
+
+    tls_conn_keep_buffers(p.server, true);
+    for (int i = 0; i < 3; i++) {
+        transfer(p.client, p.server, (const unsigned char *)"ping", 4, got, &calls, &shorts);
+        assert_memory_equal(got, "ping", 4);
+        transfer(p.server, p.client, (const unsigned char *)"pong", 4, got, &calls, &shorts);
+        assert_memory_equal(got, "pong", 4);
+    }
+
+    /* Half a record read: the release must not drop the other half, nor the
+     * record queued behind it. */
+    assert_int_equal(tls_conn_write(p.client, "abcdefgh", 8, &n), TLS_DONE);
+    assert_int_equal(tls_conn_write(p.client, "ijkl", 4, &n), TLS_DONE);
+    assert_int_equal(read_some(p.server, got, 3, &n), TLS_DONE);
+    assert_int_equal(n, 3);
+    assert_memory_equal(got, "abc", 3);
+    tls_conn_keep_buffers(p.server, false);
+    size_t have = 0;
+    for (int step = 0; step < MAX_STEPS && have < 9; step++) {
+        assert_int_equal(read_some(p.server, got + have, sizeof(got) - have, &n), TLS_DONE);
+        have += n;
+    }
+    assert_int_equal(have, 9);
+    assert_memory_equal(got, "defghijkl", 9);
+
+    /* Released while idle; then kept again, released again. */
+    tls_conn_keep_buffers(p.server, false);
+    transfer(p.server, p.client, (const unsigned char *)"after", 5, got, &calls, &shorts);
+    assert_memory_equal(got, "after", 5);
+    tls_conn_keep_buffers(p.server, true);
+    transfer(p.client, p.server, (const unsigned char *)"again", 5, got, &calls, &shorts);
+    assert_memory_equal(got, "again", 5);
+    tls_conn_keep_buffers(p.server, false);
+    tls_conn_keep_buffers(p.server, false);
+    assert_int_equal(tls_conn_read(p.server, got, sizeof(got), &n), TLS_AGAIN);
+    assert_string_equal(tls_conn_error(p.server), "");
+
+    /* The error text appears with the first error. */
+    tls_conn_shutdown(p.client);
+    assert_int_equal(read_some(p.server, got, sizeof(got), &n), TLS_CLOSED);
+    assert_non_null(strstr(tls_conn_error(p.server), "close_notify"));
+    pair_close(&p);
+}
+
 static void test_large_transfer(void **state)
 {
     (void)state;
@@ -618,6 +674,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_handshake_and_exchange),
+        cmocka_unit_test(test_keep_buffers),
         cmocka_unit_test(test_large_transfer),
         cmocka_unit_test(test_moving_write_buffer),
         cmocka_unit_test(test_close_notify),
