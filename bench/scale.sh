@@ -65,7 +65,7 @@ start_balancer() { # start_balancer <log name>
     # plaintext heartbeats: hb_sim speaks no CURVE (it measures the registry
     # and the loop, not the handshake)
     "${PIN_BAL[@]}" "$BAL" --http "$HTTP" --heartbeat-bind "$HB" --interval "$INTERVAL" --log-level warn \
-        --heartbeat-plaintext >>"$TMP/$1.log" 2>&1 &
+        --heartbeat-plaintext --http-per-ip-limit 0 >>"$TMP/$1.log" 2>&1 &
     BAL_PID=$!
     for _ in $(seq 100); do
         curl -sf "http://$HTTP/healthz" >/dev/null 2>&1 && return 0

@@ -396,7 +396,7 @@ def main():
     # measured here, and the bench has no keys to hand out.
     bal = spawn([BALANCER, "--http", "127.0.0.1:%d" % http_port, "--heartbeat-bind",
                  "tcp://127.0.0.1:%d" % hb_port, "--interval", "250ms", "--fall", "3",
-                 "--heartbeat-plaintext", "--log-level", "warn"], "balancer", work, cpu=S)
+                 "--heartbeat-plaintext", "--http-per-ip-limit", "0", "--log-level", "warn"], "balancer", work, cpu=S)
     wait_port(http_port)
     node = spawn([NODE, "--id", "bench1", "--listen", "127.0.0.1:%d" % node_port, "--balancer",
                   "tcp://127.0.0.1:%d" % hb_port, "--cert", cert, "--key", key, "--workers", "1",
