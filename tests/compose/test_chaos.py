@@ -7,6 +7,7 @@ message a client saw acknowledged is in the journal of the node that
 acknowledged it (copied out of the stopped containers with `docker cp`),
 under the ACK's seq, with the same bytes: 0 lost. Duplicates (re-sent after
 a failover, same id) are counted and reported."""
+import importlib.util
 import os
 import random
 import re
@@ -23,32 +24,15 @@ import compose  # noqa: E402
 from compose import CLI, NODES, check, log, wait_until  # noqa: E402
 import test_journal as tj  # noqa: E402  (the journal's record parser)
 
+# The process chaos test's feeder; loaded by path, as this file has its name.
+_spec = importlib.util.spec_from_file_location(
+    "integration_chaos", os.path.join(HERE, "..", "integration", "test_chaos.py"))
+integration_chaos = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(integration_chaos)
+
 RUN_S = float(os.environ.get("BERTH_CHAOS_SECONDS", "20"))
 CLIENTS = 2
 RATE = 200  # messages per second per client
-
-
-def feeder(p, name, stop):
-    n = 0
-    t0 = time.monotonic()
-    try:
-        while not stop.is_set():
-            due = int((time.monotonic() - t0) * RATE)
-            chunk = []
-            while n < due:
-                n += 1
-                chunk.append("%s-%08d\n" % (name, n))
-            if chunk:
-                p.stdin.write("".join(chunk).encode())
-                p.stdin.flush()
-            time.sleep(0.01)
-    except BrokenPipeError:
-        pass
-    finally:
-        try:
-            p.stdin.close()
-        except BrokenPipeError:
-            pass
 
 
 def serving(c, node):
@@ -70,7 +54,8 @@ def test(c):
                                   "--name", name, "--retries", "50", "--timeout", "2s"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errf)
         out = []
-        t = threading.Thread(target=feeder, args=(p, name, stop), daemon=True)
+        t = threading.Thread(target=integration_chaos.feeder, args=(p, name, stop, RATE),
+                             daemon=True)
         r = threading.Thread(target=lambda p=p, out=out: out.append(p.stdout.read()), daemon=True)
         t.start()
         r.start()

@@ -20,13 +20,13 @@ CLIENTS = 2
 RATE = 400  # messages per second per client
 
 
-def feeder(p, name, stop):
-    """Writes numbered lines to a `berth send` at RATE until stop."""
+def feeder(p, name, stop, rate=RATE):
+    """Writes numbered lines to a `berth send` at rate a second until stop."""
     n = 0
     t0 = time.monotonic()
     try:
         while not stop.is_set():
-            due = int((time.monotonic() - t0) * RATE)
+            due = int((time.monotonic() - t0) * rate)
             chunk = []
             while n < due:
                 n += 1
