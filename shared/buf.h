@@ -18,7 +18,12 @@ void buf_init(struct buf *b);
 /* Frees the storage; the buf may be reused after buf_init. */
 void buf_release(struct buf *b);
 
-static inline const uint8_t *buf_head(const struct buf *b) { return b->data + b->off; }
+/* NULL for a buf with no storage (never used, or released when empty):
+ * NULL + 0 is undefined behaviour in C. */
+static inline const uint8_t *buf_head(const struct buf *b)
+{
+    return b->data ? b->data + b->off : NULL;
+}
 static inline size_t buf_size(const struct buf *b) { return b->len - b->off; }
 
 /* Makes room for n more bytes at buf_tail(); 0 or -1 (out of memory). */

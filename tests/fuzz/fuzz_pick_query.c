@@ -147,10 +147,23 @@ static void client_connect(void)
     sin.sin_family = AF_INET;
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     sin.sin_port = htons(http_api_port(api));
-    /* Loopback: the kernel completes the connection from the backlog. */
+    /* Loopback: the kernel completes the connection from the backlog. A
+     * signal (libFuzzer's timers) may interrupt connect; the connection then
+     * goes on in the background: wait for it and read its outcome. */
     if (connect(client, (struct sockaddr *)&sin, sizeof sin) != 0) {
-        perror("fuzz_pick_query: connect");
-        abort();
+        int e = errno;
+        if (e == EINTR) {
+            struct pollfd pfd = {.fd = client, .events = POLLOUT};
+            socklen_t len = sizeof e;
+            while (poll(&pfd, 1, 5000) < 0 && errno == EINTR)
+                ;
+            if (getsockopt(client, SOL_SOCKET, SO_ERROR, &e, &len) != 0)
+                e = errno;
+        }
+        if (e != 0) {
+            fprintf(stderr, "fuzz_pick_query: connect: %s\n", strerror(e));
+            abort();
+        }
     }
 }
 
