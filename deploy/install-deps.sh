@@ -12,6 +12,7 @@ packages=(
   python3 python3-zmq openssl curl valgrind
   clang-14 libclang-rt-14-dev
   chromium chromium-driver python3-selenium python3-prometheus-client
+  fuse3 python3-fusepy
 )
 
 # A package counts as installed when dpkg says "install ok installed".

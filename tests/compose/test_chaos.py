@@ -22,7 +22,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.join(HERE, "..", "integration"))
 import compose  # noqa: E402
 from compose import CLI, NODES, check, log, wait_until  # noqa: E402
-import test_journal as tj  # noqa: E402  (the journal's record parser)
+import journal_file as tj  # the journal reader and node helpers
 
 # The process chaos test's feeder; loaded by path, as this file has its name.
 _spec = importlib.util.spec_from_file_location(

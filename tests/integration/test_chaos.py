@@ -13,7 +13,7 @@ import threading
 import time
 
 import cluster
-import test_journal as tj
+import journal_file as tj  # the journal reader and node helpers
 
 RUN_S = float(os.environ.get("BERTH_CHAOS_SECONDS", "12"))
 CLIENTS = 2

@@ -13,7 +13,7 @@ import struct
 import subprocess
 
 import cluster
-import test_journal as tj
+import journal_file as tj  # the journal reader and node helpers
 
 
 def openssl(args, cwd):

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import cluster
-import test_journal as tj
+import journal_file as tj  # the journal reader and node helpers
 
 
 def parse_lines(out):
