@@ -35,6 +35,7 @@ struct feed_consumer {
     uint64_t credit;              /* records it can still take */
     uint64_t last_seen_ms;
     uint64_t sent;
+    char durable[JOURNAL_CONSUMER_NAME_MAX + 1]; /* consumer name; "": not durable */
 };
 
 struct feed {
@@ -130,8 +131,26 @@ static void feed_error_to(struct feed *f, const uint8_t *id, size_t idlen, const
 static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, const uint8_t *p,
                            size_t len, uint64_t now)
 {
-    if (len != 1 + 8 + 4) {
+    char name[JOURNAL_CONSUMER_NAME_MAX + 1] = "";
+    if (len > 1 + 8 + 4) {
+        size_t nl = p[13];
+        if (len != 1 + 8 + 4 + 1 + nl || nl == 0 || nl > JOURNAL_CONSUMER_NAME_MAX ||
+            memchr(p + 14, '\0', nl)) {
+            feed_error_to(f, id, idlen, "malformed SUBSCRIBE");
+            return;
+        }
+        memcpy(name, p + 14, nl);
+        name[nl] = '\0';
+    } else if (len != 1 + 8 + 4) {
         feed_error_to(f, id, idlen, "malformed SUBSCRIBE");
+        return;
+    }
+    uint64_t confirmed = 0;
+    if (name[0] && journal_consumer_position(f->journal, name, &confirmed) != 0) {
+        char text[160];
+        snprintf(text, sizeof(text), "consumer %s is not configured on this node "
+                 "(--journal-consumers)", name);
+        feed_error_to(f, id, idlen, text);
         return;
     }
     struct feed_consumer *c = feed_find(f, id, idlen, true);
@@ -142,7 +161,7 @@ static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, cons
     uint64_t from = get_u64(p + 1);
     uint32_t credit = get_u32(p + 9);
     if (from == 0)
-        from = journal_durable_seq(f->journal) + 1;
+        from = name[0] ? confirmed + 1 : journal_durable_seq(f->journal) + 1;
     journal_reader_free(c->reader);
     c->reader = journal_reader_new(journal_dir(f->journal), from);
     if (!c->reader) {
@@ -153,6 +172,7 @@ static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, cons
     c->credit = credit > FEED_CREDIT_MAX ? FEED_CREDIT_MAX : credit;
     c->last_seen_ms = now;
     c->sent = 0;
+    snprintf(c->durable, sizeof(c->durable), "%s", name);
     uint8_t w[1 + FEED_ID_MAX + 16];
     size_t il = strlen(f->node_id);
     w[0] = (uint8_t)il;
@@ -162,14 +182,15 @@ static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, cons
     if (feed_send(f, c, FEED_MSG_WELCOME, w, 1 + il + 16) < 0)
         feed_drop(f, c, "send failed");
     else
-        log_info("feed_subscribe", "from_seq=%" PRIu64 " credit=%u", from, credit);
+        log_info("feed_subscribe", "from_seq=%" PRIu64 " credit=%u durable=%s", from, credit,
+                 name[0] ? name : "-");
 }
 
 /* Everything waiting on the ROUTER. */
 static void feed_on_readable(struct feed *f, uint64_t now)
 {
     for (int budget = 0; budget < 1024; budget++) {
-        uint8_t id[FEED_ID_MAX + 1], body[64];
+        uint8_t id[FEED_ID_MAX + 1], body[128];
         int idn = zmq_recv(f->sock, id, sizeof(id), ZMQ_DONTWAIT);
         if (idn < 0)
             return;
@@ -217,6 +238,28 @@ static void feed_on_readable(struct feed *f, uint64_t now)
                 c->credit = FEED_CREDIT_MAX;
             c->last_seen_ms = now;
             break;
+        case FEED_MSG_CONFIRM: {
+            c = feed_find(f, id, idlen, false);
+            if (!c || !c->durable[0]) {
+                feed_error_to(f, id, idlen, c ? "CONFIRM needs a durable subscription"
+                                              : "not subscribed");
+                break;
+            }
+            if (len != 9) {
+                feed_error_to(f, id, idlen, "malformed CONFIRM");
+                feed_drop(f, c, "malformed CONFIRM");
+                break;
+            }
+            c->last_seen_ms = now;
+            char err[256];
+            if (journal_consumer_confirm(f->journal, c->durable, get_u64(body + 1), err,
+                                         sizeof(err)) != 0) {
+                log_warn("feed_confirm_failed", "consumer=%s error=\"%s\"", c->durable, err);
+                feed_error_to(f, id, idlen, "confirm failed");
+                feed_drop(f, c, "confirm failed");
+            }
+            break;
+        }
         case FEED_MSG_BYE:
             c = feed_find(f, id, idlen, false);
             if (c)

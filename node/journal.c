@@ -9,17 +9,21 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "crc32c.h"
 #include "errbuf.h"
+#include "hb_msg.h"
 #include "log.h"
 #include "mono.h"
 
@@ -28,6 +32,28 @@
 #define JOURNAL_MAINT_MS 1000       /* retention and health probe period */
 #define JOURNAL_PROBE_BYTES 65536   /* what the directory must take to be healthy again */
 #define JOURNAL_REASON_MAX 160
+#define JOURNAL_LIVENESS_NAME ".liveness" /* the liveness probe writes here */
+#define JOURNAL_LIVENESS_BYTES 512
+#define JOURNAL_CONSUMER_SUFFIX ".consumer"
+
+/* Why the journal is unhealthy. Causes come and go independently: a
+ * write that works says nothing about the next fsync, a disk that answers
+ * the probe again may still be full. Listed gravest first: that one is
+ * the reason reported. */
+enum journal_cause {
+    JOURNAL_CAUSE_SYNC,   /* an fsync failed: records were lost */
+    JOURNAL_CAUSE_WRITE,  /* the last append could not be written */
+    JOURNAL_CAUSE_HELD,   /* over --journal-retain-bytes, a consumer holds the oldest segment */
+    JOURNAL_CAUSE_FULL,   /* the filesystem has less than JOURNAL_PROBE_BYTES free */
+    JOURNAL_CAUSE_PROBE,  /* the liveness probe's write or fsync failed */
+    JOURNAL_CAUSES
+};
+
+/* A configured consumer and the last seq it confirmed (0: none yet). */
+struct journal_consumer {
+    char name[JOURNAL_CONSUMER_NAME_MAX + 1];
+    uint64_t confirmed;
+};
 
 struct journal_seg {
     uint64_t first;                       /* seq in the name */
@@ -59,11 +85,22 @@ struct journal {
     struct { uint64_t lo, hi; } lost[JOURNAL_LOST_MAX]; /* ascending, never forgotten */
     unsigned nlost;
     atomic_uint lost_gen;                 /* non-zero once any record was lost */
-    atomic_bool unhealthy;                /* write_bad || sync_bad */
-    bool write_bad;                       /* the last append failed to write */
-    bool sync_bad;                        /* an fsync failed since the last good round */
-    char write_reason[JOURNAL_REASON_MAX];
-    char sync_reason[JOURNAL_REASON_MAX];
+    atomic_bool unhealthy;                /* any of bad[] */
+    bool bad[JOURNAL_CAUSES];             /* what is wrong now, by cause */
+    char reason[JOURNAL_CAUSES][JOURNAL_REASON_MAX];
+    atomic_bool held_full;                /* over retain_bytes, held by a consumer: refuse */
+    int lock_fd;                          /* holds the flock on LOCK_NAME */
+    int probe_fd;                         /* the liveness probe's file */
+    pthread_t probe_thread;
+    bool probe_started;
+    atomic_uint_fast64_t probe_since_ms;  /* a probe write+fsync under way since (0: none) */
+    atomic_uint_fast64_t sync_since_ms;   /* a sync round's fsyncs under way since (0: none) */
+    pthread_cond_t probe_cond;            /* wakes the probe thread (to stop) */
+    bool probe_cond_ok;
+    struct journal_consumer consumers[JOURNAL_CONSUMERS_MAX]; /* confirmed under mu */
+    size_t nconsumers;
+    pthread_mutex_t cmu;                  /* one consumer file write at a time */
+    bool cmu_ok;
     uint64_t first_on_disk;               /* oldest seq kept */
     pthread_mutex_t wmu;                  /* waiters; held while they are written */
     bool wmu_ok;
@@ -231,36 +268,42 @@ static uint64_t journal_wall(const struct journal *j)
     return j->cfg.wall_ms(j->cfg.clock_arg);
 }
 
-/* Why the journal is unhealthy: a write and an fsync fail independently,
- * and a write that works says nothing about the next fsync. */
-enum journal_cause { JOURNAL_CAUSE_WRITE, JOURNAL_CAUSE_SYNC };
+/* Sets cause c with its reason text. Caller holds mu. */
+static void journal_set_cause(struct journal *j, enum journal_cause c, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void journal_set_cause(struct journal *j, enum journal_cause c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->reason[c], JOURNAL_REASON_MAX, fmt, ap);
+    va_end(ap);
+    if (!j->bad[c])
+        log_error("journal_unhealthy", "dir=%s reason=\"%s\"", j->dir, j->reason[c]);
+    j->bad[c] = true;
+    atomic_store(&j->unhealthy, true);
+}
 
 /* Caller holds mu. */
 static void journal_set_unhealthy(struct journal *j, enum journal_cause c, const char *what,
                                   int e)
 {
-    bool *bad = c == JOURNAL_CAUSE_WRITE ? &j->write_bad : &j->sync_bad;
-    char *reason = c == JOURNAL_CAUSE_WRITE ? j->write_reason : j->sync_reason;
-    snprintf(reason, JOURNAL_REASON_MAX, "journal: %s: %s", what, strerror(e));
-    if (!*bad)
-        log_error("journal_unhealthy", "dir=%s reason=\"%s\"", j->dir, reason);
-    *bad = true;
-    atomic_store(&j->unhealthy, true);
+    journal_set_cause(j, c, "journal: %s: %s", what, strerror(e));
 }
 
 /* Clears one cause; healthy once none is left. Caller holds mu. */
 static void journal_clear_cause(struct journal *j, enum journal_cause c)
 {
-    bool *bad = c == JOURNAL_CAUSE_WRITE ? &j->write_bad : &j->sync_bad;
-    char *reason = c == JOURNAL_CAUSE_WRITE ? j->write_reason : j->sync_reason;
-    if (!*bad)
+    if (!j->bad[c])
         return;
-    *bad = false;
-    if (!j->write_bad && !j->sync_bad) {
+    j->bad[c] = false;
+    bool any = false;
+    for (int i = 0; i < JOURNAL_CAUSES; i++)
+        any = any || j->bad[i];
+    if (!any) {
         atomic_store(&j->unhealthy, false);
-        log_info("journal_healthy", "dir=%s was=\"%s\"", j->dir, reason);
+        log_info("journal_healthy", "dir=%s was=\"%s\"", j->dir, j->reason[c]);
     }
-    reason[0] = '\0';
+    j->reason[c][0] = '\0';
 }
 
 static int journal_fdatasync(struct journal *j, int fd)
@@ -303,7 +346,7 @@ static int journal_roll(struct journal *j, char *err, size_t errlen)
     snprintf(name, sizeof(name), "%020" PRIu64 ".seg", j->next_seq);
     /* A file of that name can hold no record we keep: every stored seq is
      * below next_seq, so an old one is an empty or failed start. */
-    int fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    int fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
     if (fd < 0) {
         int e = errno;
         errbuf_setf(err, errlen, "journal: create %s/%s: %s", j->dir, name, strerror(e));
@@ -362,6 +405,13 @@ int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *s
     uint32_t rl = (uint32_t)journal_record_size(e);
     uint8_t hdr[JOURNAL_HEADER_SIZE], trailer[JOURNAL_TRAILER_SIZE];
     pthread_mutex_lock(&j->mu);
+    if (atomic_load(&j->held_full)) {
+        /* Storing more would mean deleting what a consumer has not read. */
+        errbuf_setf(err, errlen, "%s", j->reason[JOURNAL_CAUSE_HELD]);
+        pthread_mutex_unlock(&j->mu);
+        errno = ENOSPC;
+        return -1;
+    }
     if (journal_retired_reserve(j) != 0) {
         errbuf_setf(err, errlen, "journal: out of memory");
         journal_set_unhealthy(j, JOURNAL_CAUSE_WRITE, "write", ENOMEM);
@@ -414,7 +464,7 @@ int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *s
     j->written_seq = s;
     /* A write that works clears only a write failure: it says nothing of
      * the next fsync. */
-    if (j->write_bad)
+    if (j->bad[JOURNAL_CAUSE_WRITE])
         journal_clear_cause(j, JOURNAL_CAUSE_WRITE);
     if (j->cfg.fsync == JOURNAL_FSYNC_OFF) {
         atomic_store_explicit(&j->durable, s, memory_order_release);
@@ -500,15 +550,39 @@ void journal_remove_waiter(struct journal *j, int efd)
     pthread_mutex_unlock(&j->wmu);
 }
 
+/* Is a disk operation that started at since_ms (0: none) overdue? */
+static bool journal_overdue(const atomic_uint_fast64_t *since_ms, uint64_t now, uint64_t limit,
+                            uint64_t *waited)
+{
+    uint64_t t = atomic_load(since_ms);
+    if (t == 0 || now < t || now - t <= limit)
+        return false;
+    *waited = now - t;
+    return true;
+}
+
 bool journal_healthy(struct journal *j, char *reason, size_t len)
 {
+    /* A disk that stopped answering (frozen, hung) shows only here: the
+     * thread waiting for it cannot say so itself. */
+    uint64_t now = mono_now_ms(), waited = 0, limit = j->cfg.probe_timeout_ms;
+    if (limit && (journal_overdue(&j->sync_since_ms, now, limit, &waited) ||
+                  journal_overdue(&j->probe_since_ms, now, limit, &waited))) {
+        if (reason && len)
+            snprintf(reason, len, "journal: disk not responding: a write or fsync has not "
+                     "returned in %" PRIu64 " ms", waited);
+        return false;
+    }
     if (!atomic_load(&j->unhealthy))
         return true;
     pthread_mutex_lock(&j->mu);
     bool bad = atomic_load(&j->unhealthy);
-    /* An fsync failure is the graver one: records were lost. */
-    if (bad && reason && len)
-        snprintf(reason, len, "%s", j->sync_bad ? j->sync_reason : j->write_reason);
+    for (int c = 0; bad && reason && len && c < JOURNAL_CAUSES; c++) {
+        if (j->bad[c]) {
+            snprintf(reason, len, "%s", j->reason[c]);
+            break;
+        }
+    }
     pthread_mutex_unlock(&j->mu);
     return !bad;
 }
@@ -575,6 +649,8 @@ static void journal_sync_round(struct journal *j)
 
     int e = 0;
     const char *what = "fsync";
+    uint64_t t0 = mono_now_ms();
+    atomic_store(&j->sync_since_ms, t0 ? t0 : 1);
     for (unsigned i = 0; i < nret; i++) {
         if (!e && journal_fdatasync(j, ret[i]) != 0)
             e = errno;
@@ -586,13 +662,14 @@ static void journal_sync_round(struct journal *j)
         e = errno;
         what = "fsync directory";
     }
+    atomic_store(&j->sync_since_ms, 0);
 
     pthread_mutex_lock(&j->mu);
     uint64_t from = j->synced_seq + 1;
     if (e == 0) {
         j->synced_seq = target;
         atomic_store_explicit(&j->durable, target, memory_order_release);
-        if (j->sync_bad && (fd >= 0 || nret > 0))
+        if (j->bad[JOURNAL_CAUSE_SYNC] && (fd >= 0 || nret > 0))
             journal_clear_cause(j, JOURNAL_CAUSE_SYNC);
     } else {
         /* Workers went on appending to these files while the fsync ran, and
@@ -607,10 +684,10 @@ static void journal_sync_round(struct journal *j)
         if (to >= from) {
             journal_lose(j, from, to);
             log_error("journal_records_lost", "dir=%s from_seq=%" PRIu64 " to_seq=%" PRIu64
-                      " reason=\"%s\"", j->dir, from, to, j->sync_reason);
+                      " reason=\"%s\"", j->dir, from, to, j->reason[JOURNAL_CAUSE_SYNC]);
         } else {
             log_error("journal_fsync_failed", "dir=%s records_lost=0 reason=\"%s\"", j->dir,
-                      j->sync_reason);
+                      j->reason[JOURNAL_CAUSE_SYNC]);
         }
         if (j->fd >= 0) {
             close(j->fd);
@@ -638,6 +715,18 @@ static void journal_retain(struct journal *j)
     pthread_mutex_lock(&j->mu);
     uint64_t active = j->fd >= 0 ? j->seg_first : j->next_seq;
     uint64_t durable = atomic_load(&j->durable);
+    /* The oldest position a consumer has confirmed holds everything after it. */
+    uint64_t hold = UINT64_MAX;
+    const char *holder = NULL;
+    for (size_t i = 0; i < j->nconsumers; i++) {
+        if (j->consumers[i].confirmed < hold) {
+            hold = j->consumers[i].confirmed;
+            holder = j->consumers[i].name;
+        }
+    }
+    char holder_name[JOURNAL_CONSUMER_NAME_MAX + 1] = "";
+    if (holder)
+        snprintf(holder_name, sizeof(holder_name), "%s", holder);
     pthread_mutex_unlock(&j->mu);
 
     struct journal_seg *segs;
@@ -660,6 +749,7 @@ static void journal_retain(struct journal *j)
     }
     uint64_t now = journal_wall(j);
     uint64_t new_first = 0;
+    bool held = false;
     for (size_t i = 0; sizes && mtimes && i + 1 < n; i++) {
         /* Segment i holds seqs up to segs[i+1].first - 1. */
         if (segs[i].first >= active || segs[i + 1].first - 1 > durable)
@@ -669,6 +759,10 @@ static void journal_retain(struct journal *j)
                        now - mtimes[i] > j->cfg.retain_age_ms;
         if (!too_big && !too_old)
             break;
+        if (segs[i + 1].first - 1 > hold) {
+            held = too_big;
+            break;
+        }
         if (unlinkat(j->dirfd, segs[i].name, 0) != 0) {
             log_warn("journal_delete_failed", "dir=%s segment=%s error=\"%s\"", j->dir,
                      segs[i].name, strerror(errno));
@@ -689,12 +783,22 @@ static void journal_retain(struct journal *j)
      * finds them ahead of a gap, or retention deletes them twice. */
     if (new_first && fsync(j->dirfd) != 0)
         log_warn("journal_fsync_dir_failed", "dir=%s error=\"%s\"", j->dir, strerror(errno));
-    if (new_first) {
-        pthread_mutex_lock(&j->mu);
-        if (new_first > j->first_on_disk)
-            j->first_on_disk = new_first;
-        pthread_mutex_unlock(&j->mu);
+    pthread_mutex_lock(&j->mu);
+    if (new_first && new_first > j->first_on_disk)
+        j->first_on_disk = new_first;
+    /* Over the size limit with the oldest segment unread: stop taking
+     * records (the node leaves rotation) rather than delete them. */
+    if (held) {
+        journal_set_cause(j, JOURNAL_CAUSE_HELD,
+                          "journal: full: consumer %s has confirmed only up to seq %" PRIu64
+                          " and the journal holds %" PRIu64 " bytes (--journal-retain-bytes %"
+                          PRIu64 ")", holder_name, hold, total, j->cfg.retain_bytes);
+        atomic_store(&j->held_full, true);
+    } else if (j->bad[JOURNAL_CAUSE_HELD]) {
+        atomic_store(&j->held_full, false);
+        journal_clear_cause(j, JOURNAL_CAUSE_HELD);
     }
+    pthread_mutex_unlock(&j->mu);
     free(sizes);
     free(mtimes);
     free(segs);
@@ -819,8 +923,10 @@ static void *journal_thread(void *arg)
 
 /* ------------------------------------------------------------ recovery */
 
-/* Is there a whole valid record anywhere in p[from..len)? */
-static bool journal_valid_after(const uint8_t *p, size_t from, size_t len)
+/* Is there a whole valid record with a seq of at least min_seq anywhere
+ * in p[from..len)? (A record inside a payload that happens to parse would
+ * carry an older seq, or a client would have had to guess a future one.) */
+static bool journal_valid_after(const uint8_t *p, size_t from, size_t len, uint64_t min_seq)
 {
     static const uint8_t magic[4] = {0x42, 0x4A, 0x52, 0x31};
     while (from + JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE <= len) {
@@ -828,7 +934,7 @@ static bool journal_valid_after(const uint8_t *p, size_t from, size_t len)
         if (!m)
             return false;
         struct journal_record rec;
-        if (journal_record_parse(m, len - (size_t)(m - p), &rec) > 0)
+        if (journal_record_parse(m, len - (size_t)(m - p), &rec) > 0 && rec.seq >= min_seq)
             return true;
         from = (size_t)(m - p) + 1;
     }
@@ -856,7 +962,7 @@ static int journal_mark_gap(struct journal *j, uint64_t seg_first, char *err, si
 {
     char name[JOURNAL_SEG_NAME_LEN + 1];
     journal_gap_name(name, sizeof(name), seg_first);
-    int fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    int fd = openat(j->dirfd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0 || close(fd) != 0 || fsync(j->dirfd) != 0) {
         errbuf_setf(err, errlen, "journal: create %s/%s: %s", j->dir, name, strerror(errno));
         return -1;
@@ -908,14 +1014,14 @@ static int journal_recover_seg(struct journal *j, const struct journal_seg *seg,
         }
         why = n == 0 ? "record cut short" : n > 0 ? "sequence number out of order"
                                                   : "bad magic, length or CRC32C";
-        /* A bad tail (no valid record after it in this segment) is torn, in
-         * an older segment too: a record becomes durable only once every
-         * segment before it is fsynced, so no record from here on was
-         * acknowledged (a power loss before the roll's fsync, or a segment
-         * abandoned after a failed fsync). An older segment must show it
-         * by content: a length running past the end proves nothing there. */
-        bool torn = last ? n == 0 || !journal_valid_after(p, off + 1, size)
-                         : !journal_valid_after(p, off + 1, size);
+        /* A bad tail is torn only when no valid record follows it in this
+         * segment, in the newest one too: then no record from here on was
+         * acknowledged (a power loss before its fsync, or a segment
+         * abandoned after a failed fsync; a record becomes durable only once
+         * every segment before it is fsynced). A length running past the
+         * end proves nothing by itself: one flipped bit in it looks like
+         * that, with acknowledged records behind it. */
+        bool torn = !journal_valid_after(p, off + 1, size, expect);
         if (torn || j->cfg.recover == JOURNAL_RECOVER_TRUNCATE) {
             if (!last && next_first > expect && !journal_gap_known(j, next_first) &&
                 journal_mark_gap(j, next_first, err, errlen) != 0) {
@@ -1028,6 +1134,230 @@ static int journal_recover(struct journal *j, char *err, size_t errlen)
     return 0;
 }
 
+/* ------------------------------------------------------------ open */
+
+/* An exclusive flock on LOCK_NAME, held while the journal is open, with
+ * our pid in the file for the message a second node gets. */
+static int journal_lock(struct journal *j, char *err, size_t errlen)
+{
+    j->lock_fd = openat(j->dirfd, JOURNAL_LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (j->lock_fd < 0) {
+        errbuf_setf(err, errlen, "journal: open %s/%s: %s", j->dir, JOURNAL_LOCK_NAME,
+                    strerror(errno));
+        return -1;
+    }
+    int rc;
+    do
+        rc = flock(j->lock_fd, LOCK_EX | LOCK_NB);
+    while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(j->lock_fd, pid, sizeof(pid) - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            errbuf_setf(err, errlen, "journal: %s is in use by another berth-node (pid %s); "
+                        "each node needs a journal directory of its own", j->dir,
+                        pid[0] ? pid : "unknown");
+        else
+            errbuf_setf(err, errlen, "journal: lock %s/%s: %s", j->dir, JOURNAL_LOCK_NAME,
+                        strerror(e));
+        return -1;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(j->lock_fd, 0) != 0 || pwrite(j->lock_fd, pid, (size_t)len, 0) != len)
+        log_warn("journal_lock_pid", "dir=%s error=\"%s\"", j->dir, strerror(errno));
+    return 0;
+}
+
+/* fsyncs the directory holding the journal directory: without it a power
+ * loss can take the journal directory's own name, and every segment with
+ * it, however well they were fsynced. */
+static int journal_sync_parent(struct journal *j, char *err, size_t errlen)
+{
+    int fd = openat(j->dirfd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0) {
+        errbuf_setf(err, errlen, "journal: fsync the directory holding %s: %s", j->dir,
+                    strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+static void journal_consumer_file(char *name, size_t len, const char *consumer)
+{
+    snprintf(name, len, "%s%s", consumer, JOURNAL_CONSUMER_SUFFIX);
+}
+
+/* Reads each configured consumer's confirmed seq ("<seq>\n"; no file: 0). */
+static int journal_consumers_load(struct journal *j, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < j->nconsumers; i++) {
+        char name[JOURNAL_CONSUMER_NAME_MAX + 32], text[32];
+        journal_consumer_file(name, sizeof(name), j->consumers[i].name);
+        int fd = openat(j->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0 && errno == ENOENT)
+            continue;
+        ssize_t n = fd < 0 ? -1 : pread(fd, text, sizeof(text) - 1, 0);
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        if (n < 0) {
+            errbuf_setf(err, errlen, "journal: read %s/%s: %s", j->dir, name, strerror(e));
+            return -1;
+        }
+        text[n] = '\0';
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(text, &end, 10);
+        if (errno || end == text || *end != '\n') {
+            errbuf_setf(err, errlen, "journal: %s/%s does not hold a sequence number", j->dir,
+                        name);
+            return -1;
+        }
+        j->consumers[i].confirmed = v;
+    }
+    return 0;
+}
+
+static struct journal_consumer *journal_consumer_find(struct journal *j, const char *name)
+{
+    for (size_t i = 0; i < j->nconsumers; i++)
+        if (strcmp(j->consumers[i].name, name) == 0)
+            return &j->consumers[i];
+    return NULL;
+}
+
+int journal_consumer_position(struct journal *j, const char *name, uint64_t *seq)
+{
+    pthread_mutex_lock(&j->mu);
+    struct journal_consumer *c = journal_consumer_find(j, name);
+    if (c)
+        *seq = c->confirmed;
+    pthread_mutex_unlock(&j->mu);
+    return c ? 0 : -1;
+}
+
+int journal_consumer_confirm(struct journal *j, const char *name, uint64_t seq, char *err,
+                             size_t errlen)
+{
+    uint64_t have;
+    if (journal_consumer_position(j, name, &have) != 0) {
+        errbuf_setf(err, errlen, "consumer %.64s is not configured on this node "
+                    "(--journal-consumers)", name);
+        return -1;
+    }
+    if (seq <= have)
+        return 0;
+    uint64_t durable = journal_durable_seq(j);
+    if (seq > durable) {
+        errbuf_setf(err, errlen, "consumer %.64s confirms seq %" PRIu64 " but the journal "
+                    "holds up to %" PRIu64, name, seq, durable);
+        return -1;
+    }
+    /* Written aside, fsynced, renamed over, directory fsynced: a power
+     * loss leaves the old position or the new one, never a torn one. */
+    char file[JOURNAL_CONSUMER_NAME_MAX + 32], tmp[JOURNAL_CONSUMER_NAME_MAX + 40], text[32];
+    journal_consumer_file(file, sizeof(file), name);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", file);
+    int len = snprintf(text, sizeof(text), "%" PRIu64 "\n", seq);
+    pthread_mutex_lock(&j->cmu);
+    int rc = -1;
+    int fd = openat(j->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd >= 0 && write(fd, text, (size_t)len) == len && fdatasync(fd) == 0 && close(fd) == 0) {
+        fd = -1;
+        if (renameat(j->dirfd, tmp, j->dirfd, file) == 0 && fsync(j->dirfd) == 0)
+            rc = 0;
+    }
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    if (rc == 0) {
+        pthread_mutex_lock(&j->mu);
+        struct journal_consumer *c = journal_consumer_find(j, name);
+        if (c && seq > c->confirmed)
+            c->confirmed = seq;
+        pthread_mutex_unlock(&j->mu);
+    } else {
+        errbuf_setf(err, errlen, "journal: store the position of consumer %s: %s", name,
+                    strerror(e));
+    }
+    pthread_mutex_unlock(&j->cmu);
+    return rc;
+}
+
+void journal_probe_now(struct journal *j)
+{
+    struct statvfs sv;
+    bool full = false;
+    uint64_t avail = 0;
+    if (fstatvfs(j->dirfd, &sv) == 0) {
+        avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+        full = avail < JOURNAL_PROBE_BYTES;
+    }
+    if (j->probe_fd < 0)
+        j->probe_fd = openat(j->dirfd, JOURNAL_LIVENESS_NAME, O_WRONLY | O_CREAT | O_CLOEXEC,
+                             0600);
+    int e = 0;
+    const char *what = "probe write";
+    uint64_t t0 = mono_now_ms();
+    atomic_store(&j->probe_since_ms, t0 ? t0 : 1);
+    if (j->probe_fd < 0) {
+        e = errno;
+        what = "probe open";
+    } else {
+        static const uint8_t block[JOURNAL_LIVENESS_BYTES];
+        ssize_t w;
+        do
+            w = pwrite(j->probe_fd, block, sizeof(block), 0);
+        while (w < 0 && errno == EINTR);
+        if (w != (ssize_t)sizeof(block)) {
+            e = w < 0 ? errno : EIO;
+        } else if (fdatasync(j->probe_fd) != 0) {
+            e = errno;
+            what = "probe fsync";
+        }
+    }
+    atomic_store(&j->probe_since_ms, 0);
+    pthread_mutex_lock(&j->mu);
+    if (full)
+        journal_set_cause(j, JOURNAL_CAUSE_FULL, "journal: disk full: %" PRIu64
+                          " bytes free", avail);
+    else
+        journal_clear_cause(j, JOURNAL_CAUSE_FULL);
+    if (e)
+        journal_set_unhealthy(j, JOURNAL_CAUSE_PROBE, what, e);
+    else
+        journal_clear_cause(j, JOURNAL_CAUSE_PROBE);
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* Probes the disk every probe_interval_ms until journal_free. Its own
+ * thread: a disk that hangs holds this one, and journal_healthy sees it
+ * from outside. */
+static void *journal_probe_thread(void *arg)
+{
+    struct journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    while (!j->stop) {
+        pthread_mutex_unlock(&j->mu);
+        journal_probe_now(j);
+        pthread_mutex_lock(&j->mu);
+        if (j->stop)
+            break;
+        struct timespec ts;
+        journal_deadline(&ts, j->cfg.probe_interval_ms);
+        pthread_cond_timedwait(&j->probe_cond, &j->mu, &ts);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
 struct journal *journal_open(const struct journal_config *cfg, char *err, size_t errlen)
 {
     struct journal *j = calloc(1, sizeof(*j));
@@ -1036,7 +1366,8 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
         return NULL;
     }
     j->cfg = *cfg;
-    j->fd = j->dirfd = -1;
+    j->cfg.consumers = NULL; /* copied into j->consumers below */
+    j->fd = j->dirfd = j->lock_fd = j->probe_fd = -1;
     if (!j->cfg.wall_ms)
         j->cfg.wall_ms = journal_real_wall_ms;
     if (j->cfg.fsync_batch == 0)
@@ -1055,6 +1386,10 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
         rc = pthread_mutex_init(&j->wmu, NULL);
         j->wmu_ok = rc == 0;
     }
+    if (rc == 0) {
+        rc = pthread_mutex_init(&j->cmu, NULL);
+        j->cmu_ok = rc == 0;
+    }
     pthread_condattr_t ca;
     if (rc == 0)
         rc = pthread_condattr_init(&ca);
@@ -1066,6 +1401,10 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
             rc = pthread_cond_init(&j->cond, &ca);
             j->cond_ok = rc == 0;
         }
+        if (rc == 0) {
+            rc = pthread_cond_init(&j->probe_cond, &ca);
+            j->probe_cond_ok = rc == 0;
+        }
         pthread_condattr_destroy(&ca);
     }
     if (rc != 0) {
@@ -1075,12 +1414,29 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
     atomic_init(&j->durable, 0);
     atomic_init(&j->lost_gen, 0);
     atomic_init(&j->unhealthy, false);
+    atomic_init(&j->held_full, false);
+    atomic_init(&j->probe_since_ms, 0);
+    atomic_init(&j->sync_since_ms, 0);
 
     if (j->dir[0] == '\0') {
         errbuf_setf(err, errlen, "journal: no directory given");
         goto fail;
     }
-    if (mkdir(j->dir, 0755) != 0 && errno != EEXIST) {
+    if (cfg->nconsumers > JOURNAL_CONSUMERS_MAX) {
+        errbuf_setf(err, errlen, "journal: at most %d consumers", JOURNAL_CONSUMERS_MAX);
+        goto fail;
+    }
+    for (size_t i = 0; i < cfg->nconsumers; i++) {
+        if (!hb_node_id_valid(cfg->consumers[i])) {
+            errbuf_setf(err, errlen, "journal: consumer name \"%.64s\" is not [A-Za-z0-9._-]{1,64}",
+                        cfg->consumers[i]);
+            goto fail;
+        }
+        snprintf(j->consumers[j->nconsumers++].name, JOURNAL_CONSUMER_NAME_MAX + 1, "%s",
+                 cfg->consumers[i]);
+    }
+    /* Segments hold client payloads: the node's user only. */
+    if (mkdir(j->dir, 0700) != 0 && errno != EEXIST) {
         errbuf_setf(err, errlen, "journal: mkdir %s: %s", j->dir, strerror(errno));
         goto fail;
     }
@@ -1089,8 +1445,13 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
         errbuf_setf(err, errlen, "journal: open %s: %s", j->dir, strerror(errno));
         goto fail;
     }
+    if (journal_lock(j, err, errlen) != 0 || journal_sync_parent(j, err, errlen) != 0 ||
+        journal_consumers_load(j, err, errlen) != 0)
+        goto fail;
     if (journal_recover(j, err, errlen) != 0)
         goto fail;
+    j->probe_fd = openat(j->dirfd, JOURNAL_LIVENESS_NAME, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    /* A failure here (a full disk, say) is for the probe to report. */
     j->next_maint_ms = mono_now_ms();
     if (!j->cfg.manual_sync) {
         rc = pthread_create(&j->thread, NULL, journal_thread, j);
@@ -1099,6 +1460,14 @@ struct journal *journal_open(const struct journal_config *cfg, char *err, size_t
             goto fail;
         }
         j->started = true;
+        if (j->cfg.probe_interval_ms) {
+            rc = pthread_create(&j->probe_thread, NULL, journal_probe_thread, j);
+            if (rc != 0) {
+                errbuf_setf(err, errlen, "journal: pthread_create: %s", strerror(rc));
+                goto fail;
+            }
+            j->probe_started = true;
+        }
     }
     return j;
 fail:
@@ -1114,8 +1483,12 @@ void journal_free(struct journal *j)
         pthread_mutex_lock(&j->mu);
         j->stop = true;
         pthread_cond_signal(&j->cond);
+        if (j->probe_started)
+            pthread_cond_signal(&j->probe_cond);
         pthread_mutex_unlock(&j->mu);
         pthread_join(j->thread, NULL);
+        if (j->probe_started)
+            pthread_join(j->probe_thread, NULL);
     }
     /* A clean stop leaves everything written on disk, whatever the policy. */
     if (j->mu_ok && j->wmu_ok) {
@@ -1130,10 +1503,18 @@ void journal_free(struct journal *j)
     free(j->syncing);
     if (j->fd >= 0)
         close(j->fd);
+    if (j->probe_fd >= 0)
+        close(j->probe_fd);
+    if (j->lock_fd >= 0)
+        close(j->lock_fd); /* releases the flock */
     if (j->dirfd >= 0)
         close(j->dirfd);
     if (j->cond_ok)
         pthread_cond_destroy(&j->cond);
+    if (j->probe_cond_ok)
+        pthread_cond_destroy(&j->probe_cond);
+    if (j->cmu_ok)
+        pthread_mutex_destroy(&j->cmu);
     if (j->wmu_ok)
         pthread_mutex_destroy(&j->wmu);
     if (j->mu_ok)

@@ -22,6 +22,9 @@
 #define JOURNAL_IDENT_CERT 1         /* ... and a client certificate (mTLS): cert holds
                                       * its SHA-256 (32 bytes), then its identity text */
 #define JOURNAL_CERT_SHA256_LEN 32
+#define JOURNAL_CONSUMER_NAME_MAX 64 /* consumer names follow the node-id rule */
+#define JOURNAL_CONSUMERS_MAX 16
+#define JOURNAL_LOCK_NAME "LOCK"     /* flock'ed by the node that has the directory open */
 
 enum journal_fsync {
     JOURNAL_FSYNC_ALWAYS, /* no ACK before its record is fsynced; fsync whatever is queued */
@@ -53,6 +56,21 @@ struct journal_config {
     ssize_t (*writev_hook)(int fd, const struct iovec *iov, int iovcnt);
     /* Tests: replaces fdatasync(2) of segments (and the health probe). */
     int (*fsync_hook)(int fd);
+    /* Liveness probe: every probe_interval_ms a small write+fdatasync and a
+     * free-space check on the journal's filesystem, on a thread of its own
+     * (0: no probe thread). A write or fsync of the probe or of a sync
+     * round pending longer than probe_timeout_ms makes the journal
+     * unhealthy while it lasts (0: never). */
+    uint32_t probe_interval_ms;
+    uint32_t probe_timeout_ms;
+    /* Consumers retention waits for (names as hb_node_id_valid, at most
+     * JOURNAL_CONSUMERS_MAX): no segment holding a record a consumer has
+     * not confirmed is deleted. Over retain_bytes with the oldest segment
+     * held, appends are refused and the journal is unhealthy until a
+     * consumer confirms more. No consumers: retention deletes by size and
+     * age alone, read or not. */
+    const char *const *consumers;
+    size_t nconsumers;
 };
 
 /* What a SEND gives the journal. Strings need not be NUL-terminated. */
@@ -93,10 +111,12 @@ enum journal_state {
 
 struct journal;
 
-/* Opens (creating) the directory, recovers the segments (keeps every
- * complete record, cuts a torn tail, refuses a bad record elsewhere, naming
- * the file and byte offset in err) and starts the sync thread. NULL with the
- * reason in err. */
+/* Opens (creating, mode 0700, and making its name durable) the directory,
+ * takes its lock (a second node on the same directory fails here, naming
+ * the holder's pid), recovers the segments (keeps every complete record,
+ * cuts a torn tail, refuses a bad record with a valid one after it,
+ * naming the file and byte offset in err) and starts the sync and probe
+ * threads. NULL with the reason in err. */
 struct journal *journal_open(const struct journal_config *cfg, char *err, size_t errlen);
 /* Stops the thread, fsyncs what was written, closes. NULL is a no-op. */
 void journal_free(struct journal *j);
@@ -134,6 +154,21 @@ void journal_remove_waiter(struct journal *j, int efd);
  * an fsync failure with the next sync round that works; both with the
  * health probe (the directory takes a write and an fsync again). */
 bool journal_healthy(struct journal *j, char *reason, size_t len);
+
+/* Records that consumer name (configured) has everything up to seq, which
+ * must be durable: written to "<name>.consumer" in the directory with
+ * fsyncs before it returns, so a restart keeps it. A seq at or below the
+ * one already confirmed is a no-op. 0, or -1 with err (not configured,
+ * beyond the durable seq, a write failure). Thread-safe; waits for the disk. */
+int journal_consumer_confirm(struct journal *j, const char *name, uint64_t seq, char *err,
+                             size_t errlen);
+/* The last seq consumer name confirmed (0: none yet); -1 if it is not
+ * configured. */
+int journal_consumer_position(struct journal *j, const char *name, uint64_t *seq);
+
+/* One run of the liveness probe (what the probe thread does each period);
+ * for tests with probe_interval_ms 0. */
+void journal_probe_now(struct journal *j);
 
 /* manual_sync mode (tests): one pass of the thread's work (fsync, notify,
  * retention, health probe), on the wall clock of journal_config.wall_ms. */

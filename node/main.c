@@ -103,6 +103,16 @@ static const struct config_setting node_settings[] = {
      "oldest segments are deleted above this total (0: no limit)"},
     {"journal-retain-age", CONFIG_DURATION, "168h", 0, 10ll * 365 * 86400000, NULL,
      "segments last written longer ago are deleted (0: no limit)"},
+    {"journal-consumers", CONFIG_STRING, NULL, 0, 0, NULL,
+     "comma-separated consumer names retention waits for: no segment a consumer has not "
+     "confirmed is deleted; over --journal-retain-bytes the node refuses SENDs and leaves "
+     "rotation instead (berth tail --durable NAME confirms; default: none, retention "
+     "deletes by size and age alone)"},
+    {"journal-probe-interval", CONFIG_DURATION, "100ms", 0, 60000, NULL,
+     "how often the journal's disk is probed (a 512-byte write+fsync and a free-space "
+     "check) so a hung or full disk takes the node out of rotation (0: no probe)"},
+    {"journal-probe-timeout", CONFIG_DURATION, "400ms", 0, 600000, NULL,
+     "a probe or journal fsync pending longer makes the node unhealthy (0: never)"},
     {"journal-recover", CONFIG_ENUM, "refuse", 0, 0, "refuse|truncate",
      "a corrupt record before the journal's tail: refuse to start, or cut its segment "
      "there (loses what follows in that segment)"},
@@ -501,6 +511,28 @@ static int node_open_journal(struct node *n)
     else
         snprintf(dir, sizeof(dir), "journal-%s", n->id);
     const char *fs = config_str(n->cfg, "fsync");
+    /* --journal-consumers: split in place of a copy; the journal copies the names. */
+    char names[JOURNAL_CONSUMERS_MAX * (JOURNAL_CONSUMER_NAME_MAX + 1) + 1];
+    const char *consumers[JOURNAL_CONSUMERS_MAX];
+    size_t nconsumers = 0;
+    const char *cl = config_str(n->cfg, "journal-consumers");
+    if (cl && cl[0]) {
+        if (strlen(cl) >= sizeof(names)) {
+            fprintf(stderr, "berth-node: --journal-consumers: too long (at most %d names)\n",
+                    JOURNAL_CONSUMERS_MAX);
+            return -1;
+        }
+        snprintf(names, sizeof(names), "%s", cl);
+        for (char *save = NULL, *t = strtok_r(names, ",", &save); t;
+             t = strtok_r(NULL, ",", &save)) {
+            if (nconsumers == JOURNAL_CONSUMERS_MAX) {
+                fprintf(stderr, "berth-node: --journal-consumers: at most %d names\n",
+                        JOURNAL_CONSUMERS_MAX);
+                return -1;
+            }
+            consumers[nconsumers++] = t;
+        }
+    }
     struct journal_config jc = {
         .dir = dir,
         .fsync = strcmp(fs, "always") == 0 ? JOURNAL_FSYNC_ALWAYS
@@ -511,6 +543,10 @@ static int node_open_journal(struct node *n)
         .segment_bytes = (uint64_t)config_int(n->cfg, "journal-segment-bytes"),
         .retain_bytes = (uint64_t)config_int(n->cfg, "journal-retain-bytes"),
         .retain_age_ms = (uint64_t)config_int(n->cfg, "journal-retain-age"),
+        .probe_interval_ms = (uint32_t)config_int(n->cfg, "journal-probe-interval"),
+        .probe_timeout_ms = (uint32_t)config_int(n->cfg, "journal-probe-timeout"),
+        .consumers = consumers,
+        .nconsumers = nconsumers,
         .recover = strcmp(config_str(n->cfg, "journal-recover"), "truncate") == 0
                        ? JOURNAL_RECOVER_TRUNCATE
                        : JOURNAL_RECOVER_REFUSE,

@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
 #include "config.h"
 #include "crc32c.h"
+#include "hb_msg.h"
 #include "mono.h"
 
 #define TAIL_FEEDS_MAX 16
@@ -37,6 +39,10 @@ static const struct config_setting tail_settings[] = {
     {"out", CONFIG_STRING, NULL, 0, 0, NULL,
      "append the records, as stored (journal format), to this file instead of printing"},
     {"credit", CONFIG_INT, "1024", 1, 4096, NULL, "records in flight per node"},
+    {"durable", CONFIG_STRING, NULL, 0, 0, NULL,
+     "consumer name (one of the nodes' --journal-consumers): each node keeps what this "
+     "consumer has not confirmed, and a restart with --from 0 goes on after the last "
+     "record confirmed; confirmed once written out, every second and at exit"},
     {"timeout", CONFIG_DURATION, "5s", 100, 3600000, NULL,
      "a node that does not answer the subscription this long is an error"},
 };
@@ -50,7 +56,11 @@ struct tail_feed {
     uint64_t unacked;      /* records since the last credit */
     uint64_t last_sent_ms;
     uint64_t subscribed_ms;
+    uint64_t confirmed_seq;  /* last seq confirmed to a durable subscription */
 };
+
+#define TAIL_CONFIRM_MS 1000
+static char tail_durable[65]; /* --durable, "" none */
 
 static volatile sig_atomic_t tail_stop;
 static void tail_on_signal(int sig) { (void)sig; tail_stop = 1; }
@@ -86,14 +96,36 @@ static int tail_send(struct tail_feed *t, const uint8_t *p, size_t len)
 
 static int tail_subscribe(struct tail_feed *t, uint64_t from, uint32_t credit)
 {
-    uint8_t m[13];
+    uint8_t m[13 + 1 + sizeof(tail_durable)];
+    size_t nl = strlen(tail_durable), len = 13;
     m[0] = 'S';
     put_u64(m + 1, from);
     put_u32(m + 9, credit);
+    if (nl) {
+        m[13] = (uint8_t)nl;
+        memcpy(m + 14, tail_durable, nl);
+        len += 1 + nl;
+    }
     t->welcomed = false;
     t->unacked = 0;
     t->subscribed_ms = mono_now_ms();
-    return tail_send(t, m, sizeof(m));
+    return tail_send(t, m, len);
+}
+
+/* Durable subscriptions: tells the node that everything up to the last
+ * record written out is processed. Called only after that output was
+ * flushed. 0 or -1 (tail_send). */
+static int tail_confirm(struct tail_feed *t)
+{
+    if (!tail_durable[0] || !t->welcomed || t->last_seq <= t->confirmed_seq)
+        return 0;
+    uint8_t m[9];
+    m[0] = 'K';
+    put_u64(m + 1, t->last_seq);
+    int rc = tail_send(t, m, sizeof(m));
+    if (rc == 0)
+        t->confirmed_seq = t->last_seq;
+    return rc < 0 ? -1 : 0;
 }
 
 /* Grants the records consumed since the last grant; what could not go
@@ -199,6 +231,16 @@ static int tail_run(struct config *cfg)
     uint64_t duration = (uint64_t)config_int(cfg, "duration");
     uint64_t timeout = (uint64_t)config_int(cfg, "timeout");
     uint32_t credit = (uint32_t)config_int(cfg, "credit");
+    const char *durable = config_str(cfg, "durable");
+    tail_durable[0] = '\0';
+    if (durable && durable[0]) {
+        if (!hb_node_id_valid(durable)) {
+            fprintf(stderr, "berth tail: --durable \"%s\": a name is [A-Za-z0-9._-]{1,64}\n",
+                    durable);
+            return EXIT_USAGE;
+        }
+        snprintf(tail_durable, sizeof(tail_durable), "%s", durable);
+    }
     const char *outpath = config_str(cfg, "out");
     bool raw = outpath && outpath[0];
     FILE *out = stdout;
@@ -239,7 +281,7 @@ static int tail_run(struct config *cfg)
      * below, and ends the run quietly. */
     signal(SIGPIPE, SIG_IGN);
 
-    uint64_t start = mono_now_ms(), got = 0;
+    uint64_t start = mono_now_ms(), got = 0, last_confirm = start;
     while (!tail_stop && (count == 0 || got < count)) {
         uint64_t now = mono_now_ms();
         if (duration && now - start >= duration)
@@ -321,8 +363,20 @@ static int tail_run(struct config *cfg)
         }
         if (status)
             break;
+        if (tail_durable[0] && mono_now_ms() - last_confirm >= TAIL_CONFIRM_MS &&
+            (!raw || fsync(fileno(out)) == 0)) {
+            last_confirm = mono_now_ms();
+            for (size_t i = 0; i < nf && status == 0; i++)
+                if (tail_confirm(&feeds[i]) != 0)
+                    status = EXIT_RUNTIME;
+        }
     }
+    /* What was written out is confirmed once it is flushed (the file is
+     * fsynced first: a confirmed record may be deleted from the node). */
+    bool flushed = fflush(out) == 0 && (!raw || fsync(fileno(out)) == 0);
     for (size_t i = 0; i < nf; i++) {
+        if (feeds[i].sock && flushed && status == 0)
+            (void)tail_confirm(&feeds[i]);
         if (feeds[i].sock) {
             /* Best effort: a node forgets a silent consumer after 30 s anyway. */
             uint8_t bye = 'X';

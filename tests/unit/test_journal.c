@@ -3,7 +3,9 @@
  * with --journal-recover=truncate), segment roll, retention by size and by
  * age on a fake clock, the reader across segments, write and fsync
  * failures (an injected writev or fdatasync, RLIMIT_FSIZE) that store and
- * ACK nothing, lost records kept lost, and recovery after them. */
+ * ACK nothing, lost records kept lost, and recovery after them; a flipped
+ * length bit refused, the directory lock, owner-only modes, consumers that
+ * hold retention, a hung fsync seen from outside. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +14,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -632,6 +636,172 @@ static void test_fsync_failure_keeps_unhealthy(void **state)
     journal_free(j);
 }
 
+/* One flipped bit in a record's length in the newest segment makes the
+ * length run past the end of the file: with intact records after it, that
+ * is corruption (refused, naming file and offset), not a torn tail whose
+ * cut would drop acknowledged records and hand their seqs out again. */
+static void test_length_bitflip_in_newest_refused(void **state)
+{
+    struct fx *f = *state;
+    struct journal *j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    for (uint64_t i = 1; i <= 5; i++)
+        put(j, i * 10, "payload");
+    journal_sync_now(j);
+    journal_free(j);
+    char *p = seg_path(f, 1);
+    off_t rec = file_size(p) / 5;
+    int fd = open(p, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t len[4];
+    assert_int_equal(pread(fd, len, 4, rec + 4), 4);  /* record 2's length */
+    len[1] ^= 0x10;                                   /* now past the end of the file */
+    assert_int_equal(pwrite(fd, len, 4, rec + 4), 4);
+    close(fd);
+    assert_null(journal_open(&f->cfg, f->err, sizeof(f->err)));
+    char want[64];
+    snprintf(want, sizeof(want), "at byte %lld", (long long)rec);
+    assert_non_null(strstr(f->err, want));
+    assert_non_null(strstr(f->err, "00000000000000000001.seg"));
+    assert_int_equal(file_size(p), rec * 5); /* nothing cut */
+}
+
+/* A second open of the same directory fails at once, naming the holder. */
+static void test_second_open_refused(void **state)
+{
+    struct fx *f = *state;
+    struct journal *j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    assert_null(journal_open(&f->cfg, f->err, sizeof(f->err)));
+    char want[64];
+    snprintf(want, sizeof(want), "in use by another berth-node (pid %ld)", (long)getpid());
+    assert_non_null(strstr(f->err, want));
+    assert_non_null(strstr(f->err, f->dir));
+    journal_free(j);
+    j = journal_open(&f->cfg, f->err, sizeof(f->err)); /* the lock went with it */
+    assert_non_null(j);
+    journal_free(j);
+}
+
+/* Client payloads: the directory and every file in it for the node's user. */
+static void test_modes_owner_only(void **state)
+{
+    struct fx *f = *state;
+    char sub[300];
+    snprintf(sub, sizeof(sub), "%s/j", f->dir);
+    f->cfg.dir = sub;
+    mode_t old = umask(0);
+    struct journal *j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    umask(old);
+    assert_non_null(j);
+    put(j, 10, "payload");
+    journal_sync_now(j);
+    struct stat st;
+    assert_int_equal(stat(sub, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    char seg[400];
+    snprintf(seg, sizeof(seg), "%s/%020llu.seg", sub, 1ull);
+    assert_int_equal(stat(seg, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    journal_free(j);
+}
+
+/* A consumer that has not confirmed holds retention: over the size limit
+ * the journal refuses appends and is unhealthy, naming the consumer; once
+ * it confirms, retention deletes and appends work again. Its position
+ * survives a reopen. */
+static void test_consumer_holds_retention(void **state)
+{
+    struct fx *f = *state;
+    const char *consumers[] = {"archive"};
+    f->cfg.segment_bytes = 300;
+    f->cfg.retain_bytes = 1000;
+    f->cfg.consumers = consumers;
+    f->cfg.nconsumers = 1;
+    struct journal *j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    for (uint64_t i = 1; i <= 40; i++)
+        put(j, i * 10, "payload1234");
+    journal_sync_now(j);
+    uint64_t first = 0;
+    assert_int_equal(read_all(f, 1, &first), 40); /* nothing deleted */
+    assert_int_equal(first, 1);
+    char reason[200];
+    assert_false(journal_healthy(j, reason, sizeof(reason)));
+    assert_non_null(strstr(reason, "consumer archive"));
+    struct journal_entry e = {.message_id = 410, .name = "cli", .name_len = 3, .data = "x",
+                              .len = 1};
+    uint64_t seq;
+    assert_int_equal(journal_append(j, &e, &seq, f->err, sizeof(f->err)), -1);
+    assert_non_null(strstr(f->err, "consumer archive"));
+
+    /* Not beyond what is stored, and not an unknown consumer. */
+    assert_int_equal(journal_consumer_confirm(j, "archive", 41, f->err, sizeof(f->err)), -1);
+    assert_int_equal(journal_consumer_confirm(j, "other", 1, f->err, sizeof(f->err)), -1);
+    assert_int_equal(journal_consumer_confirm(j, "archive", 30, f->err, sizeof(f->err)), 0);
+    journal_sync_now(j);
+    assert_true(journal_healthy(j, NULL, 0));
+    int n = read_all(f, 1, &first);
+    assert_true(first > 1 && first <= 31);
+    assert_int_equal(n, (int)(41 - first));
+    assert_int_equal(put(j, 410, "payload1234"), 41);
+    journal_free(j);
+
+    j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    uint64_t pos = 0;
+    assert_int_equal(journal_consumer_position(j, "archive", &pos), 0);
+    assert_int_equal(pos, 30);
+    assert_int_equal(journal_consumer_position(j, "other", &pos), -1);
+    journal_free(j);
+
+    const char *bad[] = {"../x"};
+    f->cfg.consumers = bad;
+    assert_null(journal_open(&f->cfg, f->err, sizeof(f->err)));
+    assert_non_null(strstr(f->err, "consumer name"));
+}
+
+/* A sync round whose fsync does not return (a frozen disk) shows as
+ * unhealthy from outside while it hangs, and healthy once it returns. */
+static sem_t hang_go;
+static int hanging_fsync(int fd)
+{
+    while (sem_wait(&hang_go) != 0 && errno == EINTR)
+        ;
+    return fdatasync(fd);
+}
+
+static void *sync_now_thread(void *arg)
+{
+    journal_sync_now(arg);
+    return NULL;
+}
+
+static void test_hung_fsync_unhealthy(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(sem_init(&hang_go, 0, 0), 0);
+    f->cfg.fsync_hook = hanging_fsync;
+    f->cfg.probe_timeout_ms = 20;
+    struct journal *j = journal_open(&f->cfg, f->err, sizeof(f->err));
+    assert_non_null(j);
+    put(j, 10, "payload");
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, sync_now_thread, j), 0);
+    char reason[200] = "";
+    /* Bounded: 100 x 10 ms, five times the timeout and more. */
+    for (int i = 0; i < 100 && journal_healthy(j, reason, sizeof(reason)); i++)
+        usleep(10 * 1000);
+    assert_non_null(strstr(reason, "disk not responding"));
+    assert_int_equal(journal_state(j, 1), JOURNAL_PENDING);
+    assert_int_equal(sem_post(&hang_go), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(journal_healthy(j, NULL, 0));
+    assert_int_equal(journal_state(j, 1), JOURNAL_DURABLE);
+    journal_free(j);
+    sem_destroy(&hang_go);
+}
+
 static void test_record_parse_rejects(void **state)
 {
     (void)state;
@@ -667,6 +837,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roll_never_fsyncs_inline, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_lost_ranges_never_forgotten, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_fsync_failure_keeps_unhealthy, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_length_bitflip_in_newest_refused, fx_setup,
+                                        fx_teardown),
+        cmocka_unit_test_setup_teardown(test_second_open_refused, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_modes_owner_only, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_holds_retention, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_hung_fsync_unhealthy, fx_setup, fx_teardown),
         cmocka_unit_test(test_record_parse_rejects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
