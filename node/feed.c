@@ -18,6 +18,7 @@
 #include <zmq.h>
 
 #include "buf.h"
+#include "feed_msg.h"
 #include "errbuf.h"
 #include "log.h"
 #include "mono.h"
@@ -35,7 +36,7 @@ struct feed_consumer {
     uint64_t credit;              /* records it can still take */
     uint64_t last_seen_ms;
     uint64_t sent;
-    char durable[JOURNAL_CONSUMER_NAME_MAX + 1]; /* consumer name; "": not durable */
+    char durable[FEED_NAME_MAX + 1]; /* consumer name; "": not durable */
 };
 
 struct feed {
@@ -50,17 +51,6 @@ struct feed {
     struct feed_consumer consumers[FEED_CONSUMERS_MAX];
     struct buf raw;               /* one record being sent */
 };
-
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
 
 /* Sends [id][type + body]; body may be two parts (head, tail) to avoid a
  * copy. 0, 1 when the pipe is full (try later), -1 when the consumer is gone. */
@@ -119,53 +109,52 @@ static struct feed_consumer *feed_find(struct feed *f, const uint8_t *id, size_t
     return free_slot;
 }
 
-static void feed_error_to(struct feed *f, const uint8_t *id, size_t idlen, const char *text)
+/* Ends a consumer's subscription with ERROR code + text (the code is what
+ * the consumer acts on). */
+static void feed_error_to(struct feed *f, const uint8_t *id, size_t idlen, enum feed_err code,
+                          const char *text)
 {
     struct feed_consumer tmp;
     memset(&tmp, 0, sizeof(tmp));
     memcpy(tmp.id, id, idlen);
     tmp.idlen = idlen;
-    (void)feed_send(f, &tmp, FEED_MSG_ERROR, text, strlen(text));
+    uint8_t m[2 + FEED_ERROR_TEXT_MAX];
+    size_t tl = strlen(text);
+    struct feed_msg e = {.type = FEED_MSG_ERROR, .code = (uint8_t)code,
+                         .body = (const uint8_t *)text,
+                         .body_len = tl > FEED_ERROR_TEXT_MAX ? FEED_ERROR_TEXT_MAX : tl};
+    size_t n = feed_msg_encode(&e, m, sizeof(m));
+    if (n)
+        (void)feed_send(f, &tmp, m[0], m + 1, n - 1);
 }
 
-static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, const uint8_t *p,
-                           size_t len, uint64_t now)
+static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen,
+                           const struct feed_msg *m, uint64_t now)
 {
-    char name[JOURNAL_CONSUMER_NAME_MAX + 1] = "";
-    if (len > 1 + 8 + 4) {
-        size_t nl = p[13];
-        if (len != 1 + 8 + 4 + 1 + nl || nl == 0 || nl > JOURNAL_CONSUMER_NAME_MAX ||
-            memchr(p + 14, '\0', nl)) {
-            feed_error_to(f, id, idlen, "malformed SUBSCRIBE");
-            return;
-        }
-        memcpy(name, p + 14, nl);
-        name[nl] = '\0';
-    } else if (len != 1 + 8 + 4) {
-        feed_error_to(f, id, idlen, "malformed SUBSCRIBE");
-        return;
-    }
+    char name[FEED_NAME_MAX + 1] = "";
+    if (m->name)
+        snprintf(name, sizeof(name), "%.*s", (int)m->name_len, m->name);
     uint64_t confirmed = 0;
     if (name[0] && journal_consumer_position(f->journal, name, &confirmed) != 0) {
         char text[160];
         snprintf(text, sizeof(text), "consumer %s is not configured on this node "
                  "(--journal-consumers)", name);
-        feed_error_to(f, id, idlen, text);
+        feed_error_to(f, id, idlen, FEED_ERR_UNKNOWN_NAME, text);
         return;
     }
     struct feed_consumer *c = feed_find(f, id, idlen, true);
     if (!c) {
-        feed_error_to(f, id, idlen, "too many consumers");
+        feed_error_to(f, id, idlen, FEED_ERR_TOO_MANY, "too many consumers");
         return;
     }
-    uint64_t from = get_u64(p + 1);
-    uint32_t credit = get_u32(p + 9);
+    uint64_t from = m->seq;
+    uint32_t credit = m->credit;
     if (from == 0)
         from = name[0] ? confirmed + 1 : journal_durable_seq(f->journal) + 1;
     journal_reader_free(c->reader);
     c->reader = journal_reader_new(journal_dir(f->journal), from);
     if (!c->reader) {
-        feed_error_to(f, id, idlen, "out of memory");
+        feed_error_to(f, id, idlen, FEED_ERR_INTERNAL, "out of memory");
         memset(c, 0, sizeof(*c));
         return;
     }
@@ -173,13 +162,12 @@ static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, cons
     c->last_seen_ms = now;
     c->sent = 0;
     snprintf(c->durable, sizeof(c->durable), "%s", name);
-    uint8_t w[1 + FEED_ID_MAX + 16];
-    size_t il = strlen(f->node_id);
-    w[0] = (uint8_t)il;
-    memcpy(w + 1, f->node_id, il);
-    put_u64(w + 1 + il, journal_first_seq(f->journal));
-    put_u64(w + 1 + il + 8, journal_next_seq(f->journal));
-    if (feed_send(f, c, FEED_MSG_WELCOME, w, 1 + il + 16) < 0)
+    uint8_t w[FEED_MSG_MAX];
+    struct feed_msg wm = {.type = FEED_MSG_WELCOME, .name = f->node_id,
+                          .name_len = strlen(f->node_id), .seq = journal_first_seq(f->journal),
+                          .next_seq = journal_next_seq(f->journal)};
+    size_t wl = feed_msg_encode(&wm, w, sizeof(w));
+    if (wl == 0 || feed_send(f, c, w[0], w + 1, wl - 1) < 0)
         feed_drop(f, c, "send failed");
     else
         log_info("feed_subscribe", "from_seq=%" PRIu64 " credit=%u durable=%s", from, credit,
@@ -190,7 +178,7 @@ static void feed_subscribe(struct feed *f, const uint8_t *id, size_t idlen, cons
 static void feed_on_readable(struct feed *f, uint64_t now)
 {
     for (int budget = 0; budget < 1024; budget++) {
-        uint8_t id[FEED_ID_MAX + 1], body[128];
+        uint8_t id[FEED_ID_MAX + 1], body[FEED_MSG_MAX];
         int idn = zmq_recv(f->sock, id, sizeof(id), ZMQ_DONTWAIT);
         if (idn < 0)
             return;
@@ -217,23 +205,29 @@ static void feed_on_readable(struct feed *f, uint64_t now)
         if (idn > FEED_ID_MAX || bn < 1 || (size_t)bn > sizeof(body))
             continue; /* oversized or empty: not a consumer message */
         size_t idlen = (size_t)idn, len = (size_t)bn;
+        struct feed_msg m;
+        if (feed_msg_decode(body, len, &m) != 0) {
+            bool known = body[0] == FEED_MSG_SUBSCRIBE || body[0] == FEED_MSG_CREDIT ||
+                         body[0] == FEED_MSG_CONFIRM || body[0] == FEED_MSG_BYE;
+            struct feed_consumer *c = feed_find(f, id, idlen, false);
+            feed_error_to(f, id, idlen, known ? FEED_ERR_MALFORMED : FEED_ERR_UNKNOWN_TYPE,
+                          known ? "malformed message" : "unknown message type");
+            if (c)
+                feed_drop(f, c, "malformed message");
+            continue;
+        }
         struct feed_consumer *c;
-        switch (body[0]) {
+        switch (m.type) {
         case FEED_MSG_SUBSCRIBE:
-            feed_subscribe(f, id, idlen, body, len, now);
+            feed_subscribe(f, id, idlen, &m, now);
             break;
         case FEED_MSG_CREDIT:
             c = feed_find(f, id, idlen, false);
             if (!c) {
-                feed_error_to(f, id, idlen, "not subscribed");
+                feed_error_to(f, id, idlen, FEED_ERR_NOT_SUBSCRIBED, "not subscribed");
                 break;
             }
-            if (len != 5) {
-                feed_error_to(f, id, idlen, "malformed CREDIT");
-                feed_drop(f, c, "malformed CREDIT");
-                break;
-            }
-            c->credit += get_u32(body + 1);
+            c->credit += m.credit;
             if (c->credit > FEED_CREDIT_MAX)
                 c->credit = FEED_CREDIT_MAX;
             c->last_seen_ms = now;
@@ -241,21 +235,15 @@ static void feed_on_readable(struct feed *f, uint64_t now)
         case FEED_MSG_CONFIRM: {
             c = feed_find(f, id, idlen, false);
             if (!c || !c->durable[0]) {
-                feed_error_to(f, id, idlen, c ? "CONFIRM needs a durable subscription"
-                                              : "not subscribed");
-                break;
-            }
-            if (len != 9) {
-                feed_error_to(f, id, idlen, "malformed CONFIRM");
-                feed_drop(f, c, "malformed CONFIRM");
+                feed_error_to(f, id, idlen, c ? FEED_ERR_NOT_DURABLE : FEED_ERR_NOT_SUBSCRIBED,
+                              c ? "CONFIRM needs a durable subscription" : "not subscribed");
                 break;
             }
             c->last_seen_ms = now;
             char err[256];
-            if (journal_consumer_confirm(f->journal, c->durable, get_u64(body + 1), err,
-                                         sizeof(err)) != 0) {
+            if (journal_consumer_confirm(f->journal, c->durable, m.seq, err, sizeof(err)) != 0) {
                 log_warn("feed_confirm_failed", "consumer=%s error=\"%s\"", c->durable, err);
-                feed_error_to(f, id, idlen, "confirm failed");
+                feed_error_to(f, id, idlen, FEED_ERR_CONFIRM, "confirm failed");
                 feed_drop(f, c, "confirm failed");
             }
             break;
@@ -265,8 +253,8 @@ static void feed_on_readable(struct feed *f, uint64_t now)
             if (c)
                 feed_drop(f, c, "bye");
             break;
-        default:
-            feed_error_to(f, id, idlen, "unknown message type");
+        default: /* a node -> consumer type sent to the node */
+            feed_error_to(f, id, idlen, FEED_ERR_UNKNOWN_TYPE, "unknown message type");
             break;
         }
     }
@@ -295,7 +283,8 @@ static bool feed_pump(struct feed *f, uint64_t now)
                 break;
             if (r < 0) {
                 log_error("feed_read_failed", "error=\"%s\"", err);
-                (void)feed_send(f, c, FEED_MSG_ERROR, err, strlen(err));
+                /* The detail (paths) stays in the log. */
+                feed_error_to(f, c->id, c->idlen, FEED_ERR_JOURNAL, "journal read failed");
                 feed_drop(f, c, "journal read failed");
                 break;
             }

@@ -10,20 +10,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "feed_msg.h"
 #include "journal.h"
 
-/* Consumer -> node messages (one frame after the DEALER's identity). */
-#define FEED_MSG_SUBSCRIBE 'S' /* u64 from_seq (0: from the next record, or for a durable
-                                * consumer from after its confirmed seq), u32 credit,
-                                * optionally u8 name_len + a --journal-consumers name */
-#define FEED_MSG_CREDIT 'C'    /* u32 more records the consumer can take (0: keepalive) */
-#define FEED_MSG_CONFIRM 'K'   /* durable consumers: u64 seq, everything up to it is
-                                * processed; retention may delete it (no reply) */
-#define FEED_MSG_BYE 'X'       /* the consumer leaves */
-/* Node -> consumer. */
-#define FEED_MSG_WELCOME 'W'   /* u8 id_len, node id, u64 first_seq kept, u64 next_seq */
-#define FEED_MSG_RECORD 'R'    /* one journal record exactly as on disk (CRC32C inside) */
-#define FEED_MSG_ERROR 'E'     /* text; the subscription is over */
+/* The messages: shared/feed_msg.h. */
 
 #define FEED_CONSUMERS_MAX 64
 #define FEED_CREDIT_MAX 4096     /* records in flight per consumer at most */

@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "crc32c.h"
+#include "be.h"
 #include "errbuf.h"
 #include "hb_msg.h"
 #include "log.h"
@@ -108,83 +108,6 @@ struct journal {
     unsigned nwaiters;
     uint64_t next_maint_ms;
 };
-
-/* ------------------------------------------------------------ encoding */
-
-static void put_u16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 3; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)((uint16_t)p[0] << 8 | p[1]); }
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
-
-size_t journal_record_size(const struct journal_entry *e)
-{
-    return JOURNAL_HEADER_SIZE + e->name_len + e->peer_len + e->cert_len + e->len +
-           JOURNAL_TRAILER_SIZE;
-}
-
-/* Header layout (big-endian), 40 bytes:
- *   0 magic u32 | 4 length u32 (whole record) | 8 seq u64 | 16 message_id u64
- *  24 timestamp_ms u64 | 32 name_len u8 | 33 peer_len u8 | 34 cert_len u16
- *  36 ident_kind u16 | 38 reserved u16 (0)
- * then name, peer, cert, data, and the CRC32C of everything before it. */
-static void journal_header(uint8_t *h, uint32_t len, uint64_t seq, uint64_t ts,
-                           const struct journal_entry *e)
-{
-    put_u32(h, JOURNAL_MAGIC);
-    put_u32(h + 4, len);
-    put_u64(h + 8, seq);
-    put_u64(h + 16, e->message_id);
-    put_u64(h + 24, ts);
-    h[32] = (uint8_t)e->name_len;
-    h[33] = (uint8_t)e->peer_len;
-    put_u16(h + 34, (uint16_t)e->cert_len);
-    put_u16(h + 36, e->cert_len ? JOURNAL_IDENT_CERT : JOURNAL_IDENT_HELLO_PEER);
-    put_u16(h + 38, 0);
-}
-
-long journal_record_parse(const uint8_t *p, size_t len, struct journal_record *out)
-{
-    if (len < 8)
-        return 0;
-    if (get_u32(p) != JOURNAL_MAGIC)
-        return -1;
-    uint32_t rl = get_u32(p + 4);
-    if (rl < JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE || rl > JOURNAL_RECORD_MAX)
-        return -1;
-    if (len < rl)
-        return 0;
-    size_t idl = (size_t)p[32] + p[33] + get_u16(p + 34);
-    if (idl + JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE > rl || get_u16(p + 38) != 0)
-        return -1;
-    if (crc32c(0, p, rl - JOURNAL_TRAILER_SIZE) != get_u32(p + rl - JOURNAL_TRAILER_SIZE))
-        return -1;
-    out->seq = get_u64(p + 8);
-    out->message_id = get_u64(p + 16);
-    out->timestamp_ms = get_u64(p + 24);
-    out->name_len = p[32];
-    out->peer_len = p[33];
-    out->cert_len = get_u16(p + 34);
-    out->ident_kind = get_u16(p + 36);
-    out->name = (const char *)p + JOURNAL_HEADER_SIZE;
-    out->peer = out->name + out->name_len;
-    out->cert = (const uint8_t *)out->peer + out->peer_len;
-    out->data = out->cert + out->cert_len;
-    out->len = (uint32_t)(rl - JOURNAL_HEADER_SIZE - JOURNAL_TRAILER_SIZE - idl);
-    return (long)rl;
-}
 
 /* ------------------------------------------------------------ segments */
 
@@ -397,8 +320,7 @@ static ssize_t journal_writev_all(struct journal *j, int fd, struct iovec *iov, 
 int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *seq, char *err,
                    size_t errlen)
 {
-    if (e->name_len > 255 || e->peer_len > 255 || e->cert_len > 65535 ||
-        journal_record_size(e) > JOURNAL_RECORD_MAX) {
+    if (journal_record_size(e) == 0) {
         errbuf_setf(err, errlen, "journal: record too large");
         return -1;
     }
@@ -426,13 +348,7 @@ int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *s
         }
     }
     uint64_t s = j->next_seq;
-    journal_header(hdr, rl, s, journal_wall(j), e);
-    uint32_t crc = crc32c(0, hdr, sizeof(hdr));
-    crc = crc32c(crc, e->name, e->name_len);
-    crc = crc32c(crc, e->peer, e->peer_len);
-    crc = crc32c(crc, e->cert, e->cert_len);
-    crc = crc32c(crc, e->data, e->len);
-    put_u32(trailer, crc);
+    be_put32(trailer, journal_record_header(hdr, s, journal_wall(j), e));
     struct iovec iov[6] = {
         {hdr, sizeof(hdr)},
         {(void *)e->name, e->name_len},
@@ -1664,9 +1580,8 @@ int journal_reader_next(struct journal_reader *r, uint64_t max_seq, struct buf *
         }
         if ((size_t)got < sizeof(h))
             return 0; /* being written: not durable yet */
-        uint32_t rl = get_u32(h + 4);
-        if (get_u32(h) != JOURNAL_MAGIC || rl < JOURNAL_HEADER_SIZE + JOURNAL_TRAILER_SIZE ||
-            rl > JOURNAL_RECORD_MAX) {
+        uint32_t rl;
+        if (journal_record_length(h, sizeof(h), &rl) != 1) {
             errbuf_setf(err, errlen, "journal: bad record header in %s/%020" PRIu64
                         ".seg at byte %" PRIu64, r->dir, r->seg_first, r->off);
             return -1;

@@ -12,16 +12,9 @@
 #include <sys/uio.h>
 
 #include "buf.h"
+#include "journal_record.h" /* the record format, shared with the feed and berth tail */
 
-#define JOURNAL_MAGIC 0x424A5231u    /* "BJR1" */
-#define JOURNAL_HEADER_SIZE 40
-#define JOURNAL_TRAILER_SIZE 4       /* CRC32C */
-#define JOURNAL_RECORD_MAX (JOURNAL_HEADER_SIZE + 255 + 255 + 65535 + (256u << 20) + 4)
 #define JOURNAL_SEG_NAME_LEN 24      /* 20 digits + ".seg" */
-#define JOURNAL_IDENT_HELLO_PEER 0   /* identity: HELLO name + peer address */
-#define JOURNAL_IDENT_CERT 1         /* ... and a client certificate (mTLS): cert holds
-                                      * its SHA-256 (32 bytes), then its identity text */
-#define JOURNAL_CERT_SHA256_LEN 32
 #define JOURNAL_CONSUMER_NAME_MAX 64 /* consumer names follow the node-id rule */
 #define JOURNAL_CONSUMERS_MAX 16
 #define JOURNAL_LOCK_NAME "LOCK"     /* flock'ed by the node that has the directory open */
@@ -71,35 +64,6 @@ struct journal_config {
      * age alone, read or not. */
     const char *const *consumers;
     size_t nconsumers;
-};
-
-/* What a SEND gives the journal. Strings need not be NUL-terminated. */
-struct journal_entry {
-    uint64_t message_id;
-    const char *name;   /* HELLO name */
-    size_t name_len;    /* <= 255 */
-    const char *peer;   /* "ip:port" */
-    size_t peer_len;    /* <= 255 */
-    const uint8_t *cert; /* JOURNAL_IDENT_CERT identity; NULL/0: no client certificate */
-    size_t cert_len;    /* <= 65535 */
-    const void *data;
-    size_t len;
-};
-
-/* A decoded record; pointers borrow from the bytes parsed. */
-struct journal_record {
-    uint64_t seq;
-    uint64_t message_id;
-    uint64_t timestamp_ms;   /* Unix ms when the node stored it */
-    uint16_t ident_kind;     /* JOURNAL_IDENT_* */
-    const char *name;
-    uint8_t name_len;
-    const char *peer;
-    uint8_t peer_len;
-    const uint8_t *cert;     /* JOURNAL_IDENT_CERT: SHA-256 then identity text; else empty */
-    uint16_t cert_len;
-    const uint8_t *data;
-    uint32_t len;
 };
 
 /* Where a record's ACK stands. */
@@ -173,13 +137,6 @@ void journal_probe_now(struct journal *j);
 /* manual_sync mode (tests): one pass of the thread's work (fsync, notify,
  * retention, health probe), on the wall clock of journal_config.wall_ms. */
 void journal_sync_now(struct journal *j);
-
-/* Record codec. journal_record_size: the encoded size of an entry.
- * journal_record_parse: checks magic, lengths and the CRC of the record at
- * the front of p; returns its size, 0 when more bytes are needed, -1 when
- * it is not a valid record. */
-size_t journal_record_size(const struct journal_entry *e);
-long journal_record_parse(const uint8_t *p, size_t len, struct journal_record *out);
 
 /* Reader over the segments on disk, for replay and the feed (one thread). */
 struct journal_reader;

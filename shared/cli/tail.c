@@ -16,14 +16,13 @@
 #include <zmq.h>
 
 #include "config.h"
-#include "crc32c.h"
+#include "feed_msg.h"
 #include "hb_msg.h"
+#include "journal_record.h"
 #include "mono.h"
 
 #define TAIL_FEEDS_MAX 16
 #define TAIL_KEEPALIVE_MS 1000
-#define TAIL_REC_HEADER 40
-#define TAIL_REC_MAGIC 0x424A5231u
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
 
@@ -60,26 +59,10 @@ struct tail_feed {
 };
 
 #define TAIL_CONFIRM_MS 1000
-static char tail_durable[65]; /* --durable, "" none */
+static char tail_durable[FEED_NAME_MAX + 1]; /* --durable, "" none */
 
 static volatile sig_atomic_t tail_stop;
 static void tail_on_signal(int sig) { (void)sig; tail_stop = 1; }
-
-static uint32_t get_u32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
-static void put_u32(uint8_t *p, uint32_t v)
-{
-    for (int i = 3; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-static void put_u64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
 
 /* 0 sent, 1 not now (the pipe is full or not connected yet: the caller
  * tries again later), -1 the socket is unusable (said on stderr). */
@@ -94,22 +77,27 @@ static int tail_send(struct tail_feed *t, const uint8_t *p, size_t len)
     return -1;
 }
 
+/* Encodes m and sends it. 0, 1 or -1 (tail_send). */
+static int tail_send_msg(struct tail_feed *t, const struct feed_msg *m)
+{
+    uint8_t b[FEED_MSG_MAX];
+    size_t n = feed_msg_encode(m, b, sizeof(b));
+    if (n == 0) {
+        fprintf(stderr, "berth tail: %s: cannot encode a '%c' message\n", t->endpoint, m->type);
+        return -1;
+    }
+    return tail_send(t, b, n);
+}
+
 static int tail_subscribe(struct tail_feed *t, uint64_t from, uint32_t credit)
 {
-    uint8_t m[13 + 1 + sizeof(tail_durable)];
-    size_t nl = strlen(tail_durable), len = 13;
-    m[0] = 'S';
-    put_u64(m + 1, from);
-    put_u32(m + 9, credit);
-    if (nl) {
-        m[13] = (uint8_t)nl;
-        memcpy(m + 14, tail_durable, nl);
-        len += 1 + nl;
-    }
+    struct feed_msg m = {.type = FEED_MSG_SUBSCRIBE, .seq = from, .credit = credit,
+                         .name = tail_durable[0] ? tail_durable : NULL,
+                         .name_len = strlen(tail_durable)};
     t->welcomed = false;
     t->unacked = 0;
     t->subscribed_ms = mono_now_ms();
-    return tail_send(t, m, len);
+    return tail_send_msg(t, &m);
 }
 
 /* Durable subscriptions: tells the node that everything up to the last
@@ -119,10 +107,8 @@ static int tail_confirm(struct tail_feed *t)
 {
     if (!tail_durable[0] || !t->welcomed || t->last_seq <= t->confirmed_seq)
         return 0;
-    uint8_t m[9];
-    m[0] = 'K';
-    put_u64(m + 1, t->last_seq);
-    int rc = tail_send(t, m, sizeof(m));
+    struct feed_msg m = {.type = FEED_MSG_CONFIRM, .seq = t->last_seq};
+    int rc = tail_send_msg(t, &m);
     if (rc == 0)
         t->confirmed_seq = t->last_seq;
     return rc < 0 ? -1 : 0;
@@ -132,10 +118,8 @@ static int tail_confirm(struct tail_feed *t)
  * now goes with the next one. 0 or -1 (tail_send). */
 static int tail_credit(struct tail_feed *t)
 {
-    uint8_t m[5];
-    m[0] = 'C';
-    put_u32(m + 1, (uint32_t)t->unacked);
-    int rc = tail_send(t, m, sizeof(m));
+    struct feed_msg m = {.type = FEED_MSG_CREDIT, .credit = (uint32_t)t->unacked};
+    int rc = tail_send_msg(t, &m);
     if (rc == 0)
         t->unacked = 0;
     return rc < 0 ? -1 : 0;
@@ -157,40 +141,34 @@ static void tail_print_escaped(FILE *out, const uint8_t *p, size_t n)
     }
 }
 
-/* One 'R' message: checks it and prints or writes it. 0, or -1 (bad record). */
+/* One RECORD: checks it (the journal's own codec) and prints or writes it.
+ * 0, or -1 (bad record). */
 static int tail_record(struct tail_feed *t, const uint8_t *p, size_t len, FILE *out, bool raw)
 {
-    if (len < TAIL_REC_HEADER + 4 || get_u32(p) != TAIL_REC_MAGIC || get_u32(p + 4) != len)
+    struct journal_record r;
+    if (journal_record_parse(p, len, &r) != (long)len)
         return -1;
-    size_t nl = p[32], pl = p[33], cl = (size_t)p[34] << 8 | p[35];
-    if (TAIL_REC_HEADER + nl + pl + cl + 4 > len)
-        return -1;
-    if (crc32c(0, p, len - 4) != get_u32(p + len - 4))
-        return -1;
-    uint64_t seq = get_u64(p + 8);
-    if (t->last_seq && seq != t->last_seq + 1)
+    if (t->last_seq && r.seq != t->last_seq + 1)
         fprintf(stderr, "berth tail: %s: seq %" PRIu64 " follows %" PRIu64
-                " (records in between are no longer kept)\n", t->node, seq, t->last_seq);
-    t->last_seq = seq;
+                " (records in between are no longer kept)\n", t->node, r.seq, t->last_seq);
+    t->last_seq = r.seq;
     if (raw)
         return fwrite(p, 1, len, out) == len ? 0 : -1;
-    const uint8_t *name = p + TAIL_REC_HEADER, *peer = name + nl, *data = peer + pl + cl;
-    size_t dl = len - TAIL_REC_HEADER - nl - pl - cl - 4;
-    fprintf(out, "seq=%" PRIu64 " node=%s client=\"", seq, t->node);
-    tail_print_escaped(out, name, nl);
-    fprintf(out, "\" peer=%.*s", (int)pl, (const char *)peer);
+    fprintf(out, "seq=%" PRIu64 " node=%s client=\"", r.seq, t->node);
+    tail_print_escaped(out, (const uint8_t *)r.name, r.name_len);
+    fprintf(out, "\" peer=%.*s", (int)r.peer_len, r.peer);
     /* Identity kind 1 (mTLS): the certificate's SHA-256, then its identity. */
-    const uint8_t *cert = peer + pl;
-    if ((p[36] << 8 | p[37]) == 1 && cl >= 32) {
+    if (r.ident_kind == JOURNAL_IDENT_CERT) {
         fputs(" cert=\"", out);
-        tail_print_escaped(out, cert + 32, cl - 32);
+        tail_print_escaped(out, r.cert + JOURNAL_CERT_SHA256_LEN,
+                           r.cert_len - JOURNAL_CERT_SHA256_LEN);
         fputs("\" cert_sha256=", out);
-        for (size_t i = 0; i < 32; i++)
-            fprintf(out, "%02x", cert[i]);
+        for (size_t i = 0; i < JOURNAL_CERT_SHA256_LEN; i++)
+            fprintf(out, "%02x", r.cert[i]);
     }
-    fprintf(out, " id=%" PRIu64 " ts=%" PRIu64 " bytes=%zu data=\"", get_u64(p + 16),
-            get_u64(p + 24), dl);
-    tail_print_escaped(out, data, dl);
+    fprintf(out, " id=%" PRIu64 " ts=%" PRIu64 " bytes=%" PRIu32 " data=\"", r.message_id,
+            r.timestamp_ms, r.len);
+    tail_print_escaped(out, r.data, r.len);
     fputs("\"\n", out);
     return 0;
 }
@@ -312,8 +290,13 @@ static int tail_run(struct config *cfg)
                 }
                 const uint8_t *p = zmq_msg_data(&m);
                 size_t len = zmq_msg_size(&m);
-                if (len >= 1 && p[0] == 'R') {
-                    if (tail_record(t, p + 1, len - 1, out, raw) != 0) {
+                struct feed_msg fm;
+                if (feed_msg_decode(p, len, &fm) != 0) {
+                    fprintf(stderr, "berth tail: %s: a malformed message from the node\n",
+                            t->node);
+                    status = EXIT_RUNTIME;
+                } else if (fm.type == FEED_MSG_RECORD) {
+                    if (tail_record(t, fm.body, fm.body_len, out, raw) != 0) {
                         fprintf(stderr, "berth tail: %s: a record failed its check (CRC32C or "
                                 "length)\n", t->node);
                         status = EXIT_RUNTIME;
@@ -321,21 +304,20 @@ static int tail_run(struct config *cfg)
                     got++;
                     if (++t->unacked >= credit / 2 + 1 && tail_credit(t) != 0)
                         status = EXIT_RUNTIME;
-                } else if (len >= 18 && p[0] == 'W' && (size_t)p[1] + 18 <= len) {
-                    snprintf(t->node, sizeof(t->node), "%.*s", p[1], (const char *)p + 2);
+                } else if (fm.type == FEED_MSG_WELCOME) {
+                    snprintf(t->node, sizeof(t->node), "%.*s", (int)fm.name_len, fm.name);
                     t->welcomed = true;
                     fprintf(stderr, "berth tail: %s: node %s keeps seq %" PRIu64 "..%" PRIu64 "\n",
-                            t->endpoint, t->node, get_u64(p + 2 + p[1]),
-                            get_u64(p + 10 + p[1]) - 1);
-                } else if (len >= 1 && p[0] == 'E') {
-                    if (len - 1 == strlen("not subscribed") &&
-                        memcmp(p + 1, "not subscribed", len - 1) == 0) {
+                            t->endpoint, t->node, fm.seq, fm.next_seq - 1);
+                } else if (fm.type == FEED_MSG_ERROR) {
+                    if (fm.code == FEED_ERR_NOT_SUBSCRIBED) {
                         /* The node restarted: go on after the last record seen. */
                         if (tail_subscribe(t, t->last_seq ? t->last_seq + 1 : from, credit) < 0)
                             status = EXIT_RUNTIME;
                     } else {
-                        fprintf(stderr, "berth tail: %s: %.*s\n", t->node, (int)(len - 1),
-                                (const char *)p + 1);
+                        fprintf(stderr, "berth tail: %s: %s: %.*s\n", t->node,
+                                feed_err_name(fm.code), (int)fm.body_len,
+                                (const char *)fm.body);
                         status = EXIT_RUNTIME;
                     }
                 }
@@ -379,8 +361,8 @@ static int tail_run(struct config *cfg)
             (void)tail_confirm(&feeds[i]);
         if (feeds[i].sock) {
             /* Best effort: a node forgets a silent consumer after 30 s anyway. */
-            uint8_t bye = 'X';
-            (void)tail_send(&feeds[i], &bye, 1);
+            struct feed_msg bye = {.type = FEED_MSG_BYE};
+            (void)tail_send_msg(&feeds[i], &bye);
         }
     }
 done:

@@ -143,7 +143,50 @@ def queries():
         write("fuzz_pick_query", name, data)
 
 
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c ^= b
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+
+
+def record(seq, mid, data, name=b"cli", peer=b"127.0.0.1:9", cert=b""):
+    body = name + peer + cert + data
+    length = 40 + len(body) + 4
+    h = struct.pack(">IIQQQBBHHH", 0x424A5231, length, seq, mid, 1700000000000, len(name),
+                    len(peer), len(cert), 1 if cert else 0, 0)
+    r = h + body
+    return r + struct.pack(">I", crc32c(r))
+
+
+def journal_records():
+    write("fuzz_journal_record", "one", record(1, 10, b"payload"))
+    write("fuzz_journal_record", "two", record(1, 10, b"a") + record(2, 20, b"bb"))
+    write("fuzz_journal_record", "mtls", record(3, 30, b"x", cert=b"\x11" * 32 + b"CN=client"))
+    write("fuzz_journal_record", "empty_data", record(4, 40, b""))
+    write("fuzz_journal_record", "torn", record(1, 10, b"payload")[:-3])
+
+
+def feed_msgs():
+    seeds = {
+        "subscribe": b"S" + struct.pack(">QI", 1, 1024),
+        "subscribe_durable": b"S" + struct.pack(">QIB", 0, 64, 7) + b"archive",
+        "credit": b"C" + struct.pack(">I", 512),
+        "confirm": b"K" + struct.pack(">Q", 99),
+        "bye": b"X",
+        "welcome": b"W" + struct.pack(">B", 5) + b"node1" + struct.pack(">QQ", 1, 100),
+        "error": b"E" + struct.pack(">B", 2) + b"not subscribed",
+        "record": b"R" + record(1, 10, b"payload"),
+    }
+    for name, data in seeds.items():
+        write("fuzz_feed_msg", name, data)
+
+
 if __name__ == "__main__":
+    journal_records()
+    feed_msgs()
     frames()
     session()
     hb_msgs()

@@ -12,7 +12,8 @@ cd "$(dirname "$0")/../.."
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_frame fuzz_hb_msg fuzz_config fuzz_session fuzz_pick_query)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_frame fuzz_hb_msg fuzz_config fuzz_session fuzz_pick_query
+  fuzz_journal_record fuzz_feed_msg)
 build=${BERTH_FUZZ_BUILD:-build-fuzz}
 cc=${BERTH_FUZZ_CC:-clang-14}
 
