@@ -36,6 +36,8 @@ if [ "$force" = 0 ] && [ -s "$ca_pem" ] && [ -s "$ca_key" ] && [ -s "$node_pem" 
 fi
 
 mkdir -p "$outdir"
+# Not left to the umask: whoever can write here can replace ca.pem.
+chmod 0755 "$outdir"
 # Keys and temporary files are created private from the start, not chmod'ed later.
 umask 077
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/berth-certs.XXXXXX")

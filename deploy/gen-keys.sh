@@ -44,7 +44,10 @@ for n in balancer "${nodes[@]}"; do
   [[ $n =~ ^[A-Za-z0-9._-]{1,64}$ ]] || die "'$n' is not a node name ([A-Za-z0-9._-]{1,64})"
 done
 
+# The modes are set, not left to the umask: whoever can write the
+# allowlist directory can admit a key of their own.
 mkdir -p "$outdir/allow"
+chmod 0755 "$outdir" "$outdir/allow"
 pair() { # NAME: makes OUTDIR/NAME.key + .pub unless both exist (or --force)
   local base=$outdir/$1
   if [ "$force" = 0 ] && [ -s "$base.key" ] && [ -s "$base.pub" ]; then
