@@ -13,6 +13,7 @@ packages=(
   clang-14 libclang-rt-14-dev
   chromium chromium-driver python3-selenium python3-prometheus-client
   fuse3 python3-fusepy
+  libnats-dev nats-server
 )
 
 # A package counts as installed when dpkg says "install ok installed".
