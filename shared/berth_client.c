@@ -35,6 +35,7 @@ static const char *const berth_err_texts[] = {
     [BERTH_E_CONNECT] = "no node could be reached",
     [BERTH_E_NODE] = "the node failed and the retries are spent",
     [BERTH_E_TOO_LARGE] = "message above the node's limit",
+    [BERTH_E_IN_HANDLER] = "not allowed from inside a handler",
 };
 
 const char *berth_strerror(berth_err e)
@@ -65,6 +66,20 @@ struct bc_msg {
     size_t len;
 };
 
+/* An ACK taken off the ring, waiting for its turn at the handler; the
+ * strings are copies, so a failover meanwhile cannot pull them away. */
+struct bc_ack {
+    uint64_t message_id;
+    size_t bytes;
+    uint8_t sha256[FRAME_SHA256_LEN];
+    uint64_t seq;
+    char node_id[LOOKUP_ID_MAX + 1];
+    char node_addr[LOOKUP_ADDR_MAX + 3];
+};
+
+/* Which handler is running now: what it may call depends on it (berth.h). */
+enum bc_callout { BC_CALLOUT_NONE, BC_CALLOUT_ACK, BC_CALLOUT_NOTICE };
+
 struct bc_node {
     char id[LOOKUP_ID_MAX + 1];
     char addr[LOOKUP_ADDR_MAX + 1];
@@ -92,6 +107,10 @@ struct berth_client {
     unsigned int seed;              /* for jitter */
     berth_ack_handler ack_handler;
     void *ack_arg;
+    struct bc_ack *acks;            /* ACKs not yet given to the handler, a FIFO ring */
+    size_t acks_head, acks_count, acks_cap;
+    enum bc_callout callout;        /* the handler running now */
+    enum bc_callout free_refused_in; /* the handler that called berth_client_free, or NONE */
     berth_notice_handler notice_fn;
     void *notice_arg;
     char err[BC_ERR_MAX];
@@ -175,10 +194,25 @@ nomem:
     return BERTH_E_NOMEM;
 }
 
+/* Called from a handler, berth_client_free would pull the client from
+ * under the call that runs the handler: it is refused, and that call
+ * returns BERTH_E_IN_HANDLER once the handler is back (bc_leave). */
+static void bc_refuse_free(berth_client *c)
+{
+    c->free_refused_in = c->callout;
+    bc_errf(c, "berth_client_free was called from inside the %s handler and refused; "
+               "the client is still open: free it after the berth_* call returns",
+            c->callout == BC_CALLOUT_ACK ? "ACK" : "notice");
+}
+
 void berth_client_free(berth_client *c)
 {
     if (!c)
         return;
+    if (c->callout != BC_CALLOUT_NONE) {
+        bc_refuse_free(c);
+        return;
+    }
     if (c->s) {
         if (client_in_flight(c->s) == 0)
             (void)client_bye(c->s);
@@ -186,6 +220,7 @@ void berth_client_free(berth_client *c)
     }
     for (size_t i = 0; i < c->count; i++)
         free(c->ring[(c->head + i) % CLIENT_WINDOW_MAX].data);
+    free(c->acks);
     for (size_t i = 0; i < c->nlookups; i++)
         lookup_free(c->lookups[i]);
     free(c->lookups);
@@ -243,7 +278,41 @@ static void bc_notice(berth_client *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    /* A notice comes from the middle of a connection attempt: the handler
+     * may look, not act (every berth_* call that acts refuses). */
+    enum bc_callout outer = c->callout;
+    c->callout = BC_CALLOUT_NOTICE;
     c->notice_fn(c->notice_arg, text);
+    c->callout = outer;
+}
+
+/* The start of every public call that acts: nothing may act from inside
+ * a notice handler. BERTH_OK to go on. */
+static berth_err bc_enter(berth_client *c)
+{
+    if (c->callout != BC_CALLOUT_NOTICE)
+        return BERTH_OK;
+    bc_errf(c, "berth_* calls that act are not allowed from inside the notice handler");
+    return BERTH_E_IN_HANDLER;
+}
+
+/* The end of every public call that acts: once no handler runs any more, a
+ * refused berth_client_free is reported (over a success; beside a failure). */
+static berth_err bc_leave(berth_client *c, berth_err r)
+{
+    if (c->callout != BC_CALLOUT_NONE || c->free_refused_in == BC_CALLOUT_NONE)
+        return r;
+    const char *which = c->free_refused_in == BC_CALLOUT_ACK ? "ACK" : "notice";
+    c->free_refused_in = BC_CALLOUT_NONE;
+    if (r == BERTH_OK) {
+        bc_errf(c, "berth_client_free was called from inside the %s handler and refused; "
+                   "the client is still open: free it after the berth_* call returns", which);
+        return BERTH_E_IN_HANDLER;
+    }
+    size_t used = strlen(c->err);
+    snprintf(c->err + used, sizeof(c->err) - used,
+             "; and berth_client_free from inside the %s handler was refused", which);
+    return r;
 }
 
 static void bc_sleep_ms(long ms)
@@ -322,7 +391,8 @@ static berth_err bc_pick_excluding(berth_client *c, const char *const *ex, size_
     for (size_t k = 0; k < c->nlookups; k++) {
         size_t i = (c->good_lookup + k) % c->nlookups;
         struct lookup_node n;
-        if (lookup_pick(c->lookups[i], c->key, ex, nex, &n, e, sizeof(e)) == 0) {
+        enum lookup_status st = lookup_pick(c->lookups[i], c->key, ex, nex, &n, e, sizeof(e));
+        if (st == LOOKUP_OK) {
             c->good_lookup = i;
             c->epoch = n.epoch;
             memset(out, 0, sizeof(*out));
@@ -331,9 +401,8 @@ static berth_err bc_pick_excluding(berth_client *c, const char *const *ex, size_
             snprintf(out->cert_sha256, sizeof(out->cert_sha256), "%s", n.cert_sha256);
             return BERTH_OK;
         }
-        /* lookup_pick reports the documented 503 error code in its text:
-         * a balancer that answered "no node" is not a lookup failure. */
-        if (strstr(e, "no_healthy_node"))
+        /* A balancer that answered "no node" is not a lookup failure. */
+        if (st == LOOKUP_E_NO_NODE)
             empty = true;
     }
     bc_errf(c, "%s", e[0] ? e : "no balancer answered");
@@ -418,10 +487,9 @@ static void bc_report(berth_client *c, const struct bc_node *n, enum client_fail
 {
     if (c->o.no_reports || n->cached || !n->id[0] || c->nlookups == 0)
         return;
-    enum lookup_report_reason why =
-        fail == CLIENT_FAIL_TLS ? LOOKUP_REPORT_TLS : LOOKUP_REPORT_CONNECT;
-    if (strstr(detail, "timed out"))
-        why = LOOKUP_REPORT_TIMEOUT;
+    enum lookup_report_reason why = fail == CLIENT_FAIL_TLS       ? LOOKUP_REPORT_TLS
+                                    : fail == CLIENT_FAIL_TIMEOUT ? LOOKUP_REPORT_TIMEOUT
+                                                                  : LOOKUP_REPORT_CONNECT;
     char e[BC_ERR_MAX];
     if (lookup_report(c->lookups[c->good_lookup], n->id, why, detail, e, sizeof(e)) != 0)
         bc_notice(c, "could not report node %s to the balancer: %s", n->id, e);
@@ -497,7 +565,7 @@ static berth_err bc_connect_any(berth_client *c)
         bc_errf(c, "%s", e);
         if (fail == CLIENT_FAIL_SETUP)
             return BERTH_E_SETUP;
-        if (fail == CLIENT_FAIL_CONNECT || fail == CLIENT_FAIL_TLS)
+        if (fail == CLIENT_FAIL_CONNECT || fail == CLIENT_FAIL_TLS || fail == CLIENT_FAIL_TIMEOUT)
             bc_report(c, &n, fail, e);
         last = BERTH_E_CONNECT;
         if (n.id[0])
@@ -543,10 +611,62 @@ berth_err berth_connect(berth_client *c)
 {
     if (!c)
         return BERTH_E_INVALID;
-    return c->s ? BERTH_OK : bc_connect_any(c);
+    berth_err r = bc_enter(c);
+    if (r != BERTH_OK)
+        return r;
+    return bc_leave(c, c->s ? BERTH_OK : bc_connect_any(c));
 }
 
-/* Waits for the oldest message's ACK, failing over as needed. */
+/* Room for one more ACK in the handler's queue. 0 or -1 (out of memory). */
+static int bc_acks_reserve(berth_client *c)
+{
+    if (c->acks_count < c->acks_cap)
+        return 0;
+    size_t cap = c->acks_cap ? 2 * c->acks_cap : 16;
+    struct bc_ack *a = malloc(cap * sizeof(*a));
+    if (!a)
+        return -1;
+    for (size_t i = 0; i < c->acks_count; i++)
+        a[i] = c->acks[(c->acks_head + i) % c->acks_cap];
+    free(c->acks);
+    c->acks = a;
+    c->acks_cap = cap;
+    c->acks_head = 0;
+    return 0;
+}
+
+/* Gives the queued ACKs to the handler, oldest first, one call at a time.
+ * A handler that sends or flushes collects further ACKs into the queue;
+ * this loop, not a nested call, hands them over once it has returned, so
+ * the handler is never re-entered and the stack does not grow with a
+ * stream that is sent from the handler. */
+static void bc_deliver(berth_client *c)
+{
+    if (c->callout != BC_CALLOUT_NONE)
+        return; /* the outermost call delivers */
+    while (c->acks_count > 0) {
+        /* Off the queue before the call: the handler may add to it. */
+        struct bc_ack a = c->acks[c->acks_head];
+        c->acks_head = (c->acks_head + 1) % c->acks_cap;
+        c->acks_count--;
+        if (!c->ack_handler)
+            continue; /* the handler was removed meanwhile */
+        struct berth_ack pub = {
+            .message_id = a.message_id,
+            .bytes = a.bytes,
+            .sha256 = a.sha256,
+            .node_id = a.node_id,
+            .node_addr = a.node_addr,
+            .seq = a.seq,
+        };
+        c->callout = BC_CALLOUT_ACK;
+        c->ack_handler(c->ack_arg, &pub);
+        c->callout = BC_CALLOUT_NONE;
+    }
+}
+
+/* Waits for the oldest message's ACK, failing over as needed, and tells
+ * the handler (unless a handler is running: then the outer call does). */
 static berth_err bc_collect(berth_client *c)
 {
     for (;;) {
@@ -555,25 +675,33 @@ static berth_err bc_collect(berth_client *c)
             if (r != BERTH_OK)
                 return r;
         }
+        if (c->ack_handler && bc_acks_reserve(c) != 0) {
+            bc_errf(c, "out of memory queueing an ACK for the handler");
+            return BERTH_E_NOMEM;
+        }
         struct frame_ack ack;
         if (client_send_finish(c->s, &ack) == 0) {
-            struct bc_msg *m = &c->ring[c->head];
-            if (c->ack_handler) {
-                struct berth_ack a = {
-                    .message_id = m->id,
-                    .bytes = m->len,
-                    .sha256 = ack.sha256,
-                    .node_id = client_node_id(c->s),
-                    .node_addr = client_addr(c->s),
-                    .seq = ack.seq,
-                };
-                c->ack_handler(c->ack_arg, &a);
-            }
-            free(m->data);
-            m->data = NULL;
+            /* Finish the change before anyone hears of it: the message
+             * leaves the ring and the counters are right before the
+             * handler runs, whatever it then calls. */
+            struct bc_msg m = c->ring[c->head];
+            c->ring[c->head].data = NULL;
             c->head = (c->head + 1) % CLIENT_WINDOW_MAX;
             c->count--;
             c->episode = 0;
+            if (c->ack_handler) {
+                struct bc_ack *a = &c->acks[(c->acks_head + c->acks_count) % c->acks_cap];
+                memset(a, 0, sizeof(*a));
+                a->message_id = m.id;
+                a->bytes = m.len;
+                memcpy(a->sha256, ack.sha256, sizeof(a->sha256));
+                a->seq = ack.seq;
+                snprintf(a->node_id, sizeof(a->node_id), "%s", client_node_id(c->s));
+                snprintf(a->node_addr, sizeof(a->node_addr), "%s", client_addr(c->s));
+                c->acks_count++;
+            }
+            free(m.data);
+            bc_deliver(c);
             return BERTH_OK;
         }
         berth_err r = bc_failover(c);
@@ -582,11 +710,12 @@ static berth_err bc_collect(berth_client *c)
     }
 }
 
-berth_err berth_send(berth_client *c, uint64_t message_id, const void *data, size_t len)
+/* berth_send without the entry and exit checks. */
+static berth_err bc_send(berth_client *c, uint64_t message_id, const void *data, size_t len)
 {
-    if (!c || (!data && len))
-        return BERTH_E_INVALID;
-    if (c->count == CLIENT_WINDOW_MAX) {
+    /* A loop, not an if: the ACK handler that bc_collect calls may take
+     * the slot it freed. */
+    while (c->count == CLIENT_WINDOW_MAX) {
         berth_err r = bc_collect(c);
         if (r != BERTH_OK)
             return r;
@@ -603,8 +732,10 @@ berth_err berth_send(berth_client *c, uint64_t message_id, const void *data, siz
     }
     struct bc_msg *m = &c->ring[(c->head + c->count) % CLIENT_WINDOW_MAX];
     m->data = malloc(len ? len : 1);
-    if (!m->data)
+    if (!m->data) {
+        bc_errf(c, "out of memory copying message %" PRIu64, message_id);
         return BERTH_E_NOMEM;
+    }
     if (len)
         memcpy(m->data, data, len);
     m->id = message_id;
@@ -612,14 +743,32 @@ berth_err berth_send(berth_client *c, uint64_t message_id, const void *data, siz
     c->count++;
     if (client_send_start(c->s, m->id, m->data, m->len) == 0)
         return BERTH_OK;
-    /* The message is in the ring: the failover re-sends it with the rest. */
-    return bc_failover(c);
+    /* The failover re-sends the ring, this message with it. */
+    berth_err r = bc_failover(c);
+    if (r != BERTH_OK) {
+        /* No node took it: take it back, so that an error from berth_send
+         * always means "not queued" and the caller still holds it. No ACK
+         * was collected meanwhile, so it is still the newest entry. */
+        c->count--;
+        struct bc_msg *last = &c->ring[(c->head + c->count) % CLIENT_WINDOW_MAX];
+        free(last->data);
+        last->data = NULL;
+    }
+    return r;
 }
 
-berth_err berth_flush(berth_client *c)
+berth_err berth_send(berth_client *c, uint64_t message_id, const void *data, size_t len)
 {
-    if (!c)
+    if (!c || (!data && len))
         return BERTH_E_INVALID;
+    berth_err r = bc_enter(c);
+    if (r != BERTH_OK)
+        return r;
+    return bc_leave(c, bc_send(c, message_id, data, len));
+}
+
+static berth_err bc_flush(berth_client *c)
+{
     while (c->count > 0) {
         berth_err r = bc_collect(c);
         if (r != BERTH_OK)
@@ -628,11 +777,19 @@ berth_err berth_flush(berth_client *c)
     return BERTH_OK;
 }
 
-berth_err berth_ping(berth_client *c, double *rtt_ms)
+berth_err berth_flush(berth_client *c)
 {
     if (!c)
         return BERTH_E_INVALID;
-    berth_err r = berth_flush(c);
+    berth_err r = bc_enter(c);
+    if (r != BERTH_OK)
+        return r;
+    return bc_leave(c, bc_flush(c));
+}
+
+static berth_err bc_ping(berth_client *c, double *rtt_ms)
+{
+    berth_err r = bc_flush(c);
     if (r != BERTH_OK)
         return r;
     for (;;) {
@@ -650,12 +807,19 @@ berth_err berth_ping(berth_client *c, double *rtt_ms)
     }
 }
 
-berth_err berth_info(berth_client *c, char **json)
+berth_err berth_ping(berth_client *c, double *rtt_ms)
 {
-    if (!c || !json)
+    if (!c)
         return BERTH_E_INVALID;
-    *json = NULL;
-    berth_err r = berth_flush(c);
+    berth_err r = bc_enter(c);
+    if (r != BERTH_OK)
+        return r;
+    return bc_leave(c, bc_ping(c, rtt_ms));
+}
+
+static berth_err bc_info(berth_client *c, char **json)
+{
+    berth_err r = bc_flush(c);
     if (r != BERTH_OK)
         return r;
     for (;;) {
@@ -668,4 +832,21 @@ berth_err berth_info(berth_client *c, char **json)
         if ((r = bc_failover(c)) != BERTH_OK)
             return r;
     }
+}
+
+berth_err berth_info(berth_client *c, char **json)
+{
+    if (!c || !json)
+        return BERTH_E_INVALID;
+    *json = NULL;
+    berth_err r = bc_enter(c);
+    if (r != BERTH_OK)
+        return r;
+    r = bc_leave(c, bc_info(c, json));
+    if (r != BERTH_OK) {
+        /* A refused free turns a success into an error: nothing to free then. */
+        free(*json);
+        *json = NULL;
+    }
+    return r;
 }

@@ -58,6 +58,7 @@ struct client {
     bool broken;                   /* a failure desynchronised or ended the session */
     bool draining;                 /* the node said BYE on its own or shutting_down */
     bool closed;                   /* BYE exchanged */
+    bool timed_out;                /* the last failure was a wait that ran out of time */
     char err[CLIENT_ERR_MAX];      /* last error */
 };
 
@@ -243,6 +244,7 @@ static int client_wait(struct client *c, uint32_t events, uint64_t deadline, con
         if (now >= deadline) {
             client_failf(c, "%s: timed out after %ld ms waiting for %s", c->label, c->timeout_ms,
                          what);
+            c->timed_out = true;
             return -1;
         }
         uint64_t left = deadline - now;
@@ -335,10 +337,12 @@ static int client_read_frame(struct client *c, uint64_t deadline, const char *wh
     }
 }
 
-/* Connects fd to sa within the deadline; 0 or -1 with err. */
+/* Connects fd to sa within the deadline; 0 or -1 with err, and *timed_out
+ * set when no answer came in time (ours or the kernel's ETIMEDOUT). */
 static int client_tcp_connect(int fd, const struct sockaddr_storage *sa, socklen_t salen,
-                              uint64_t deadline, char *err, size_t errlen)
+                              uint64_t deadline, bool *timed_out, char *err, size_t errlen)
 {
+    *timed_out = false;
     if (connect(fd, (const struct sockaddr *)sa, salen) == 0)
         return 0;
     /* EINTR: the connection carries on in the background, as for EINPROGRESS. */
@@ -350,6 +354,7 @@ static int client_tcp_connect(int fd, const struct sockaddr_storage *sa, socklen
         uint64_t now = mono_now_ms();
         if (now >= deadline) {
             errbuf_setf(err, errlen, "timed out");
+            *timed_out = true;
             return -1;
         }
         uint64_t left = deadline - now;
@@ -372,6 +377,7 @@ static int client_tcp_connect(int fd, const struct sockaddr_storage *sa, socklen
     }
     if (soerr != 0) {
         errbuf_setf(err, errlen, "%s", strerror(soerr));
+        *timed_out = soerr == ETIMEDOUT;
         return -1;
     }
     return 0;
@@ -387,19 +393,23 @@ static struct client *client_connect_fail(struct client *c, enum client_fail why
     return NULL;
 }
 
-/* True when the node's alert says our certificate (or its absence) is the
- * problem: OpenSSL's texts for the alerts a server sends about a client
- * certificate. */
-static bool client_cert_refused(const char *tls_err)
+/* True when the node refused the session with an alert about our
+ * certificate (or its absence): the alert numbers a server sends about a
+ * client certificate, taken as codes from the TLS layer, never from the
+ * error text (which may quote what the node said). */
+static bool client_cert_refused(const struct tls_conn *t)
 {
-    static const char *const alerts[] = {
-        "alert certificate required", "alert unknown ca", "alert bad certificate",
-        "alert unsupported certificate", "alert certificate expired",
-    };
-    for (size_t i = 0; i < sizeof(alerts) / sizeof(alerts[0]); i++)
-        if (strstr(tls_err, alerts[i]))
-            return true;
-    return false;
+    switch (tls_conn_peer_alert(t)) {
+    case SSL_AD_CERTIFICATE_REQUIRED:
+    case SSL_AD_UNKNOWN_CA:
+    case SSL_AD_BAD_CERTIFICATE:
+    case SSL_AD_UNSUPPORTED_CERTIFICATE:
+    case SSL_AD_CERTIFICATE_EXPIRED:
+    case SSL_AD_CERTIFICATE_REVOKED:
+        return true;
+    default:
+        return false;
+    }
 }
 
 struct client *client_connect(const struct client_options *o, const char *addr_text,
@@ -491,11 +501,14 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
         SSL_CTX_free(ctx);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }
-    if (client_tcp_connect(fd, &ss, sslen, deadline, e, sizeof(e)) != 0) {
+    bool connect_timed_out = false;
+    if (client_tcp_connect(fd, &ss, sslen, deadline, &connect_timed_out, e, sizeof(e)) != 0) {
         errbuf_setf(c->err, sizeof(c->err), "%s: connect: %s", c->label, e);
         close(fd);
         SSL_CTX_free(ctx);
-        return client_connect_fail(c, CLIENT_FAIL_CONNECT, fail, err, errlen);
+        return client_connect_fail(c, connect_timed_out ? CLIENT_FAIL_TIMEOUT
+                                                        : CLIENT_FAIL_CONNECT,
+                                   fail, err, errlen);
     }
 
     /* The connection holds its own reference to ctx. */
@@ -512,11 +525,13 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
             break;
         if (st == TLS_AGAIN) {
             if (client_wait(c, tls_conn_events(c->tls), deadline, "the TLS handshake") != 0)
-                return client_connect_fail(c, CLIENT_FAIL_TLS, fail, err, errlen);
+                return client_connect_fail(c, c->timed_out ? CLIENT_FAIL_TIMEOUT
+                                                           : CLIENT_FAIL_TLS,
+                                           fail, err, errlen);
             continue;
         }
         const char *te = tls_conn_error(c->tls);
-        if (client_cert_refused(te)) {
+        if (client_cert_refused(c->tls)) {
             /* The node wants a client certificate from its CA (mTLS): every
              * node of the cluster will say the same, so retrying elsewhere
              * only adds failed handshakes on them. */
@@ -554,7 +569,7 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
         client_read_frame(c, deadline, "WELCOME", &f) != 0) {
         /* TLS 1.3: the node checks our certificate after our side of the
          * handshake is done, so its alert comes with the first read. */
-        if (client_cert_refused(c->err)) {
+        if (!c->timed_out && client_cert_refused(c->tls)) {
             size_t used = strlen(c->err);
             errbuf_setf(c->err + used, sizeof(c->err) - used,
                         ": the node requires a client certificate from its CA (--cert/--key)");

@@ -38,6 +38,8 @@ enum client_fail {
     CLIENT_FAIL_RESOLVE, /* the node's name did not resolve here: try another node */
     CLIENT_FAIL_CONNECT, /* TCP connect: try another node */
     CLIENT_FAIL_TLS,     /* TLS handshake or certificate check: try another node */
+    CLIENT_FAIL_TIMEOUT, /* no answer in time to the TCP connect or the TLS handshake:
+                          * try another node */
     CLIENT_FAIL_SESSION, /* HELLO refused (e.g. the node is draining) or broken reply */
 };
 
@@ -47,9 +49,11 @@ struct client;
  * a non-blocking TCP connection, runs the TLS handshake checking the node's
  * certificate against host, sends HELLO and waits for WELCOME, each within
  * o->timeout_ms of the start. Returns the session, or NULL with *fail (may
- * be NULL) and the cause in err, naming the node.
- * Writing to a socket the peer closed raises SIGPIPE: programs using this
- * module ignore SIGPIPE (the CLI does at start). */
+ * be NULL) and the cause in err, naming the node. A node that refuses our
+ * certificate (or its absence) with a TLS alert is CLIENT_FAIL_SETUP: every
+ * node of the cluster would. A peer that goes away never raises SIGPIPE
+ * (tls_conn sends with MSG_NOSIGNAL); the caller's signal dispositions are
+ * left alone. */
 struct client *client_connect(const struct client_options *o, const char *addr_text,
                               enum client_fail *fail, char *err, size_t errlen);
 /* Sends TLS close_notify if the session is still healthy, closes the socket

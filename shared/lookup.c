@@ -116,25 +116,41 @@ void lookup_format_http_error(const char *body, size_t len, long status, char *e
     json_decref(root);
 }
 
-int lookup_parse_pick(const char *body, size_t len, long status, struct lookup_node *out,
-                      char *err, size_t errlen)
+/* The class of a non-2xx answer: the documented machine-readable "error"
+ * code decides, never the words of "message". */
+static enum lookup_status lookup_http_error_class(const char *body, size_t len, long status)
+{
+    if (status != 503 || !body)
+        return LOOKUP_E_STATUS;
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, 0, &jerr);
+    const char *code = json_is_object(root) ? json_string_value(json_object_get(root, "error"))
+                                            : NULL;
+    enum lookup_status st =
+        code && strcmp(code, "no_healthy_node") == 0 ? LOOKUP_E_NO_NODE : LOOKUP_E_STATUS;
+    json_decref(root);
+    return st;
+}
+
+enum lookup_status lookup_parse_pick(const char *body, size_t len, long status,
+                                     struct lookup_node *out, char *err, size_t errlen)
 {
     if (status < 200 || status > 299) {
         lookup_format_http_error(body, len, status, err, errlen);
-        return -1;
+        return lookup_http_error_class(body, len, status);
     }
     if (!body || len == 0) {
         errbuf_setf(err, errlen, "bad /v1/pick answer: empty body");
-        return -1;
+        return LOOKUP_E_ANSWER;
     }
     json_error_t jerr;
     json_t *root = json_loadb(body, len, 0, &jerr);
     if (!root) {
         errbuf_setf(err, errlen, "bad /v1/pick answer: not JSON: %s (line %d)", jerr.text,
                     jerr.line);
-        return -1;
+        return LOOKUP_E_ANSWER;
     }
-    int rc = -1;
+    enum lookup_status rc = LOOKUP_E_ANSWER;
     if (!json_is_object(root)) {
         errbuf_setf(err, errlen, "bad /v1/pick answer: not a JSON object");
         goto done;
@@ -192,7 +208,7 @@ int lookup_parse_pick(const char *body, size_t len, long status, struct lookup_n
     snprintf(out->id, sizeof(out->id), "%s", id);
     snprintf(out->addr, sizeof(out->addr), "%s", addr_text);
     out->epoch = (uint64_t)json_integer_value(epoch);
-    rc = 0;
+    rc = LOOKUP_OK;
 done:
     json_decref(root);
     return rc;
@@ -402,12 +418,12 @@ static int lookup_append_escaped(struct lookup *l, char **q, size_t *qlen, const
     return rc;
 }
 
-int lookup_pick(struct lookup *l, const char *key, const char *const *exclude, size_t nexclude,
-                struct lookup_node *out, char *err, size_t errlen)
+enum lookup_status lookup_pick(struct lookup *l, const char *key, const char *const *exclude,
+                               size_t nexclude, struct lookup_node *out, char *err, size_t errlen)
 {
     char *q = NULL;
     size_t qlen = 0;
-    int rc = -1;
+    enum lookup_status rc = LOOKUP_E_LOCAL;
     if (lookup_append(&q, &qlen, "/v1/pick") != 0)
         goto oom;
     char sep = '?';
@@ -430,13 +446,14 @@ int lookup_pick(struct lookup *l, const char *key, const char *const *exclude, s
 
     long status = 0;
     struct lookup_body body;
-    if (lookup_http(l, q, NULL, &status, &body, err, errlen) != 0)
+    if (lookup_http(l, q, NULL, &status, &body, err, errlen) != 0) {
+        rc = LOOKUP_E_TRANSPORT;
         goto done;
+    }
     char perr[768];
-    if (lookup_parse_pick(body.data, body.len, status, out, perr, sizeof(perr)) != 0)
+    rc = lookup_parse_pick(body.data, body.len, status, out, perr, sizeof(perr));
+    if (rc != LOOKUP_OK)
         errbuf_setf(err, errlen, "balancer %s: %s", l->base, perr);
-    else
-        rc = 0;
     free(body.data);
     goto done;
 

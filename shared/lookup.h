@@ -23,6 +23,17 @@ struct lookup_node {
 
 struct lookup;
 
+/* What a lookup came to, so callers decide by code and keep err for people. */
+enum lookup_status {
+    LOOKUP_OK = 0,
+    LOOKUP_E_LOCAL,     /* on our side: out of memory, a bad argument */
+    LOOKUP_E_TRANSPORT, /* no answer: connect, TLS, timeout, an answer above LOOKUP_BODY_MAX */
+    LOOKUP_E_NO_NODE,   /* 503 with error code "no_healthy_node": the balancer answered
+                         * that no node is in rotation (after the exclusions) */
+    LOOKUP_E_STATUS,    /* any other HTTP error status */
+    LOOKUP_E_ANSWER,    /* a 2xx answer that is not the documented JSON */
+};
+
 /* libcurl's process-wide setup. Call it once at program start, before any
  * thread exists (the CLI does, first thing in main). lookup_new also calls
  * it, guarded by pthread_once, for programs that forget; that is only safe
@@ -41,12 +52,13 @@ int lookup_set_ca_file(struct lookup *l, const char *ca_file);
 
 /* GET /v1/pick[?key=K][&exclude=a,b]: key may be NULL (no affinity);
  * exclude holds nexclude node ids to skip (may be NULL when 0). Both are
- * URL-escaped here. Returns 0 with *out filled, or -1 with err naming the
- * balancer and the cause: transport failure, HTTP error status (with the
- * body's "error" and "message"), a body that is not JSON, or a missing or
- * invalid field. Example: "balancer http://127.0.0.1:8080: 503
- * no_healthy_node: no healthy node in rotation". */
-int lookup_pick(struct lookup *l, const char *key, const char *const *exclude, size_t nexclude,
+ * URL-escaped here. Returns LOOKUP_OK with *out filled, or the failure's
+ * class with err naming the balancer and the cause: transport failure,
+ * HTTP error status (with the body's "error" and "message"), a body that
+ * is not JSON, or a missing or invalid field. Example: LOOKUP_E_NO_NODE,
+ * "balancer http://127.0.0.1:8080: 503 no_healthy_node: no healthy node in
+ * rotation". */
+enum lookup_status lookup_pick(struct lookup *l, const char *key, const char *const *exclude, size_t nexclude,
                 struct lookup_node *out, char *err, size_t errlen);
 
 /* Why a client reports a node (POST /v1/reports, docs/DESIGN.md). */
@@ -67,11 +79,12 @@ bool lookup_sha256_hex_ok(const char *s);
 int lookup_get_json(struct lookup *l, const char *path, char **body, char *err, size_t errlen);
 
 /* The parser behind lookup_pick, with no I/O: body[0..len) is what the
- * balancer answered with HTTP status `status`. 0 with *out filled, or -1
- * with the cause in err (without the "balancer <url>: " prefix), e.g.
- * "503 no_healthy_node: no healthy node in rotation" or
- * "bad /v1/pick answer: \"addr\": missing or not a string". */
-int lookup_parse_pick(const char *body, size_t len, long status, struct lookup_node *out,
+ * balancer answered with HTTP status `status`. LOOKUP_OK with *out filled,
+ * or LOOKUP_E_NO_NODE, LOOKUP_E_STATUS or LOOKUP_E_ANSWER with the cause in
+ * err (without the "balancer <url>: " prefix), e.g. "503 no_healthy_node:
+ * no healthy node in rotation" or "bad /v1/pick answer: \"addr\": missing
+ * or not a string". */
+enum lookup_status lookup_parse_pick(const char *body, size_t len, long status, struct lookup_node *out,
                       char *err, size_t errlen);
 
 /* Turns a non-2xx answer into "<status> <error>: <message>" (or

@@ -1,14 +1,17 @@
 /* tls_conn: one TLS connection on a non-blocking socket, and the mapping of
  * OpenSSL's outcomes (WANT_READ/WANT_WRITE, close_notify, EOF, failure) onto
- * the few statuses an event loop needs. */
+ * the few statuses an event loop needs; the socket BIO that cannot raise
+ * SIGPIPE is here too. */
 #include "tls_conn.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
@@ -24,6 +27,8 @@ struct tls_conn {
     int fd;        /* owned, non-blocking */
     bool fatal;    /* a fatal error happened: SSL_shutdown must not be called */
     uint32_t events; /* what the last TLS_AGAIN waits for */
+    int peer_alert;  /* the TLS alert the peer sent with the last failure, or -1 */
+    unsigned long ssl_err; /* OpenSSL's code for the last failure, 0 if none */
     char *err;       /* last error text, TLS_CONN_ERR_MAX bytes; allocated at the first
                       * error, so the thousands of healthy connections a node holds
                       * carry no error buffer */
@@ -40,6 +45,122 @@ static const char *const tls_conn_op_names[] = {
     [TLS_OP_WRITE] = "write",
 };
 
+/* OpenSSL's socket BIO writes with write(2): a peer that has gone makes
+ * that raise SIGPIPE, whose default action kills the process. A library may
+ * neither be killable by its peer nor change the process's signal
+ * disposition (blocking SIGPIPE per thread needs a sigtimedwait drain that
+ * races with other threads' writes), so this BIO does the socket BIO's job
+ * with send(MSG_NOSIGNAL), which turns the same case into EPIPE. */
+static BIO_METHOD *tls_conn_bio_method;
+static pthread_once_t tls_conn_bio_once = PTHREAD_ONCE_INIT;
+
+static int tls_conn_bio_write(BIO *b, const char *p, size_t len, size_t *written)
+{
+    const struct tls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    *written = 0;
+    ssize_t n;
+    do
+        n = send(c->fd, p, len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0) {
+        *written = (size_t)n;
+        return 1;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        BIO_set_retry_write(b);
+    return 0; /* errno stays for tls_conn_fail */
+}
+
+static int tls_conn_bio_read(BIO *b, char *p, size_t len, size_t *readbytes)
+{
+    const struct tls_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    *readbytes = 0;
+    ssize_t n;
+    do
+        n = recv(c->fd, p, len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        *readbytes = (size_t)n;
+        return 1;
+    }
+    if (n == 0) {
+        /* OpenSSL asks BIO_eof to tell an EOF without close_notify from a
+         * stall, as it does with its own socket BIO. */
+        BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+        return 0;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        BIO_set_retry_read(b);
+    return 0;
+}
+
+static long tls_conn_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)num;
+    const struct tls_conn *c = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* nothing is buffered here */
+    case BIO_CTRL_EOF:
+        return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
+    case BIO_C_GET_FD:
+        if (ptr)
+            *(int *)ptr = c->fd;
+        return c->fd;
+    default:
+        return 0; /* everything else (kTLS, push/pop, pending) does not apply */
+    }
+}
+
+static int tls_conn_bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int tls_conn_bio_destroy(BIO *b)
+{
+    (void)b; /* the tls_conn owns the socket */
+    return 1;
+}
+
+static void tls_conn_bio_method_once(void)
+{
+    int type = BIO_get_new_index();
+    BIO_METHOD *m = type > 0 ? BIO_meth_new(type | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+                                            "berth socket (MSG_NOSIGNAL)")
+                             : NULL;
+    if (m && (BIO_meth_set_write_ex(m, tls_conn_bio_write) != 1 ||
+              BIO_meth_set_read_ex(m, tls_conn_bio_read) != 1 ||
+              BIO_meth_set_ctrl(m, tls_conn_bio_ctrl) != 1 ||
+              BIO_meth_set_create(m, tls_conn_bio_create) != 1 ||
+              BIO_meth_set_destroy(m, tls_conn_bio_destroy) != 1)) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    tls_conn_bio_method = m; /* process-wide, never freed, like OpenSSL's own methods */
+}
+
+/* Attaches c->fd to c->ssl through the BIO above. 0 or -1 with err. */
+static int tls_conn_attach_socket(struct tls_conn *c, char *err, size_t errlen)
+{
+    if (pthread_once(&tls_conn_bio_once, tls_conn_bio_method_once) != 0 ||
+        !tls_conn_bio_method) {
+        tls_ctx_error(err, errlen, "cannot create the socket BIO method");
+        return -1;
+    }
+    BIO *b = BIO_new(tls_conn_bio_method);
+    if (!b) {
+        tls_ctx_error(err, errlen, "BIO_new failed");
+        return -1;
+    }
+    BIO_set_data(b, c);
+    SSL_set_bio(c->ssl, b, b); /* one reference, owned by ssl from here */
+    return 0;
+}
+
 static struct tls_conn *tls_conn_new(SSL_CTX *ctx, int fd, bool client, char *err, size_t errlen)
 {
     ERR_clear_error();
@@ -51,15 +172,14 @@ static struct tls_conn *tls_conn_new(SSL_CTX *ctx, int fd, bool client, char *er
         return NULL;
     }
     c->fd = fd;
+    c->peer_alert = -1;
     c->ssl = SSL_new(ctx);
     if (!c->ssl) {
         tls_ctx_error(err, errlen, "SSL_new failed");
         goto fail;
     }
-    if (SSL_set_fd(c->ssl, fd) != 1) {
-        tls_ctx_error(err, errlen, "SSL_set_fd failed");
+    if (tls_conn_attach_socket(c, err, errlen) != 0)
         goto fail;
-    }
     if (client)
         SSL_set_connect_state(c->ssl);
     else
@@ -132,6 +252,23 @@ static void tls_conn_errf(struct tls_conn *c, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Keeps the codes behind the error text before tls_ctx_error clears the
+ * queue: OpenSSL's first code, and the alert the peer sent (OpenSSL files
+ * a received alert as reason SSL_AD_REASON_OFFSET + its description). */
+static void tls_conn_keep_codes(struct tls_conn *c)
+{
+    unsigned long codes[2] = {ERR_peek_error(), ERR_peek_last_error()};
+    c->ssl_err = codes[0];
+    for (size_t i = 0; i < 2; i++) {
+        int reason = ERR_GET_REASON(codes[i]);
+        if (codes[i] && ERR_GET_LIB(codes[i]) == ERR_LIB_SSL && reason >= SSL_AD_REASON_OFFSET &&
+            reason < SSL_AD_REASON_OFFSET + 256) {
+            c->peer_alert = reason - SSL_AD_REASON_OFFSET;
+            return;
+        }
+    }
+}
+
 /* Maps a failed SSL_* call (ret <= 0) to a status, recording why. */
 static enum tls_status tls_conn_fail(struct tls_conn *c, int ret, enum tls_conn_op op)
 {
@@ -139,6 +276,8 @@ static enum tls_status tls_conn_fail(struct tls_conn *c, int ret, enum tls_conn_
     int e = SSL_get_error(c->ssl, ret);
     const char *opname = tls_conn_op_names[op];
     c->events = 0;
+    c->peer_alert = -1;
+    c->ssl_err = 0;
 
     switch (e) {
     case SSL_ERROR_WANT_READ:
@@ -184,6 +323,7 @@ static enum tls_status tls_conn_fail(struct tls_conn *c, int ret, enum tls_conn_
         break;
     }
 
+    tls_conn_keep_codes(c);
     char what[256];
     /* Both sides: a client names the node certificate's flaw, a node
      * requiring client certificates (mTLS) the client's. */
@@ -363,6 +503,16 @@ int tls_conn_peer_identity(const struct tls_conn *c, char *out, size_t outlen)
         if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"' || *p == '\\')
             *p = '?';
     return 0;
+}
+
+int tls_conn_peer_alert(const struct tls_conn *c)
+{
+    return c->peer_alert;
+}
+
+unsigned long tls_conn_error_code(const struct tls_conn *c)
+{
+    return c->ssl_err;
 }
 
 const char *tls_conn_error(const struct tls_conn *c)

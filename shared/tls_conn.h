@@ -20,6 +20,8 @@ enum tls_status {
 };
 
 /* Takes ownership of fd (non-blocking) in every case, also on failure.
+ * Bytes go through send(MSG_NOSIGNAL)/recv: a peer that has gone gives
+ * EPIPE (TLS_CLOSED), never SIGPIPE, whatever the process's disposition.
  * host: for a client, the name or IP to verify (NULL with an insecure ctx). */
 struct tls_conn *tls_conn_new_server(SSL_CTX *ctx, int fd);
 struct tls_conn *tls_conn_new_client(SSL_CTX *ctx, int fd, const char *host, char *err,
@@ -59,7 +61,15 @@ int tls_conn_peer_sha256(const struct tls_conn *c, char hex[65]);
  * common name, else the whole subject in RFC 2253 form, control
  * characters replaced. 0, or -1 (and "") without a peer certificate. */
 int tls_conn_peer_identity(const struct tls_conn *c, char *out, size_t outlen);
-/* Last error text; borrowed, valid until the next call on c. */
+/* Last error text; borrowed, valid until the next call on c. It is for
+ * people: decisions use the codes below. */
 const char *tls_conn_error(const struct tls_conn *c);
+/* The TLS alert description (SSL_AD_*, RFC 8446 section 6) the peer sent
+ * with the last TLS_ERROR, e.g. SSL_AD_CERTIFICATE_REQUIRED; -1 when the
+ * failure was not a received alert. */
+int tls_conn_peer_alert(const struct tls_conn *c);
+/* OpenSSL's packed code (ERR_GET_LIB, ERR_GET_REASON) of the last TLS_ERROR,
+ * 0 when OpenSSL recorded none (a socket error, an EOF). */
+unsigned long tls_conn_error_code(const struct tls_conn *c);
 
 #endif

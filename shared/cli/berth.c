@@ -570,8 +570,9 @@ static void usage_hint(void)
 int main(int argc, char **argv)
 {
     char err[CLI_ERR_MAX];
-    /* A node that closes while we write must become an error, not a
-     * silent death by SIGPIPE. */
+    /* libberth never raises SIGPIPE (it sends with MSG_NOSIGNAL); this is
+     * for the CLI's own writes (the feed's sockets in tail, stdout): a
+     * reader that goes away must become an error, not a silent death. */
     signal(SIGPIPE, SIG_IGN);
     /* keygen has flags of its own and needs neither libcurl nor a balancer. */
     if (argc > 1 && strcmp(argv[1], "keygen") == 0)

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -24,6 +25,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "berth/berth.h"
 #include "buf.h"
 #include "client.h"
 #include "frame.h"
@@ -226,6 +228,8 @@ enum node_mode {
     NODE_SILENT_PING,   /* never answers PING */
     NODE_REFUSE_HELLO,  /* ERROR shutting_down to HELLO */
     NODE_SMALL_LIMIT,   /* WELCOME max_payload 100 */
+    NODE_ALERT_WORDS,   /* ERROR to HELLO whose text reads like a TLS alert */
+    NODE_GONE_AFTER_WELCOME, /* closes the connection right after WELCOME */
 };
 
 struct fake_node {
@@ -259,12 +263,17 @@ static int fake_answer(struct fake_node *node, const struct frame *f, struct buf
             frame_append_error(out, rid, FRAME_ERR_SHUTTING_DOWN, "node is draining");
             return 1;
         }
+        if (node->mode == NODE_ALERT_WORDS) {
+            frame_append_error(out, rid, FRAME_ERR_SHUTTING_DOWN,
+                               "tlsv13 alert certificate required; alert unknown ca");
+            return 1;
+        }
         struct frame_welcome w = {.version = 1, .session_id = 77,
                                   .max_payload = node->mode == NODE_SMALL_LIMIT ? 100 : 1 << 20,
                                   .idle_timeout_ms = 30000};
         snprintf(w.node_id, sizeof(w.node_id), "n1");
         frame_append_welcome(out, rid, &w);
-        return 0;
+        return node->mode == NODE_GONE_AFTER_WELCOME;
     }
     case FRAME_PING:
         if (node->mode == NODE_SILENT_PING)
@@ -672,6 +681,345 @@ static void test_session_small_limit(void **state)
     fake_node_stop(&node);
 }
 
+/* What the node says is text, and text decides nothing: an ERROR to HELLO
+ * that reads like a certificate alert is a session failure (try another
+ * node), not "the cluster wants a client certificate" (give up). */
+static void test_alert_words_are_not_an_alert(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_ALERT_WORDS);
+    char addr[64], err[768];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node.port);
+    struct client_options o = {.ca_file = certs.ca_pem, .verify = true, .name = "unit",
+                               .timeout_ms = 2000};
+    enum client_fail fail;
+    assert_null(client_connect(&o, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_SESSION);
+    assert_non_null(strstr(err, "alert unknown ca")); /* still shown to people */
+    assert_null(strstr(err, "requires a client certificate"));
+    fake_node_stop(&node);
+}
+
+/* A listener nobody accepts on: TCP connects (the backlog), the handshake
+ * never answers. The class is a code, CLIENT_FAIL_TIMEOUT, which becomes
+ * the report reason "timeout". */
+static void test_handshake_timeout_class(void **state)
+{
+    (void)state;
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    socklen_t sl = sizeof(sin);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sin, &sl), 0);
+    char addr[64], err[768];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", ntohs(sin.sin_port));
+    struct client_options o = {.ca_file = certs.ca_pem, .verify = true, .name = "unit",
+                               .timeout_ms = 150};
+    enum client_fail fail;
+    assert_null(client_connect(&o, addr, &fail, err, sizeof(err)));
+    assert_int_equal(fail, CLIENT_FAIL_TIMEOUT);
+    close(lfd);
+}
+
+/* ---- the public API (berth.h) against the fake node ---- */
+
+static berth_client *berth_to(struct fake_node *node, long timeout_ms)
+{
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node->port);
+    struct berth_options o;
+    berth_options_init(&o);
+    o.node = addr;
+    o.ca_file = certs.ca_pem;
+    o.name = "unit";
+    o.timeout_ms = timeout_ms;
+    o.max_retries = 0; /* the fake node takes one connection */
+    o.backoff_base_ms = 0;
+    berth_client *c = NULL;
+    assert_int_equal(berth_client_new(&o, &c), BERTH_OK);
+    return c;
+}
+
+/* What an ACK handler saw. */
+struct ack_log {
+    berth_client *c;
+    int calls;
+    int depth, max_depth;           /* handler nesting: must stay 1 */
+    uint64_t ids[1024];
+    size_t unacked[1024];           /* berth_unacked inside the handler */
+    berth_err inner;                /* what the call made from the handler returned */
+    uint64_t flush_on, free_on;     /* the message whose ACK triggers the call, 0: none */
+    uint64_t stream_to;             /* send the next message from the handler up to this id */
+};
+
+static void on_ack_log(void *arg, const struct berth_ack *a)
+{
+    struct ack_log *l = arg;
+    if (++l->depth > l->max_depth)
+        l->max_depth = l->depth;
+    if (l->calls < 1024) {
+        l->ids[l->calls] = a->message_id;
+        l->unacked[l->calls] = berth_unacked(l->c);
+    }
+    l->calls++;
+    assert_string_equal(a->node_id, "n1");
+    if (a->message_id == l->flush_on)
+        l->inner = berth_flush(l->c);
+    if (a->message_id == l->free_on)
+        berth_client_free(l->c); /* refused: the call that runs us is still using c */
+    if (a->message_id < l->stream_to) {
+        char msg[32];
+        snprintf(msg, sizeof(msg), "m%" PRIu64, a->message_id + 1);
+        berth_err r = berth_send(l->c, a->message_id + 1, msg, strlen(msg));
+        if (r == BERTH_OK)
+            r = berth_flush(l->c); /* the worst case: wait for it right here */
+        if (r != BERTH_OK)
+            l->inner = r;
+    }
+    l->depth--;
+}
+
+/* The natural "go on when this one is acknowledged": a handler that calls
+ * berth_flush. Each message is reported once, in order, with the counters
+ * already right, and a later flush has nothing to do. */
+static void test_ack_handler_flushes(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_GOOD);
+    berth_client *c = berth_to(&node, 500);
+    struct ack_log l = {.c = c, .flush_on = 1};
+    berth_set_ack_handler(c, on_ack_log, &l);
+    for (uint64_t id = 1; id <= 3; id++)
+        assert_int_equal(berth_send(c, id, "data", 4), BERTH_OK);
+    assert_int_equal(berth_unacked(c), 3);
+    berth_err r = berth_flush(c);
+    if (r != BERTH_OK)
+        fail_msg("berth_flush: %s: %s", berth_strerror(r), berth_error(c));
+    assert_int_equal(l.inner, BERTH_OK);
+    assert_int_equal(l.calls, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(l.ids[i], (uint64_t)i + 1);
+    assert_int_equal(l.unacked[0], 2); /* message 1 had left the queue */
+    assert_int_equal(l.unacked[1], 0); /* the inner flush had collected 2 and 3 */
+    assert_int_equal(l.max_depth, 1);
+    assert_int_equal(berth_unacked(c), 0);
+    assert_int_equal(berth_flush(c), BERTH_OK);
+    assert_int_equal(l.calls, 3);
+    berth_client_free(c); /* BYE ends the fake node */
+    fake_node_stop(&node);
+}
+
+/* A stream sent from the handler (send the next, flush it, from inside):
+ * no recursion, no double report, every message once and in order. */
+static void test_ack_handler_streams(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_GOOD);
+    berth_client *c = berth_to(&node, 2000);
+    struct ack_log l = {.c = c, .stream_to = 300};
+    berth_set_ack_handler(c, on_ack_log, &l);
+    assert_int_equal(berth_send(c, 1, "m1", 2), BERTH_OK);
+    berth_err r = berth_flush(c);
+    if (r != BERTH_OK)
+        fail_msg("berth_flush: %s: %s", berth_strerror(r), berth_error(c));
+    assert_int_equal(l.inner, BERTH_OK);
+    assert_int_equal(l.calls, 300);
+    for (int i = 0; i < 300; i++)
+        assert_int_equal(l.ids[i], (uint64_t)i + 1);
+    assert_int_equal(l.max_depth, 1);
+    assert_int_equal(berth_unacked(c), 0);
+    berth_client_free(c);
+    fake_node_stop(&node);
+}
+
+/* berth_client_free from the handler is refused with an error, frees
+ * nothing (ASan would see a use after free otherwise), and the client
+ * goes on working until it is freed outside. */
+static void test_ack_handler_free_refused(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_GOOD);
+    berth_client *c = berth_to(&node, 500);
+    struct ack_log l = {.c = c, .free_on = 2};
+    berth_set_ack_handler(c, on_ack_log, &l);
+    for (uint64_t id = 1; id <= 3; id++)
+        assert_int_equal(berth_send(c, id, "data", 4), BERTH_OK);
+    assert_int_equal(berth_flush(c), BERTH_E_IN_HANDLER);
+    assert_non_null(strstr(berth_error(c), "berth_client_free"));
+    assert_non_null(strstr(berth_error(c), "refused"));
+    assert_string_equal(berth_strerror(BERTH_E_IN_HANDLER), "not allowed from inside a handler");
+    assert_int_equal(l.calls, 3); /* every ACK was still reported */
+    assert_int_equal(berth_unacked(c), 0);
+    /* The refusal is reported once; the client still works. */
+    assert_int_equal(berth_send(c, 4, "more", 4), BERTH_OK);
+    assert_int_equal(berth_flush(c), BERTH_OK);
+    assert_int_equal(l.calls, 4);
+    assert_string_equal(berth_node_id(c), "n1");
+    berth_client_free(c);
+    fake_node_stop(&node);
+}
+
+/* berth_send's result says whether the message was queued: the node goes
+ * away while a large message is being written and no other node takes
+ * over, so it was not queued, and berth_unacked does not count it. Runs
+ * with the default SIGPIPE action, as an application would. */
+static void test_send_failure_means_not_queued(void **state)
+{
+    (void)state;
+    struct sigaction dfl = {.sa_handler = SIG_DFL}, old;
+    sigemptyset(&dfl.sa_mask);
+    assert_int_equal(sigaction(SIGPIPE, &dfl, &old), 0);
+    struct fake_node node;
+    fake_node_start(&node, NODE_GONE_AFTER_WELCOME);
+    berth_client *c = berth_to(&node, 300);
+    assert_int_equal(berth_connect(c), BERTH_OK);
+    size_t big = 1000000; /* above the point where SENDs are written out at once */
+    char *data = calloc(1, big);
+    assert_non_null(data);
+    fake_node_stop(&node); /* the node has closed by now */
+    berth_err r = berth_send(c, 1, data, big);
+    if (r == BERTH_OK)
+        fail_msg("berth_send to a node that has gone: OK");
+    assert_int_equal(berth_unacked(c), 0);
+    assert_int_equal(berth_flush(c), BERTH_OK); /* nothing was queued */
+    free(data);
+    berth_client_free(c);
+    assert_int_equal(sigaction(SIGPIPE, &old, NULL), 0);
+}
+
+/* A balancer for one discovery: answers GET /v1/pick (the fake node), then
+ * GET /v1/nodes (the fake node and n2, where nobody listens), each on its
+ * own connection; then it is gone. */
+struct fake_balancer {
+    int listen_fd;
+    int port;
+    int node_port;
+    pthread_t thread;
+};
+
+static void *fake_balancer_run(void *arg)
+{
+    struct fake_balancer *b = arg;
+    for (int i = 0; i < 2; i++) {
+        int fd = accept(b->listen_fd, NULL, NULL);
+        if (fd < 0)
+            break;
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        char req[2048];
+        size_t len = 0;
+        while (len + 1 < sizeof(req)) {
+            ssize_t n = read(fd, req + len, sizeof(req) - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+            req[len] = '\0';
+            if (strstr(req, "\r\n\r\n"))
+                break;
+        }
+        char body[256], resp[512];
+        if (strncmp(req, "GET /v1/nodes", 13) == 0)
+            snprintf(body, sizeof(body),
+                     "{\"epoch\":1,\"nodes\":[{\"id\":\"n1\",\"addr\":\"127.0.0.1:%d\"},"
+                     "{\"id\":\"n2\",\"addr\":\"127.0.0.1:1\"}]}",
+                     b->node_port);
+        else
+            snprintf(body, sizeof(body), "{\"id\":\"n1\",\"addr\":\"127.0.0.1:%d\",\"epoch\":1}",
+                     b->node_port);
+        int n = snprintf(resp, sizeof(resp),
+                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         "%zu\r\nConnection: close\r\n\r\n%s", strlen(body), body);
+        if (write(fd, resp, (size_t)n) != n)
+            fprintf(stderr, "fake balancer: short write\n");
+        close(fd);
+    }
+    close(b->listen_fd); /* from now on nobody answers there */
+    return NULL;
+}
+
+static void fake_balancer_start(struct fake_balancer *b, int node_port)
+{
+    memset(b, 0, sizeof(*b));
+    b->node_port = node_port;
+    b->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(b->listen_fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(b->listen_fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(b->listen_fd, 4), 0);
+    socklen_t sl = sizeof(sin);
+    assert_int_equal(getsockname(b->listen_fd, (struct sockaddr *)&sin, &sl), 0);
+    b->port = ntohs(sin.sin_port);
+    assert_int_equal(pthread_create(&b->thread, NULL, fake_balancer_run, b), 0);
+}
+
+struct notice_log {
+    berth_client *c;
+    int calls;
+    berth_err send, flush, connect;
+};
+
+static void on_notice_acts(void *arg, const char *text)
+{
+    struct notice_log *l = arg;
+    (void)text;
+    l->calls++;
+    l->send = berth_send(l->c, 9, "x", 1);
+    l->flush = berth_flush(l->c);
+    l->connect = berth_connect(l->c);
+    berth_client_free(l->c); /* refused as well */
+}
+
+/* A notice comes from the middle of a connection attempt: a handler that
+ * tries to act there is refused with BERTH_E_IN_HANDLER and the client is
+ * not freed under the call that runs it. */
+static void test_notice_handler_may_not_act(void **state)
+{
+    (void)state;
+    struct fake_node node;
+    fake_node_start(&node, NODE_ERROR_PING);
+    struct fake_balancer bal;
+    fake_balancer_start(&bal, node.port);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", bal.port);
+    const char *balancers[] = {url};
+    struct berth_options o;
+    berth_options_init(&o);
+    o.balancers = balancers;
+    o.nbalancers = 1;
+    o.ca_file = certs.ca_pem;
+    o.timeout_ms = 300;
+    o.max_retries = 1;
+    o.backoff_base_ms = 0;
+    o.cache_ttl_ms = 60000;
+    o.no_reports = 1;
+    berth_client *c = NULL;
+    assert_int_equal(berth_client_new(&o, &c), BERTH_OK);
+    struct notice_log l = {.c = c};
+    berth_set_notice_handler(c, on_notice_acts, &l);
+    berth_err r = berth_connect(c);
+    if (r != BERTH_OK)
+        fail_msg("berth_connect: %s: %s", berth_strerror(r), berth_error(c));
+    assert_int_equal(pthread_join(bal.thread, NULL), 0); /* the balancer is gone now */
+    /* The node refuses the PING: a failover, no balancer answers, the
+     * cached list stands in (a notice) with n2, which does not answer. */
+    r = berth_ping(c, NULL);
+    assert_int_not_equal(r, BERTH_OK);
+    assert_true(l.calls >= 1);
+    assert_int_equal(l.send, BERTH_E_IN_HANDLER);
+    assert_int_equal(l.flush, BERTH_E_IN_HANDLER);
+    assert_int_equal(l.connect, BERTH_E_IN_HANDLER);
+    assert_int_equal(berth_unacked(c), 0); /* the refused send queued nothing */
+    assert_non_null(strstr(berth_error(c), "berth_client_free from inside the notice handler"));
+    berth_client_free(c);
+    fake_node_stop(&node);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -687,6 +1035,13 @@ int main(void)
         cmocka_unit_test(test_session_timeout),
         cmocka_unit_test(test_connect_failures),
         cmocka_unit_test(test_session_small_limit),
+        cmocka_unit_test(test_alert_words_are_not_an_alert),
+        cmocka_unit_test(test_handshake_timeout_class),
+        cmocka_unit_test(test_ack_handler_flushes),
+        cmocka_unit_test(test_ack_handler_streams),
+        cmocka_unit_test(test_ack_handler_free_refused),
+        cmocka_unit_test(test_send_failure_means_not_queued),
+        cmocka_unit_test(test_notice_handler_may_not_act),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

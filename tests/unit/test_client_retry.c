@@ -9,6 +9,11 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "berth/berth.h"
 #include "retry.h"
 
@@ -172,6 +177,45 @@ static void test_api_before_session(void **state)
     assert_int_equal(berth_idle_timeout_ms(NULL), 0);
 }
 
+/* A port on 127.0.0.1 that nobody listens on: bound, learnt, closed. */
+static int dead_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    socklen_t sl = sizeof(sin);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+/* The class of a lookup failure travels as a code: an unreachable balancer
+ * whose URL happens to hold the words "no_healthy_node" is still "no
+ * balancer answered", not "no node in rotation". */
+static void test_lookup_class_not_from_text(void **state)
+{
+    (void)state;
+    char url[96];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/no_healthy_node", dead_port());
+    const char *balancers[] = {url};
+    struct berth_options o;
+    berth_options_init(&o);
+    o.balancers = balancers;
+    o.nbalancers = 1;
+    o.timeout_ms = 1000;
+    o.max_retries = 0;
+    o.no_reports = 1;
+    berth_client *c = NULL;
+    assert_int_equal(berth_client_new(&o, &c), BERTH_OK);
+    berth_err r = berth_connect(c);
+    if (r != BERTH_E_LOOKUP)
+        fail_msg("berth_connect: %s (%d): %s", berth_strerror(r), (int)r, berth_error(c));
+    /* The text is still there for people. */
+    assert_non_null(strstr(berth_error(c), url));
+    berth_client_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -181,6 +225,7 @@ int main(void)
         cmocka_unit_test(test_exclusion_full_replaces_soonest),
         cmocka_unit_test(test_api_checks),
         cmocka_unit_test(test_api_before_session),
+        cmocka_unit_test(test_lookup_class_not_from_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

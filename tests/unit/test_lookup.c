@@ -20,7 +20,7 @@
 
 #include "lookup.h"
 
-static int parse(const char *body, long status, struct lookup_node *n, char *err, size_t errlen)
+static enum lookup_status parse(const char *body, long status, struct lookup_node *n, char *err, size_t errlen)
 {
     return lookup_parse_pick(body, body ? strlen(body) : 0, status, n, err, errlen);
 }
@@ -63,13 +63,25 @@ static void test_parse_good(void **state)
                         "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
 }
 
-static void expect_bad(const char *body, long status, const char *want)
+/* The parse fails with class want_st, and err holds want. */
+static void expect_bad_st(const char *body, long status, enum lookup_status want_st,
+                          const char *want)
 {
     struct lookup_node n;
     char err[512] = "";
-    assert_int_equal(parse(body, status, &n, err, sizeof(err)), -1);
+    enum lookup_status st = parse(body, status, &n, err, sizeof(err));
+    if (st != want_st)
+        fail_msg("body %s, status %ld: class %d, want %d (%s)", body ? body : "(null)", status,
+                 (int)st, (int)want_st, err);
     if (!strstr(err, want))
         fail_msg("body %s: error \"%s\" lacks \"%s\"", body ? body : "(null)", err, want);
+}
+
+/* A 2xx answer that is not the documented JSON, or another HTTP status. */
+static void expect_bad(const char *body, long status, const char *want)
+{
+    expect_bad_st(body, status, status >= 200 && status <= 299 ? LOOKUP_E_ANSWER : LOOKUP_E_STATUS,
+                  want);
 }
 
 static void test_parse_bad_fields(void **state)
@@ -123,14 +135,25 @@ static void test_parse_not_json(void **state)
     struct lookup_node n;
     char err[256];
     const char nul[] = "{\"id\":\"n1\0\",\"addr\":\"127.0.0.1:1\",\"epoch\":1}";
-    assert_int_equal(lookup_parse_pick(nul, sizeof(nul) - 1, 200, &n, err, sizeof(err)), -1);
+    assert_int_equal(lookup_parse_pick(nul, sizeof(nul) - 1, 200, &n, err, sizeof(err)),
+                     LOOKUP_E_ANSWER);
 }
 
 static void test_parse_http_errors(void **state)
 {
     (void)state;
-    expect_bad("{\"error\":\"no_healthy_node\",\"message\":\"no healthy node in rotation\"}", 503,
-               "503 no_healthy_node: no healthy node in rotation");
+    expect_bad_st("{\"error\":\"no_healthy_node\",\"message\":\"no healthy node in rotation\"}",
+                  503, LOOKUP_E_NO_NODE, "503 no_healthy_node: no healthy node in rotation");
+    /* The class comes from the status and the "error" code, never from the
+     * words: another message is still "no node", a message that quotes
+     * the code is not, nor the code with another status. */
+    expect_bad_st("{\"error\":\"no_healthy_node\",\"message\":\"keine Knoten\"}", 503,
+                  LOOKUP_E_NO_NODE, "503 no_healthy_node: keine Knoten");
+    expect_bad_st("{\"error\":\"no_healthy_node\"}", 503, LOOKUP_E_NO_NODE, "503 no_healthy_node");
+    expect_bad("{\"error\":\"maintenance\",\"message\":\"not a no_healthy_node case\"}", 503,
+               "503 maintenance: not a no_healthy_node case");
+    expect_bad("{\"error\":\"no_healthy_node\"}", 500, "500 no_healthy_node");
+    expect_bad("no_healthy_node", 503, "HTTP 503");
     expect_bad("{\"error\":\"bad_query\"}", 400, "400 bad_query");
     expect_bad("Bad Gateway", 502, "HTTP 502 (the body is not the documented JSON error)");
     expect_bad("", 500, "HTTP 500");
@@ -301,7 +324,7 @@ static void test_pick_http_error(void **state)
     char err[512], want[256];
     int rc = lookup_pick(l, NULL, NULL, 0, &n, err, sizeof(err));
     http_server_stop(&s);
-    assert_int_equal(rc, -1);
+    assert_int_equal(rc, LOOKUP_E_NO_NODE);
     snprintf(want, sizeof(want),
              "balancer http://127.0.0.1:%d: 503 no_healthy_node: no healthy node in rotation",
              s.port);
@@ -348,7 +371,7 @@ static void test_pick_transport_failure(void **state)
     struct lookup *l = lookup_new(url, 2000, err, sizeof(err));
     assert_non_null(l);
     struct lookup_node n;
-    assert_int_equal(lookup_pick(l, NULL, NULL, 0, &n, err, sizeof(err)), -1);
+    assert_int_equal(lookup_pick(l, NULL, NULL, 0, &n, err, sizeof(err)), LOOKUP_E_TRANSPORT);
     assert_memory_equal(err, "balancer ", 9);
     assert_non_null(strstr(err, url));
     lookup_free(l);
@@ -359,7 +382,7 @@ static void test_pick_transport_failure(void **state)
     l = lookup_for(&s, "");
     int rc = lookup_pick(l, NULL, NULL, 0, &n, err, sizeof(err));
     http_server_stop(&s);
-    assert_int_equal(rc, -1);
+    assert_int_equal(rc, LOOKUP_E_TRANSPORT);
     assert_memory_equal(err, "balancer ", 9);
     lookup_free(l);
 }

@@ -448,6 +448,66 @@ static void test_peer_vanishes(void **state)
     pair_close(&q);
 }
 
+/* The library's promise to programs that keep the default SIGPIPE action
+ * (this group ignores it): writing to a peer that has gone is TLS_CLOSED,
+ * not death by signal. OpenSSL's own socket BIO uses write(2) and kills the
+ * process here. */
+static void test_vanished_peer_default_sigpipe(void **state)
+{
+    (void)state;
+    struct sigaction dfl = {.sa_handler = SIG_DFL}, old;
+    sigemptyset(&dfl.sa_mask);
+    assert_int_equal(sigaction(SIGPIPE, &dfl, &old), 0);
+    struct pair q;
+    open_good_pair(&q, "localhost");
+    tls_conn_free(q.client);
+    q.client = NULL;
+    enum tls_status st = TLS_DONE;
+    size_t n = 0;
+    for (int i = 0; i < 100 && st == TLS_DONE; i++)
+        st = tls_conn_write(q.server, "data", 4, &n);
+    assert_int_equal(st, TLS_CLOSED);
+    assert_non_null(strstr(tls_conn_error(q.server), "peer closed"));
+    assert_int_equal(tls_conn_peer_alert(q.server), -1);
+    /* close_notify after the peer left: one more write, no signal either. */
+    tls_conn_shutdown(q.server);
+    pair_close(&q);
+    assert_int_equal(sigaction(SIGPIPE, &old, NULL), 0);
+}
+
+/* A received alert is a code beside the text: the client learns the alert
+ * number the server refused it with, and the server's own failure is not
+ * filed as a received alert. */
+static void test_alert_codes(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    SSL_CTX *s = server_ctx();
+    assert_int_equal(tls_ctx_require_client_cert(s, certs.ca_pem, err, sizeof(err)), 0);
+    struct pair p;
+    pair_open(&p, s, client_ctx(certs.ca_pem, true), "localhost");
+    pair_handshake(&p);
+    for (int i = 0; i < 100 && p.sst == TLS_AGAIN; i++) {
+        p.sst = tls_conn_handshake(p.server);
+        if (p.sst == TLS_AGAIN)
+            wait_either(p.server, tls_conn_events(p.server), NULL, 0);
+    }
+    assert_int_equal(p.sst, TLS_ERROR);
+    assert_int_equal(tls_conn_peer_alert(p.server), -1);
+    assert_int_not_equal(tls_conn_error_code(p.server), 0);
+    /* TLS 1.3: the client's handshake finished; its first read meets the
+     * server's alert. */
+    unsigned char buf[16];
+    size_t n = 0;
+    enum tls_status st = p.cst == TLS_DONE ? read_some(p.client, buf, sizeof(buf), &n) : p.cst;
+    assert_int_equal(st, TLS_ERROR);
+    assert_int_equal(tls_conn_peer_alert(p.client), SSL_AD_CERTIFICATE_REQUIRED);
+    assert_int_equal(ERR_GET_LIB(tls_conn_error_code(p.client)), ERR_LIB_SSL);
+    assert_int_equal(ERR_GET_REASON(tls_conn_error_code(p.client)),
+                     SSL_AD_REASON_OFFSET + SSL_AD_CERTIFICATE_REQUIRED);
+    pair_close(&p);
+}
+
 static void test_tls12_policy(void **state)
 {
     (void)state;
@@ -679,6 +739,8 @@ int main(void)
         cmocka_unit_test(test_moving_write_buffer),
         cmocka_unit_test(test_close_notify),
         cmocka_unit_test(test_peer_vanishes),
+        cmocka_unit_test(test_vanished_peer_default_sigpipe),
+        cmocka_unit_test(test_alert_codes),
         cmocka_unit_test(test_tls12_policy),
         cmocka_unit_test(test_verify_failures),
         cmocka_unit_test(test_ctx_errors),

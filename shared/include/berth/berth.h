@@ -4,6 +4,9 @@
  * SHA-256 of what was sent) and re-sent, with its message id, to another
  * node when the session fails. Handles are opaque; every call returns a
  * berth_err, described by berth_strerror and, in detail, berth_error(c).
+ * The library never raises SIGPIPE (it sends with MSG_NOSIGNAL) and leaves
+ * the program's signal dispositions alone: a node that dies mid-write is a
+ * failover, not the death of the program.
  * Build with: cc app.c $(pkg-config --cflags --libs berth) */
 #ifndef BERTH_BERTH_H
 #define BERTH_BERTH_H
@@ -27,6 +30,7 @@ typedef enum berth_err {
     BERTH_E_CONNECT,    /* nodes were found but none could be reached */
     BERTH_E_NODE,       /* the node refused or answered wrongly; the retry budget is spent */
     BERTH_E_TOO_LARGE,  /* the message is above the node's limit */
+    BERTH_E_IN_HANDLER, /* not allowed from inside a handler (see berth_set_ack_handler) */
     BERTH_E_COUNT
 } berth_err;
 
@@ -65,7 +69,9 @@ typedef struct berth_client berth_client;
 
 /* Copies what it needs from o. *out is the new client (not yet connected). */
 BERTH_API berth_err berth_client_new(const struct berth_options *o, berth_client **out);
-/* Closes politely (BYE) when a session is up. NULL is a no-op. */
+/* Closes politely (BYE) when a session is up. NULL is a no-op. From inside
+ * a handler it is refused and frees nothing: the berth_* call that ran the
+ * handler then returns BERTH_E_IN_HANDLER; free the client after it. */
 BERTH_API void berth_client_free(berth_client *c);
 /* The last failure in detail, naming the node or balancer; "" if none. */
 BERTH_API const char *berth_error(const berth_client *c);
@@ -81,12 +87,20 @@ struct berth_ack {
     uint64_t seq;          /* where the node journaled it; 0: not journaled */
 };
 typedef void (*berth_ack_handler)(void *arg, const struct berth_ack *ack);
-/* Called for each acknowledged message, in order, from inside the call
- * that read the ACK. */
+/* Called once for each acknowledged message, in order, from inside the
+ * berth_send/berth_flush/berth_ping/berth_info call that read the ACK. The
+ * message has already left the queue (berth_unacked no longer counts it)
+ * when the handler runs. The handler may call berth_send, berth_flush,
+ * berth_ping, berth_info, berth_connect, the setters and every accessor.
+ * It is never re-entered: ACKs those calls collect are handed to it, in
+ * order, after it returns. berth_client_free is refused (see there). */
 BERTH_API void berth_set_ack_handler(berth_client *c, berth_ack_handler fn, void *arg);
 /* Things worth telling a person that are not failures, e.g. that no
  * balancer answers and the client runs on its cached node list; text is
- * one line, borrowed for the call. */
+ * one line, borrowed for the call. The notice comes from the middle of a
+ * connection attempt: the handler may call the accessors and setters;
+ * berth_connect, berth_send, berth_flush, berth_ping and berth_info return
+ * BERTH_E_IN_HANDLER there, and berth_client_free is refused. */
 typedef void (*berth_notice_handler)(void *arg, const char *text);
 BERTH_API void berth_set_notice_handler(berth_client *c, berth_notice_handler fn, void *arg);
 /* Connects now (the other calls connect on demand). */
@@ -103,7 +117,11 @@ BERTH_API long berth_idle_timeout_ms(const berth_client *c);
 
 /* Queues one message (copied); may wait for earlier ACKs when the window
  * is full. On a session failure, reconnects elsewhere and re-sends every
- * unacknowledged message with its id. */
+ * unacknowledged message with its id.
+ * BERTH_OK exactly when the message was queued: it is kept and re-sent
+ * until its ACK. Any other result means it was NOT queued (the caller
+ * still holds it and may send it again, with the same id); messages
+ * queued before stay queued either way (berth_unacked). */
 BERTH_API berth_err berth_send(berth_client *c, uint64_t message_id, const void *data, size_t len);
 /* Waits until every queued message is acknowledged. */
 BERTH_API berth_err berth_flush(berth_client *c);
