@@ -471,6 +471,7 @@ def main():
     idle_node = spawn([NODE, "--id", "idle1", "--listen", "127.0.0.1:%d" % idle_port, "--balancer",
                        "tcp://127.0.0.1:%d" % hb_port, "--cert", cert, "--key", key,
                        "--workers", "1", "--journal", "off", "--max-connections", "20000",
+                       "--max-connections-per-addr", "0", "--max-handshakes-per-addr", "0",
                        "--heartbeat-plaintext", "--log-level", "warn"], "idle-node", work, cpu=S)
     wait_port(idle_port)
     time.sleep(0.5)

@@ -349,15 +349,16 @@ int journal_append(struct journal *j, const struct journal_entry *e, uint64_t *s
     }
     uint64_t s = j->next_seq;
     be_put32(trailer, journal_record_header(hdr, s, journal_wall(j), e));
-    struct iovec iov[6] = {
+    struct iovec iov[7] = {
         {hdr, sizeof(hdr)},
         {(void *)e->name, e->name_len},
         {(void *)e->peer, e->peer_len},
         {(void *)e->cert, e->cert_len},
+        {(void *)e->producer, e->producer_len},
         {(void *)e->data, e->len},
         {trailer, sizeof(trailer)},
     };
-    if (journal_writev_all(j, j->fd, iov, 6) < 0) {
+    if (journal_writev_all(j, j->fd, iov, 7) < 0) {
         int werr = errno;
         errbuf_setf(err, errlen, "journal: write %s: %s", j->dir, strerror(werr));
         journal_set_unhealthy(j, JOURNAL_CAUSE_WRITE, "write", werr);
@@ -466,6 +467,8 @@ void journal_remove_waiter(struct journal *j, int efd)
     pthread_mutex_unlock(&j->wmu);
 }
 
+bool journal_held_full(struct journal *j) { return atomic_load(&j->held_full); }
+
 /* Is a disk operation that started at since_ms (0: none) overdue? */
 static bool journal_overdue(const atomic_uint_fast64_t *since_ms, uint64_t now, uint64_t limit,
                             uint64_t *waited)
@@ -520,6 +523,8 @@ static void journal_notify(struct journal *j)
     }
     pthread_mutex_unlock(&j->wmu);
 }
+
+void journal_wake(struct journal *j) { journal_notify(j); }
 
 /* Remembers [lo, hi] as lost. Ranges come in ascending order. When there
  * are too many, the two oldest fold into one that also covers the durable

@@ -110,8 +110,17 @@ const char *journal_dir(const struct journal *j);
  * lock held. Up to 64. Returns 0 or -1. */
 int journal_add_waiter(struct journal *j, int efd);
 
+/* Writes every registered eventfd now (the forwarder, when what it
+ * delivered lets held ACKs go). */
+void journal_wake(struct journal *j);
+
 /* Unregisters efd: once this returns the journal never writes it again. */
 void journal_remove_waiter(struct journal *j, int efd);
+
+/* True while appends are refused because the journal is over its size
+ * limit and a consumer holds its oldest segment (journal_append then fails
+ * with errno ENOSPC). */
+bool journal_held_full(struct journal *j);
 
 /* False with "journal: <cause>" in reason while writes or fsyncs fail (disk
  * full, I/O error). A write failure clears with the next append that works;

@@ -18,6 +18,8 @@
 #include "addr.h"
 #include "config.h"
 #include "feed.h"
+#include "forwarder.h"
+#include "jetstream.h"
 #include "frame.h"
 #include "hb_msg.h"
 #include "heartbeat.h"
@@ -26,6 +28,7 @@
 #include "log.h"
 #include "mono.h"
 #include "node_stats.h"
+#include "peer_limit.h"
 #include "session.h"
 #include "tls_ctx.h"
 #include "watchdog.h"
@@ -66,6 +69,18 @@ static const struct config_setting node_settings[] = {
      "sessions this node is sized for, told to the balancer"},
     {"max-connections", CONFIG_INT, "10000", 1, 100000000, NULL,
      "open client connections at most; more are closed at once"},
+    {"max-connections-per-addr", CONFIG_INT, "1024", 0, 100000000, NULL,
+     "open connections one client address may hold (IPv6: one /64); more are closed at "
+     "once (0: no limit)"},
+    {"max-handshakes-per-addr", CONFIG_INT, "64", 0, 100000000, NULL,
+     "TLS handshakes one client address (IPv6: one /64) may have in progress; more "
+     "connections are closed at once (0: no limit)"},
+    {"first-byte-timeout", CONFIG_DURATION, "3s", 0, 3600000, NULL,
+     "a connection that sends no byte this long after the accept is closed (0: only "
+     "--handshake-timeout applies)"},
+    {"max-session-memory", CONFIG_SIZE, "1GiB", 0, 1ll << 50, NULL,
+     "node-wide budget for session buffers (unsent replies, partial frames, TLS records); "
+     "above it the sessions holding the most unread replies are closed first (0: no budget)"},
     {"max-frame", CONFIG_SIZE, "1MiB", 1024, 256ll << 20, NULL, "largest frame payload accepted"},
     {"handshake-timeout", CONFIG_DURATION, "10s", 100, 3600000, NULL,
      "time a client has to finish the TLS handshake"},
@@ -122,6 +137,40 @@ static const struct config_setting node_settings[] = {
     {"feed-insecure", CONFIG_BOOL, "false", 0, 0, NULL,
      "allow a --feed endpoint other hosts can reach: it has no authentication or "
      "encryption (default: loopback and ipc:// only)"},
+    {"jetstream", CONFIG_STRING, NULL, 0, 0, NULL,
+     "NATS servers (nats://h1:4222,nats://h2:4222,...): publish every journal record, in "
+     "journal order, to a JetStream stream (default: none)"},
+    {"jetstream-stream", CONFIG_STRING, "BERTH", 0, 0, NULL, "the JetStream stream"},
+    {"jetstream-subject-prefix", CONFIG_STRING, "berth", 0, 0, NULL,
+     "records go to subject <prefix>.<node id>; the stream's subjects must cover it"},
+    {"jetstream-user", CONFIG_STRING, NULL, 0, 0, NULL, "NATS user (with --jetstream-password)"},
+    {"jetstream-password", CONFIG_STRING, NULL, 0, 0, NULL, "NATS password"},
+    {"jetstream-token", CONFIG_STRING, NULL, 0, 0, NULL, "NATS authentication token"},
+    {"jetstream-creds", CONFIG_STRING, NULL, 0, 0, NULL, "NATS .creds file (JWT and nkey seed)"},
+    {"jetstream-nkey", CONFIG_STRING, NULL, 0, 0, NULL,
+     "NATS nkey public key (with --jetstream-nkey-seed)"},
+    {"jetstream-nkey-seed", CONFIG_STRING, NULL, 0, 0, NULL, "file holding that nkey's seed"},
+    {"jetstream-ca", CONFIG_STRING, NULL, 0, 0, NULL,
+     "TLS to NATS: verify the servers against this CA file (implies --jetstream-tls)"},
+    {"jetstream-tls", CONFIG_BOOL, "false", 0, 0, NULL, "require TLS to NATS"},
+    {"jetstream-create", CONFIG_BOOL, "false", 0, 0, NULL,
+     "create the stream when it does not exist (with --jetstream-replicas and "
+     "--jetstream-duplicate-window)"},
+    {"jetstream-replicas", CONFIG_INT, "3", 1, 5, NULL, "replicas of a stream the node creates"},
+    {"jetstream-duplicate-window", CONFIG_DURATION, "2m", 1000, 86400000ll * 7, NULL,
+     "JetStream drops a re-sent message (same producer and message id) within this window; "
+     "a stream with a shorter one is refused"},
+    {"jetstream-allow-few-replicas", CONFIG_BOOL, "false", 0, 0, NULL,
+     "allow --ack-after replicated on a stream with fewer than 3 replicas"},
+    {"jetstream-batch", CONFIG_INT, "256", 1, 4096, NULL, "records per publish round"},
+    {"jetstream-timeout", CONFIG_DURATION, "2s", 10, 60000, NULL,
+     "wait for a round's PubAcks (and a stream probe) at most this long"},
+    {"jetstream-replay-from", CONFIG_INT, "0", 0, 9223372036854775807ll, NULL,
+     "re-publish the journal from this seq at start (after a JetStream loss; the stream "
+     "drops what it still has by message id within its duplicate window)"},
+    {"ack-after", CONFIG_ENUM, "local", 0, 0, "local|replicated",
+     "when a SEND is acknowledged: local (journal fsync; forwarding is asynchronous) or "
+     "replicated (journal fsync AND the JetStream PubAck from a stream of >= 3 replicas)"},
 };
 
 /* Everything the main loop and the heartbeat fill callback share. */
@@ -133,8 +182,10 @@ struct node {
     struct worker **workers;
     unsigned nworkers;
     struct watchdog *watchdog;
+    struct peer_limit *peers; /* per-address limits; NULL when both are 0 */
     struct journal *journal;  /* NULL with --journal off */
     struct feed *feed;        /* NULL without --feed */
+    struct forwarder *forwarder; /* NULL without --jetstream */
     void *zctx;
     struct heartbeat *hb[NODE_MAX_BALANCERS]; /* one per balancer */
     unsigned nhb;
@@ -270,6 +321,21 @@ static void node_fill(void *arg, struct hb_msg *m, uint64_t now)
          * refusing them one by one. */
         if (m->healthy && n->journal && !journal_healthy(n->journal, m->reason, sizeof(m->reason)))
             m->healthy = false;
+        /* --ack-after replicated: no ACK can go while the engine cannot
+         * store, so the node leaves rotation. (local: it goes on; the lag
+         * shows.) */
+        if (m->healthy && n->env.forwarder &&
+            !forwarder_healthy(n->env.forwarder, m->reason, sizeof(m->reason)))
+            m->healthy = false;
+    }
+    if (n->forwarder) {
+        struct forwarder_stats fs;
+        forwarder_get_stats(n->forwarder, &fs);
+        m->forward = (struct hb_forward){.present = true, .healthy = fs.healthy,
+                                         .forwarded_seq = fs.forwarded_seq,
+                                         .lag_records = fs.lag_records, .lag_ms = fs.lag_ms,
+                                         .errors = fs.publish_errors,
+                                         .duplicates = fs.duplicates};
     }
 }
 
@@ -416,10 +482,12 @@ static void node_free(struct node *n)
     for (unsigned i = 0; n->workers && i < n->nworkers; i++)
         worker_join(n->workers[i]);
     feed_free(n->feed);
+    forwarder_free(n->forwarder);
     journal_free(n->journal);
     for (unsigned i = 0; n->workers && i < n->nworkers; i++)
         worker_free(n->workers[i]);
     free(n->workers);
+    peer_limit_free(n->peers); /* after the workers: they release into it */
     for (unsigned i = 0; i < n->nhb; i++)
         heartbeat_free(n->hb[i], NODE_LEAVE_LINGER_MS);
     if (n->zctx) {
@@ -494,6 +562,56 @@ static int node_parse_balancers(const char *list, char (*endpoints)[NODE_ENDPOIN
     return 0;
 }
 
+/* The journal consumer name of the forwarder (not to be used in
+ * --journal-consumers). */
+#define NODE_FORWARDER_CONSUMER "jetstream"
+
+/* --jetstream*: connects, checks the stream, starts the forwarder. 0 or -1
+ * (said on stderr, naming the cause). */
+static int node_open_forwarder(struct node *n, const char *servers)
+{
+    char err[1024];
+    bool replicated = strcmp(config_str(n->cfg, "ack-after"), "replicated") == 0;
+    struct jetstream_config jc = {
+        .servers = servers,
+        .stream = config_str(n->cfg, "jetstream-stream"),
+        .subject_prefix = config_str(n->cfg, "jetstream-subject-prefix"),
+        .node_id = n->id,
+        .user = config_str(n->cfg, "jetstream-user"),
+        .password = config_str(n->cfg, "jetstream-password"),
+        .token = config_str(n->cfg, "jetstream-token"),
+        .creds_file = config_str(n->cfg, "jetstream-creds"),
+        .nkey = config_str(n->cfg, "jetstream-nkey"),
+        .nkey_seed_file = config_str(n->cfg, "jetstream-nkey-seed"),
+        .ca_file = config_str(n->cfg, "jetstream-ca"),
+        .tls = config_bool(n->cfg, "jetstream-tls"),
+        .create = config_bool(n->cfg, "jetstream-create"),
+        .replicas = (uint32_t)config_int(n->cfg, "jetstream-replicas"),
+        .duplicate_window_ms = (uint64_t)config_int(n->cfg, "jetstream-duplicate-window"),
+        .min_replicas = replicated && !config_bool(n->cfg, "jetstream-allow-few-replicas") ? 3 : 0,
+        .max_pending = (uint32_t)config_int(n->cfg, "jetstream-batch") * 2,
+    };
+    struct forwarder_config fc = {
+        .journal = n->journal,
+        .consumer = NODE_FORWARDER_CONSUMER,
+        .batch = (uint32_t)config_int(n->cfg, "jetstream-batch"),
+        .timeout_ms = (uint32_t)config_int(n->cfg, "jetstream-timeout"),
+        .probe_ms = node_interval_ms(n),
+        .replay_from = (uint64_t)config_int(n->cfg, "jetstream-replay-from"),
+    };
+    if (jetstream_engine_new(&jc, &fc.engine, err, sizeof(err)) != 0) {
+        fprintf(stderr, "berth-node: %s\n", err);
+        return -1;
+    }
+    n->forwarder = forwarder_new(&fc, err, sizeof(err));
+    if (!n->forwarder) {
+        fprintf(stderr, "berth-node: %s\n", err);
+        return -1;
+    }
+    n->env.forwarder = replicated ? n->forwarder : NULL;
+    return 0;
+}
+
 /* The journal (recovered before any client is served) and the feed, from
  * the --journal*, --fsync* and --feed settings. 0 or -1 (said on stderr). */
 static int node_open_journal(struct node *n)
@@ -533,6 +651,17 @@ static int node_open_journal(struct node *n)
             consumers[nconsumers++] = t;
         }
     }
+    /* The forwarder is one more consumer: retention keeps what it has not
+     * delivered. */
+    const char *js = config_str(n->cfg, "jetstream");
+    if (js && js[0]) {
+        if (nconsumers == JOURNAL_CONSUMERS_MAX) {
+            fprintf(stderr, "berth-node: --journal-consumers: at most %d names with --jetstream\n",
+                    JOURNAL_CONSUMERS_MAX - 1);
+            return -1;
+        }
+        consumers[nconsumers++] = NODE_FORWARDER_CONSUMER;
+    }
     struct journal_config jc = {
         .dir = dir,
         .fsync = strcmp(fs, "always") == 0 ? JOURNAL_FSYNC_ALWAYS
@@ -570,7 +699,7 @@ static int node_open_journal(struct node *n)
             return -1;
         }
     }
-    return 0;
+    return js && js[0] ? node_open_forwarder(n, js) : 0;
 }
 
 /* The heartbeat channel's security from --curve-secret, --balancer-key and
@@ -806,12 +935,25 @@ static int node_setup(struct node *n, int argc, char **argv)
     }
     memset(n->stats.workers, 0, stats_size);
     atomic_init(&n->stats.connections, 0);
+    atomic_init(&n->stats.session_memory, 0);
 
     n->env.start_ms = mono_now_ms();
     n->env.max_frame = (uint32_t)config_int(n->cfg, "max-frame");
     n->env.idle_timeout_ms = (uint32_t)config_int(n->cfg, "idle-timeout");
     n->env.handshake_timeout_ms = (uint32_t)config_int(n->cfg, "handshake-timeout");
+    n->env.first_byte_timeout_ms = (uint32_t)config_int(n->cfg, "first-byte-timeout");
     n->env.max_connections = (uint32_t)config_int(n->cfg, "max-connections");
+    n->env.max_connections_per_addr = (uint32_t)config_int(n->cfg, "max-connections-per-addr");
+    n->env.max_handshakes_per_addr = (uint32_t)config_int(n->cfg, "max-handshakes-per-addr");
+    n->env.max_session_memory = (size_t)config_int(n->cfg, "max-session-memory");
+    if (n->env.max_connections_per_addr || n->env.max_handshakes_per_addr) {
+        n->peers = peer_limit_new(n->env.max_connections_per_addr,
+                                  n->env.max_handshakes_per_addr);
+        if (!n->peers) {
+            fprintf(stderr, "berth-node: out of memory\n");
+            return 1;
+        }
+    }
     n->env.max_output = (size_t)config_int(n->cfg, "max-output");
     n->env.max_inflight = (uint32_t)config_int(n->cfg, "max-inflight");
     n->env.stats = &n->stats;
@@ -827,6 +969,7 @@ static int node_setup(struct node *n, int argc, char **argv)
             .env = &n->env,
             .stats = &n->stats.workers[i],
             .notify_fd = n->notify_fd,
+            .peers = n->peers,
         };
         n->workers[i] = worker_new(&wc, err, sizeof(err));
         if (!n->workers[i]) {
@@ -897,9 +1040,11 @@ static int node_setup(struct node *n, int argc, char **argv)
         }
     }
     log_info("start", "listen=%s advertise=%s workers=%u balancer=%s version=%s boot=%016" PRIx64
-             " max_connections=%u max_frame=%u",
+             " max_connections=%u max_connections_per_addr=%u max_handshakes_per_addr=%u"
+             " max_frame=%u max_session_memory=%zu",
              n->listen, n->advertise, n->nworkers, list, BERTH_VERSION, boot,
-             n->env.max_connections, n->env.max_frame);
+             n->env.max_connections, n->env.max_connections_per_addr,
+             n->env.max_handshakes_per_addr, n->env.max_frame, n->env.max_session_memory);
     if (client_ca && *client_ca)
         log_info("client_cert_required", "client_ca=%s", client_ca);
     return 0;

@@ -5,6 +5,7 @@
 
 #include <stdalign.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* One per worker; cache-line aligned so workers do not share a line. */
@@ -14,6 +15,12 @@ struct node_worker_stats {
     atomic_uint_fast64_t handshakes_failed;
     atomic_uint_fast64_t accepted;          /* connections that became sessions */
     atomic_uint_fast64_t rejected;          /* connections closed at once: over --max-connections */
+    atomic_uint_fast64_t rejected_addr;     /* ... over --max-connections-per-addr */
+    atomic_uint_fast64_t rejected_addr_hs;  /* ... over --max-handshakes-per-addr */
+    atomic_uint_fast64_t first_byte_timeouts; /* closed with no TLS byte by --first-byte-timeout */
+    atomic_uint_fast64_t memory_evictions;  /* sessions closed over --max-session-memory */
+    atomic_uint_fast64_t biggest_session;   /* bytes of the worker's largest session at its last
+                                             * budget scan (0: none to evict) */
     atomic_uint_fast64_t requests;          /* requests answered */
     atomic_uint_fast64_t sessions;          /* sessions alive now (a gauge) */
 };
@@ -23,7 +30,22 @@ struct node_stats {
     unsigned nworkers;
     struct node_worker_stats *workers; /* nworkers entries, owned by whoever built this */
     atomic_uint_fast64_t connections;  /* open client sockets, node-wide (--max-connections) */
+    atomic_uint_fast64_t session_memory; /* bytes of session buffers, node-wide
+                                          * (--max-session-memory) */
 };
+
+/* The sum of one per-worker counter over every worker:
+ * node_stats_sum(st, memory_evictions). */
+static inline uint64_t node_stats_sum_at(const struct node_stats *st, size_t offset)
+{
+    uint64_t n = 0;
+    for (unsigned i = 0; i < st->nworkers; i++)
+        n += atomic_load_explicit(
+            (const atomic_uint_fast64_t *)((const char *)&st->workers[i] + offset),
+            memory_order_relaxed);
+    return n;
+}
+#define node_stats_sum(st, field) node_stats_sum_at((st), offsetof(struct node_worker_stats, field))
 
 static inline uint64_t node_stats_sessions(const struct node_stats *st)
 {

@@ -3,6 +3,7 @@
  * ERROR closes the session). The protocol part runs without I/O too. */
 #include "session.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -13,11 +14,18 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "forwarder.h"
 #include "frame.h"
 #include "log.h"
 
 #define SESSION_READ_CHUNK 16384u /* one TLS record */
 #define SESSION_PUMP_MAX 64       /* rounds per session_handle, for fairness */
+#define SESSION_JOURNAL_TEXT "journal: cannot store the message" /* ERROR text, no path */
+#define SESSION_UNAVAILABLE_TEXT "cannot replicate now: send elsewhere" /* the cause is logged */
+#define SESSION_JOURNAL_TEXT_MAX 96
+/* OpenSSL's read and write record buffers: 16 KiB of plaintext each, plus
+ * header, MAC/tag and alignment room (ssl/record/ssl3_buffer.c). */
+#define SESSION_TLS_RECORD_BYTES (2 * (16384 + 2048))
 #define SESSION_BUSY_REQUESTS 8   /* requests between two sweeps that make a session
                                    * keep its TLS record buffers */
 
@@ -35,6 +43,7 @@ struct session {
     uint64_t id;
     char peer[SESSION_PEER_MAX + 1];
     char client[FRAME_NAME_MAX + 1]; /* name from HELLO */
+    char producer[FRAME_PRODUCER_MAX + 1]; /* producer id from HELLO (version 2); "" none */
     bool hello_seen;
     bool draining;    /* node shutdown: read nothing more, then BYE */
     bool peer_closed; /* EOF or close_notify: read nothing more */
@@ -42,6 +51,8 @@ struct session {
     bool busy;        /* TLS record buffers kept between requests (see session_sweep) */
     bool read_more;   /* this session_handle may read (again): not yet read, or
                        * OpenSSL holds bytes epoll will not signal */
+    bool got_bytes;   /* the client sent something (--first-byte-timeout) */
+    size_t mem_counted; /* what this session adds to stats->session_memory now */
     uint32_t hs_wait; /* epoll events the handshake's last TLS_AGAIN asked for */
     uint32_t read_wait;  /* ... the last read's TLS_AGAIN (0: plain EPOLLIN) */
     uint32_t write_wait; /* ... the last write's TLS_AGAIN (0: plain EPOLLOUT) */
@@ -108,6 +119,8 @@ void session_free(struct session *s)
 {
     if (!s)
         return;
+    if (s->mem_counted && s->env->stats)
+        node_stats_sub(&s->env->stats->session_memory, s->mem_counted);
     tls_conn_free(s->tls);
     buf_release(&s->in);
     buf_release(&s->out);
@@ -124,6 +137,29 @@ struct buf *session_output(struct session *s) { return &s->out; }
 bool session_needs_rerun(const struct session *s) { return s->rerun; }
 bool session_journal_wait(const struct session *s) { return s->held_head < s->nheld; }
 uint64_t session_inflight(const struct session *s) { return s->inflight; }
+bool session_got_bytes(const struct session *s) { return s->got_bytes; }
+
+size_t session_memory(const struct session *s)
+{
+    size_t m = s->in.cap + s->out.cap + s->held_cap * sizeof(*s->held);
+    if (s->tls && (s->busy || buf_size(&s->out) > 0))
+        m += SESSION_TLS_RECORD_BYTES;
+    return m;
+}
+
+/* Moves the node-wide session memory by this session's change since the
+ * last call: every entry point that can grow or shrink a buffer ends here. */
+static void session_account(struct session *s)
+{
+    size_t m = session_memory(s);
+    if (m == s->mem_counted || !s->env->stats)
+        return;
+    if (m > s->mem_counted)
+        node_stats_add(&s->env->stats->session_memory, m - s->mem_counted);
+    else
+        node_stats_sub(&s->env->stats->session_memory, s->mem_counted - m);
+    s->mem_counted = m;
+}
 
 /* The client certificate's identity for logs and JSON; "" without one. */
 static const char *session_cert_id(const struct session *s)
@@ -219,10 +255,12 @@ static char *session_info_json(const struct session *s, uint64_t now)
         for (size_t i = 0; i < JOURNAL_CERT_SHA256_LEN; i++)
             snprintf(cert_hex + 2 * i, 3, "%02x", s->cert[i]);
     }
+    const struct node_stats *st = env->stats;
     json_t *j = json_pack(
         "{s:s, s:s, s:s, s:I, s:I, s:I, s:I,"
         " s:{s:I, s:s, s:s, s:s?, s:s?, s:I, s:I, s:I, s:I},"
-        " s:{s:I, s:I, s:I, s:I, s:I},"
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I},"
         " s:{s:s?, s:s?}}",
         "node", env->node_id, "version", BERTH_VERSION, "addr", env->advertise,
         "uptime_ms", (json_int_t)(now - env->start_ms),
@@ -241,6 +279,17 @@ static char *session_info_json(const struct session *s, uint64_t now)
         "handshake_timeout_ms", (json_int_t)env->handshake_timeout_ms,
         "max_connections", (json_int_t)env->max_connections,
         "max_inflight", (json_int_t)env->max_inflight,
+        "max_connections_per_addr", (json_int_t)env->max_connections_per_addr,
+        "max_handshakes_per_addr", (json_int_t)env->max_handshakes_per_addr,
+        "first_byte_timeout_ms", (json_int_t)env->first_byte_timeout_ms,
+        "max_session_memory", (json_int_t)env->max_session_memory,
+        "counters",
+        "rejected_max_connections", (json_int_t)node_stats_sum(st, rejected),
+        "rejected_per_addr", (json_int_t)node_stats_sum(st, rejected_addr),
+        "rejected_handshakes_per_addr", (json_int_t)node_stats_sum(st, rejected_addr_hs),
+        "first_byte_timeouts", (json_int_t)node_stats_sum(st, first_byte_timeouts),
+        "memory_evictions", (json_int_t)node_stats_sum(st, memory_evictions),
+        "session_memory", (json_int_t)node_stats_get(&st->session_memory),
         "tls", "protocol", proto, "cipher", cipher);
     if (!j)
         return NULL;
@@ -261,10 +310,12 @@ static bool session_on_hello(struct session *s, const struct frame *f, uint64_t 
         session_error(s, rid, FRAME_ERR_MALFORMED, "HELLO body does not parse", now);
         return false;
     }
-    /* A client speaking later versions too offers its highest; the session
-     * runs at ours (WELCOME says so). Version 0 does not exist. */
+    /* HELLO offers the client's highest version; the session runs at the
+     * highest both speak, ours (WELCOME says so). Only version 0 leaves
+     * none in common (docs/PROTOCOL.md section 4.1). */
     if (hello.version < FRAME_VERSION) {
-        session_error(s, rid, FRAME_ERR_BAD_VERSION, "this node speaks protocol version 1", now);
+        session_error(s, rid, FRAME_ERR_BAD_VERSION,
+                      "no protocol version in common: this node speaks 1 and 2", now);
         return false;
     }
     if (s->draining) {
@@ -272,11 +323,12 @@ static bool session_on_hello(struct session *s, const struct frame *f, uint64_t 
         return false;
     }
     snprintf(s->client, sizeof(s->client), "%s", hello.name);
+    snprintf(s->producer, sizeof(s->producer), "%s", hello.producer);
     s->hello_seen = true;
 
     struct frame_welcome w;
     memset(&w, 0, sizeof(w));
-    w.version = FRAME_VERSION;
+    w.version = hello.version < FRAME_PROTOCOL_MAX ? hello.version : FRAME_PROTOCOL_MAX;
     w.session_id = s->id;
     w.max_payload = s->env->max_frame;
     w.idle_timeout_ms = s->env->idle_timeout_ms;
@@ -286,6 +338,37 @@ static bool session_on_hello(struct session *s, const struct frame *f, uint64_t 
         return false;
     }
     return true;
+}
+
+/* The ERROR text for a SEND the journal refused: a fixed text and the
+ * cause's class from errno, never the journal's own message (it names
+ * files on the node). */
+static void session_journal_text(char *out, size_t len, int cause)
+{
+    const char *cls = "storage error";
+    switch (cause) {
+    case -1: /* journal_held_full: retention waits for a consumer */
+        cls = "journal full: a consumer has not confirmed its records";
+        break;
+    case ENOSPC:
+#ifdef EDQUOT
+    case EDQUOT:
+#endif
+        cls = "No space left on device";
+        break;
+    case EIO:
+        cls = "Input/output error";
+        break;
+    case ENOMEM:
+        cls = "Cannot allocate memory";
+        break;
+    case EROFS:
+        cls = "Read-only file system";
+        break;
+    default:
+        break;
+    }
+    snprintf(out, len, "%s: %s", SESSION_JOURNAL_TEXT, cls);
 }
 
 /* Queues an ACK at stream offset pos to wait for seq. 0 or -1 (memory). */
@@ -314,15 +397,42 @@ static int session_hold(struct session *s, uint64_t pos, uint64_t seq)
     return 0;
 }
 
-/* Lets go of the ACKs whose records are durable. A record whose fsync
+/* Is record seq stored as --ack-after asks: durable in the journal and,
+ * with a forwarder to wait for (replicated), in the engine too? */
+static bool session_stored(const struct session *s, uint64_t seq)
+{
+    if (journal_state(s->env->journal, seq) != JOURNAL_DURABLE)
+        return false;
+    return !s->env->forwarder || forwarder_seq(s->env->forwarder) >= seq;
+}
+
+/* Lets go of the ACKs whose records are stored. A record whose fsync
  * failed is never acknowledged: the output is cut where its ACK starts and
- * an ERROR takes its place (the replies before it still go out). */
+ * an ERROR takes its place (the replies before it still go out). So is one
+ * waiting for a forwarder that cannot deliver now (replicated): ERROR
+ * unavailable, and the client re-sends elsewhere (the record is forwarded
+ * later all the same; the stream drops the re-send by its message id). */
 static void session_release(struct session *s, uint64_t now)
 {
     struct journal *j = s->env->journal;
     while (s->held_head < s->nheld) {
         struct session_held *h = &s->held[s->held_head];
         enum journal_state st = journal_state(j, h->seq);
+        if (st == JOURNAL_DURABLE && s->env->forwarder &&
+            forwarder_seq(s->env->forwarder) < h->seq) {
+            if (forwarder_healthy(s->env->forwarder, NULL, 0))
+                return;
+            size_t keep = (size_t)(h->pos - s->bytes_out);
+            s->out.len = s->out.off + keep;
+            s->held_head = s->nheld = 0;
+            s->in.off = s->in.len; /* nothing more is answered */
+            if (s->state == SESSION_OPEN || s->state == SESSION_CLOSING) {
+                s->state = SESSION_OPEN;
+                s->reason = NULL;
+                session_error(s, 0, FRAME_ERR_UNAVAILABLE, SESSION_UNAVAILABLE_TEXT, now);
+            }
+            return;
+        }
         if (st == JOURNAL_PENDING)
             return;
         if (st == JOURNAL_LOST) {
@@ -330,13 +440,12 @@ static void session_release(struct session *s, uint64_t now)
             s->out.len = s->out.off + keep;
             s->held_head = s->nheld = 0;
             s->in.off = s->in.len; /* nothing more is answered */
-            char reason[160];
-            if (journal_healthy(j, reason, sizeof(reason)))
-                snprintf(reason, sizeof(reason), "journal: fsync failed");
             if (s->state == SESSION_OPEN || s->state == SESSION_CLOSING) {
                 s->state = SESSION_OPEN;
                 s->reason = NULL;
-                session_error(s, 0, FRAME_ERR_INTERNAL, reason, now);
+                /* The journal logged the failure with its detail. */
+                session_error(s, 0, FRAME_ERR_INTERNAL,
+                              SESSION_JOURNAL_TEXT ": fsync failed", now);
             }
             return;
         }
@@ -381,21 +490,36 @@ static bool session_on_send(struct session *s, const struct frame *f, uint64_t n
     }
     uint64_t seq = 0;
     struct journal *j = s->env->journal;
+    /* --ack-after replicated: what cannot be replicated now is not taken
+     * (and not journaled); the client sends it elsewhere. */
+    char why[160];
+    if (s->env->forwarder && !forwarder_healthy(s->env->forwarder, why, sizeof(why))) {
+        log_debug("send_unavailable", "session=%" PRIu64 " reason=\"%s\"", s->id, why);
+        session_error(s, rid, FRAME_ERR_UNAVAILABLE, SESSION_UNAVAILABLE_TEXT, now);
+        return false;
+    }
     if (j) {
         struct journal_entry e = {
             .message_id = req.message_id,
             .name = s->client, .name_len = strlen(s->client),
             .peer = s->peer, .peer_len = strlen(s->peer),
             .cert = s->cert, .cert_len = s->cert_len,
+            .producer = s->producer, .producer_len = strlen(s->producer),
             .data = req.data, .len = req.len,
         };
         char err[200];
+        errno = 0;
         if (journal_append(j, &e, &seq, err, sizeof(err)) != 0) {
             /* Nothing is acknowledged that is not stored: the client sends
-             * it again elsewhere. */
+             * it again elsewhere. The detail (it names the journal's
+             * directory) stays in the log; the client gets a fixed text and
+             * the cause's class. */
+            int cause = errno;
             log_debug("journal_refused", "session=%" PRIu64 " peer=%s error=\"%s\"", s->id,
                       s->peer, err);
-            session_error(s, rid, FRAME_ERR_INTERNAL, err, now);
+            char text[SESSION_JOURNAL_TEXT_MAX];
+            session_journal_text(text, sizeof(text), journal_held_full(j) ? -1 : cause);
+            session_error(s, rid, FRAME_ERR_INTERNAL, text, now);
             return false;
         }
     }
@@ -404,7 +528,7 @@ static bool session_on_send(struct session *s, const struct frame *f, uint64_t n
         session_error(s, rid, FRAME_ERR_INTERNAL, NULL, now);
         return false;
     }
-    if (seq && journal_state(j, seq) != JOURNAL_DURABLE && session_hold(s, pos, seq) != 0) {
+    if (seq && !session_stored(s, seq) && session_hold(s, pos, seq) != 0) {
         session_closed(s, "out_of_memory", now);
         return false;
     }
@@ -430,6 +554,13 @@ static void session_on_frame(struct session *s, const struct frame *f, uint64_t 
     uint8_t type = f->h.type;
     bool ok = false;
 
+    /* A reply type is wrong wherever it comes, so that check goes before
+     * the HELLO-first one (docs/PROTOCOL.md section 5.1): a PONG before
+     * HELLO is unexpected, not not_ready. */
+    if (frame_type_is_reply(type)) {
+        session_error(s, rid, FRAME_ERR_UNEXPECTED, "replies are not requests", now);
+        return;
+    }
     if (!s->hello_seen && type != FRAME_HELLO) {
         session_error(s, rid, FRAME_ERR_NOT_READY, "HELLO must come first", now);
         return;
@@ -455,14 +586,6 @@ static void session_on_frame(struct session *s, const struct frame *f, uint64_t 
         if (ok)
             session_closing(s, "bye", now);
         break;
-    case FRAME_WELCOME:
-    case FRAME_PONG:
-    case FRAME_ECHO_REPLY:
-    case FRAME_ACK:
-    case FRAME_INFO_REPLY:
-    case FRAME_ERROR:
-        session_error(s, rid, FRAME_ERR_UNEXPECTED, "replies are not requests", now);
-        return;
     default:
         /* frame_decode refuses unknown types; kept for a future type. */
         session_error(s, rid, FRAME_ERR_UNKNOWN_TYPE, NULL, now);
@@ -549,13 +672,16 @@ int session_feed(struct session *s, const void *data, size_t len, uint64_t now_m
     if (s->state != SESSION_OPEN)
         return 0; /* closing: further input is ignored */
     if (len > 0) {
+        s->got_bytes = true;
         if (buf_append(&s->in, data, len) != 0) {
             session_closed(s, "out_of_memory", now_ms);
+            session_account(s);
             return -1;
         }
         s->bytes_in += len;
     }
     session_process(s, now_ms);
+    session_account(s);
     return 0;
 }
 
@@ -725,12 +851,16 @@ static void session_handshake(struct session *s, uint64_t now)
     }
 }
 
-void session_handle(struct session *s, uint32_t events, uint64_t now_ms)
+static void session_run(struct session *s, uint32_t events, uint64_t now_ms)
 {
     s->rerun = false;
     if (!s->tls || s->state == SESSION_CLOSED)
         return;
     if (s->state == SESSION_HANDSHAKE) {
+        /* Level-triggered epoll reports EPOLLIN only with bytes (or EOF)
+         * to read: the client has started. */
+        if (events & EPOLLIN)
+            s->got_bytes = true;
         session_handshake(s, now_ms);
         if (s->state != SESSION_OPEN)
             return;
@@ -772,6 +902,32 @@ void session_handle(struct session *s, uint32_t events, uint64_t now_ms)
         session_closed(s, "hangup", now_ms);
 }
 
+void session_handle(struct session *s, uint32_t events, uint64_t now_ms)
+{
+    session_run(s, events, now_ms);
+    session_account(s);
+}
+
+bool session_slow_reader(const struct session *s)
+{
+    return s->state != SESSION_CLOSED && buf_size(&s->out) > 0 &&
+           (s->held_head == s->nheld || s->held[s->held_head].pos > s->bytes_out);
+}
+
+void session_evict(struct session *s, uint64_t node_memory, uint64_t now_ms)
+{
+    if (s->state == SESSION_CLOSED)
+        return;
+    node_stats_add(&s->ws->memory_evictions, 1);
+    log_info("session_evicted",
+             "session=%" PRIu64 " peer=%s client=\"%s\" reason=max_session_memory "
+             "memory=%zu unsent=%zu node_memory=%" PRIu64 " budget=%zu",
+             s->id, s->peer, s->client, session_memory(s), buf_size(&s->out), node_memory,
+             s->env->max_session_memory);
+    s->reason = "memory_budget";
+    session_closed(s, "memory_budget", now_ms);
+}
+
 uint32_t session_events(const struct session *s)
 {
     if (!s->tls)
@@ -810,12 +966,24 @@ static void session_sweep_buffers(struct session *s)
     }
 }
 
-void session_sweep(struct session *s, uint64_t now_ms)
+static void session_sweep_timers(struct session *s, uint64_t now_ms)
 {
     if (s->tls && s->state == SESSION_OPEN)
         session_sweep_buffers(s);
     switch (s->state) {
     case SESSION_HANDSHAKE:
+        /* A bare TCP connection holds a slot for nothing: it gets a
+         * shorter deadline than a handshake that has begun. */
+        if (!s->got_bytes && s->env->first_byte_timeout_ms &&
+            now_ms - s->created_ms >= s->env->first_byte_timeout_ms &&
+            s->env->first_byte_timeout_ms < s->env->handshake_timeout_ms) {
+            node_stats_add(&s->ws->first_byte_timeouts, 1);
+            node_stats_add(&s->ws->handshakes_failed, 1);
+            log_debug("handshake_failed", "session=%" PRIu64 " peer=%s error=first_byte_timeout",
+                      s->id, s->peer);
+            session_closed(s, "first_byte_timeout", now_ms);
+            break;
+        }
         if (now_ms - s->created_ms >= s->env->handshake_timeout_ms) {
             node_stats_add(&s->ws->handshakes_failed, 1);
             log_debug("handshake_failed", "session=%" PRIu64 " peer=%s error=timeout", s->id,
@@ -854,6 +1022,12 @@ void session_sweep(struct session *s, uint64_t now_ms)
     }
 }
 
+void session_sweep(struct session *s, uint64_t now_ms)
+{
+    session_sweep_timers(s, now_ms);
+    session_account(s);
+}
+
 void session_drain(struct session *s, uint64_t now_ms)
 {
     switch (s->state) {
@@ -866,6 +1040,7 @@ void session_drain(struct session *s, uint64_t now_ms)
             session_handle(s, 0, now_ms);
         else
             session_process(s, now_ms);
+        session_account(s);
         break;
     case SESSION_CLOSING:
     case SESSION_CLOSED:

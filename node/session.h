@@ -25,13 +25,22 @@ struct session_env {
     uint32_t max_frame;             /* --max-frame: payload limit */
     uint32_t idle_timeout_ms;
     uint32_t handshake_timeout_ms;
+    uint32_t first_byte_timeout_ms; /* --first-byte-timeout: a connection that sent no byte
+                                     * this long after the accept is closed (0: only the
+                                     * handshake timeout applies) */
     uint32_t max_connections;
+    uint32_t max_connections_per_addr; /* for INFO; enforced by the worker (peer_limit) */
+    uint32_t max_handshakes_per_addr;
+    size_t max_session_memory;      /* --max-session-memory: node-wide budget for session
+                                     * buffers (the workers enforce it); 0: no budget */
     size_t max_output;              /* --max-output: stop reading above this */
     uint32_t max_inflight;          /* --max-inflight: requests read but not yet answered
                                      * (reply written) at which reading stops */
     struct node_stats *stats;       /* node-wide counters for INFO */
     struct journal *journal;        /* SENDs are stored here before their ACK; NULL: not
                                      * journaled (ACK seq 0) */
+    struct forwarder *forwarder;    /* --ack-after replicated: an ACK also waits until the
+                                     * forwarder delivered its record; NULL: local */
 };
 
 enum session_state {
@@ -90,7 +99,24 @@ uint32_t session_events(const struct session *s);
  * announce (a per-call budget was reached): call it again soon. */
 bool session_needs_rerun(const struct session *s);
 
-/* Handles the timers: handshake timeout (close), HELLO not in within the
+/* Bytes of buffers the session holds now: its input and output storage,
+ * the queue of held ACKs, and an estimate for OpenSSL's record buffers
+ * while they are kept or hold unsent bytes. Each session_* call that can
+ * change it (feed, handle, sweep, drain) also moves env->stats's
+ * session_memory by the difference; session_free takes it all off. */
+size_t session_memory(const struct session *s);
+/* True while replies wait for a client that does not read them: output is
+ * queued and may go (not held for the journal). */
+bool session_slow_reader(const struct session *s);
+/* The node's memory budget is exceeded and this session is the one to go:
+ * logged, counted, closed at once without a final frame (a client that
+ * reads nothing would not see it). The owner then frees it. */
+void session_evict(struct session *s, uint64_t node_memory, uint64_t now_ms);
+/* True once the client has sent a byte (TLS or not); tests. */
+bool session_got_bytes(const struct session *s);
+
+/* Handles the timers: no byte from the client within the first-byte
+ * timeout, or handshake timeout (close), HELLO not in within the
  * handshake timeout or no complete request for the idle timeout (ERROR
  * timeout, then close), a closing session that cannot flush (close). Also
  * sizes the session to its traffic: one that answered several requests

@@ -25,6 +25,9 @@
 #define WORKER_EVENTS 128
 #define WORKER_ACCEPT_BATCH 64       /* accepts per wake-up, so sessions are served too */
 #define WORKER_ACCEPT_PAUSE_MS 100   /* listener rest after running out of descriptors */
+#define WORKER_EVICT_MIN (64u << 10) /* sessions holding less are never evicted */
+#define WORKER_EVICT_MAX 64          /* evictions per loop iteration, so one scan
+                                      * per eviction stays cheap */
 #define WORKER_SESSION_BITS 40       /* session id: worker index above, counter below;
                                       * stays below 2^53 so JSON numbers keep it exact */
 
@@ -34,6 +37,8 @@ struct worker_conn {
     struct worker_conn *prev, *next; /* w->conns, or w->dead once retired */
     struct worker_conn *ready_next; /* w->ready */
     struct worker_conn *jwait_next; /* w->jwait */
+    struct peer_key key;            /* the client's address, as peer_limit counts it */
+    bool in_handshake;              /* counted as a handshake in progress (peer_limit) */
     uint32_t registered;            /* epoll events registered now */
     bool in_ready;                  /* on w->ready */
     bool in_jwait;                  /* on w->jwait */
@@ -45,6 +50,13 @@ struct worker {
     const struct session_env *env;  /* borrowed */
     SSL_CTX *ssl_ctx;               /* borrowed */
     struct node_worker_stats *st;   /* borrowed */
+    struct peer_limit *peers;       /* borrowed; NULL: no per-address limits */
+    uint64_t refused_logged[3];     /* rejected, rejected_addr, rejected_addr_hs at the last
+                                     * summary line */
+    uint64_t first_byte_logged;     /* first_byte_timeouts at the last summary line */
+    uint64_t next_refused_log_ms;
+    uint64_t budget_rescan_ms;      /* over the memory budget with nothing to evict here:
+                                     * no scan again before this */
     int epfd;
     int listen_fd;                  /* -1 once draining */
     int wake_fd;                    /* eventfd: main -> worker */
@@ -150,6 +162,7 @@ struct worker *worker_new(const struct worker_config *cfg, char *err, size_t err
     w->env = cfg->env;
     w->ssl_ctx = cfg->ssl_ctx;
     w->st = cfg->stats;
+    w->peers = cfg->peers;
     w->notify_fd = cfg->notify_fd;
     w->epfd = w->listen_fd = w->wake_fd = w->journal_fd = -1;
     atomic_init(&w->drain_req, false);
@@ -306,6 +319,8 @@ static void worker_retire(struct worker *w, struct worker_conn *c)
 
 static void worker_conn_free(struct worker *w, struct worker_conn *c)
 {
+    if (w->peers)
+        peer_limit_release(w->peers, &c->key, c->in_handshake);
     session_free(c->s);
     node_stats_sub(&w->st->sessions, 1);
     atomic_fetch_sub(&w->env->stats->connections, 1);
@@ -324,6 +339,12 @@ static void worker_reap(struct worker *w)
 /* After a session ran: retire it, or update its epoll interest. */
 static void worker_after(struct worker *w, struct worker_conn *c)
 {
+    if (c->in_handshake && session_state(c->s) != SESSION_HANDSHAKE) {
+        /* Done, failed or closed: its per-address handshake slot is free. */
+        c->in_handshake = false;
+        if (w->peers)
+            peer_limit_handshake_done(w->peers, &c->key);
+    }
     if (session_state(c->s) == SESSION_CLOSED) {
         worker_retire(w, c);
         return;
@@ -383,6 +404,25 @@ static void worker_admit(struct worker *w, int fd, const struct sockaddr_storage
                   w->env->max_connections);
         return;
     }
+    /* One address may hold only so many connections and handshakes, so it
+     * cannot take every slot (bare TCP connections reopened at each
+     * timeout would). Checked after --max-connections: a full node refuses
+     * without touching the table. */
+    struct peer_key key;
+    peer_key_from_sockaddr(ss, &key);
+    if (w->peers) {
+        enum peer_limit_verdict v = peer_limit_admit(w->peers, &key);
+        if (v != PEER_LIMIT_OK) {
+            atomic_fetch_sub(&w->env->stats->connections, 1);
+            close(fd);
+            bool hs = v == PEER_LIMIT_HANDSHAKES;
+            node_stats_add(hs ? &w->st->rejected_addr_hs : &w->st->rejected_addr, 1);
+            log_debug("connection_rejected", "peer=%s reason=%s limit=%u", peer,
+                      hs ? "max_handshakes_per_addr" : "max_connections_per_addr",
+                      hs ? w->env->max_handshakes_per_addr : w->env->max_connections_per_addr);
+            return;
+        }
+    }
     /* TCP_NODELAY came with the socket from the listener (worker_listen). */
     struct tls_conn *tls = tls_conn_new_server(w->ssl_ctx, fd); /* owns fd from here */
     struct session *s = NULL;
@@ -395,16 +435,22 @@ static void worker_admit(struct worker *w, int fd, const struct sockaddr_storage
         c = calloc(1, sizeof(*c));
     if (!c) {
         session_free(s);
+        if (w->peers)
+            peer_limit_release(w->peers, &key, true);
         atomic_fetch_sub(&w->env->stats->connections, 1);
         log_warn("session_create_failed", "peer=%s reason=out_of_memory", peer);
         return;
     }
     c->s = s;
+    c->key = key;
+    c->in_handshake = true;
     c->registered = session_events(s);
     if (worker_epoll_add(w, session_fd(s), c->registered, c) != 0) {
         log_warn("epoll_ctl_failed", "op=add error=\"%s\"", strerror(errno));
         session_free(s);
         free(c);
+        if (w->peers)
+            peer_limit_release(w->peers, &key, true);
         atomic_fetch_sub(&w->env->stats->connections, 1);
         return;
     }
@@ -466,6 +512,31 @@ static void worker_accept(struct worker *w, uint64_t now)
     }
 }
 
+/* One line per WORKER_REFUSED_LOG_MS at most, when connections were
+ * refused or timed out before their first byte since the last: the counts
+ * an operator needs, without a line per connection an attacker opens. */
+static void worker_log_refused(struct worker *w, uint64_t now)
+{
+    if (now < w->next_refused_log_ms)
+        return;
+    uint64_t cur[3] = {node_stats_get(&w->st->rejected), node_stats_get(&w->st->rejected_addr),
+                       node_stats_get(&w->st->rejected_addr_hs)};
+    uint64_t fb = node_stats_get(&w->st->first_byte_timeouts);
+    if (cur[0] == w->refused_logged[0] && cur[1] == w->refused_logged[1] &&
+        cur[2] == w->refused_logged[2] && fb == w->first_byte_logged)
+        return;
+    log_warn("connections_refused",
+             "worker=%u max_connections=%" PRIu64 " max_connections_per_addr=%" PRIu64
+             " max_handshakes_per_addr=%" PRIu64 " first_byte_timeout=%" PRIu64
+             " period_ms=%d total_refused=%" PRIu64,
+             w->index, cur[0] - w->refused_logged[0], cur[1] - w->refused_logged[1],
+             cur[2] - w->refused_logged[2], fb - w->first_byte_logged, WORKER_REFUSED_LOG_MS,
+             cur[0] + cur[1] + cur[2]);
+    memcpy(w->refused_logged, cur, sizeof(cur));
+    w->first_byte_logged = fb;
+    w->next_refused_log_ms = now + WORKER_REFUSED_LOG_MS;
+}
+
 static void worker_sweep(struct worker *w, uint64_t now)
 {
     struct worker_conn *c = w->conns, *next;
@@ -474,6 +545,7 @@ static void worker_sweep(struct worker *w, uint64_t now)
         session_sweep(c->s, now);
         worker_after(w, c);
     }
+    worker_log_refused(w, now);
     if (w->listen_paused && w->listen_fd >= 0 && now >= w->listen_resume_ms)
         worker_listen_pause(w, false, now);
     w->next_sweep_ms = now + WORKER_SWEEP_MS;
@@ -502,6 +574,63 @@ static void worker_begin_drain(struct worker *w, uint64_t now)
         session_drain(c->s, now);
         worker_after(w, c);
     }
+}
+
+/* A session's rank for eviction: slow readers (replies queued for a client
+ * that does not read them) above all others, then by memory held. */
+static uint64_t worker_evict_rank(const struct session *s)
+{
+    size_t m = session_memory(s);
+    if (session_state(s) == SESSION_CLOSED || m < WORKER_EVICT_MIN)
+        return 0;
+    return (session_slow_reader(s) ? 1ull << 63 : 0) | (uint64_t)m;
+}
+
+/* Over --max-session-memory: evicts this worker's highest-ranked session
+ * while no other worker reported a higher one, until the node is under
+ * its budget. A worker sees only its own sessions; each publishes the rank
+ * of its top one (at most a loop tick old), so across the node the biggest
+ * slow readers go first. The memory is counted as returned when the
+ * session is freed, at the end of this iteration; until then what was
+ * evicted here is subtracted by hand. */
+static void worker_enforce_budget(struct worker *w, uint64_t now)
+{
+    size_t budget = w->env->max_session_memory;
+    struct node_stats *ns = w->env->stats;
+    if (budget == 0)
+        return;
+    uint64_t freed = 0;
+    for (int round = 0; round < WORKER_EVICT_MAX; round++) {
+        uint64_t used = node_stats_get(&ns->session_memory);
+        used = used > freed ? used - freed : 0;
+        if (used <= budget)
+            break;
+        if (now < w->budget_rescan_ms)
+            return;
+        struct worker_conn *best = NULL;
+        uint64_t best_rank = 0;
+        for (struct worker_conn *c = w->conns; c; c = c->next) {
+            uint64_t r = worker_evict_rank(c->s);
+            if (r > best_rank) {
+                best = c;
+                best_rank = r;
+            }
+        }
+        atomic_store_explicit(&w->st->biggest_session, best_rank, memory_order_relaxed);
+        if (!best) {
+            /* Many small sessions (or another worker's) hold the memory: a
+             * scan per loop iteration would only burn CPU. */
+            w->budget_rescan_ms = now + WORKER_TICK_MS;
+            return;
+        }
+        for (unsigned i = 0; i < ns->nworkers; i++)
+            if (i != w->index && node_stats_get(&ns->workers[i].biggest_session) > best_rank)
+                return; /* theirs goes first */
+        freed += session_memory(best->s);
+        session_evict(best->s, used, now);
+        worker_retire(w, best);
+    }
+    atomic_store_explicit(&w->st->biggest_session, 0, memory_order_relaxed);
 }
 
 static void worker_run_ready(struct worker *w, uint64_t now)
@@ -591,6 +720,7 @@ static void *worker_main(void *arg)
         worker_run_ready(w, now);
         if (now >= w->next_sweep_ms)
             worker_sweep(w, now);
+        worker_enforce_budget(w, now);
         worker_reap(w);
     }
 

@@ -12,10 +12,12 @@
 #include <openssl/ssl.h>
 
 #include "node_stats.h"
+#include "peer_limit.h"
 #include "session.h"
 
 #define WORKER_TICK_MS 100  /* longest epoll_wait: ticks advance when idle */
 #define WORKER_SWEEP_MS 250 /* timer sweep period */
+#define WORKER_REFUSED_LOG_MS 10000 /* at most one summary of refused connections this often */
 
 struct worker_config {
     unsigned index;                   /* 0-based; also the high bits of session ids */
@@ -25,6 +27,8 @@ struct worker_config {
     const struct session_env *env;    /* borrowed */
     struct node_worker_stats *stats;  /* this worker's counters, borrowed */
     int notify_fd;                    /* eventfd written when the thread ends; borrowed */
+    struct peer_limit *peers;         /* per-address limits shared by all workers, borrowed;
+                                       * NULL: none */
 };
 
 struct worker;

@@ -16,8 +16,11 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/rand.h>
 
 #include "client.h"
+#include "frame.h"
+#include "hb_msg.h"
 #include "lookup.h"
 #include "mono.h"
 #include "retry.h"
@@ -90,6 +93,7 @@ struct bc_node {
 struct berth_client {
     struct berth_options o;         /* strings below are our copies */
     char *node, *ca_file, *name, *key, *cert_file, *key_file;
+    char producer[FRAME_PRODUCER_MAX + 1]; /* the option's, or random hex */
     struct lookup **lookups;        /* one per balancer URL */
     size_t nlookups;
     size_t good_lookup;             /* the balancer that answered last */
@@ -137,6 +141,8 @@ static char *bc_dup(const char *s, int *fail)
     return d;
 }
 
+const char *berth_producer_id(const berth_client *c) { return c->producer; }
+
 berth_err berth_client_new(const struct berth_options *o, berth_client **out)
 {
     if (!out)
@@ -148,12 +154,27 @@ berth_err berth_client_new(const struct berth_options *o, berth_client **out)
     if (nl == 0 || nl > 64 || o->backoff_base_ms < 0 || o->backoff_max_ms < 0 ||
         o->cache_ttl_ms < 0 || o->exclude_ms < 0)
         return BERTH_E_INVALID;
+    /* The producer id rule is the node id's: one validator for both. */
+    if (o->producer_id && !hb_node_id_valid(o->producer_id))
+        return BERTH_E_INVALID;
     char e[512];
     if (lookup_global_init(e, sizeof(e)) != 0)
         return BERTH_E_SETUP;
     berth_client *c = calloc(1, sizeof(*c));
     if (!c)
         return BERTH_E_NOMEM;
+    if (o->producer_id) {
+        snprintf(c->producer, sizeof(c->producer), "%s", o->producer_id);
+    } else {
+        /* 128 random bits: two clients never share one. */
+        uint8_t r[16];
+        if (RAND_bytes(r, sizeof(r)) != 1) {
+            free(c);
+            return BERTH_E_SETUP;
+        }
+        for (size_t i = 0; i < sizeof(r); i++)
+            snprintf(c->producer + 2 * i, 3, "%02x", r[i]);
+    }
     c->o = *o;
     int fail = 0;
     c->node = bc_dup(o->node && *o->node ? o->node : NULL, &fail);
@@ -165,6 +186,7 @@ berth_err berth_client_new(const struct berth_options *o, berth_client **out)
     c->o.balancers = NULL;
     c->o.node = c->o.ca_file = c->o.name = c->o.key = NULL; /* use the copies */
     c->o.cert_file = c->o.key_file = NULL;
+    c->o.producer_id = NULL; /* c->producer */
     retry_exclude_init(&c->excluded);
     c->seed = (unsigned)(mono_now_ms() ^ ((uint64_t)getpid() << 16) ^ (uintptr_t)c);
     if (fail)
@@ -516,6 +538,7 @@ static berth_err bc_connect_any(berth_client *c)
         .ca_file = c->ca_file,
         .verify = !c->o.insecure,
         .name = c->name,
+        .producer = c->producer,
         .timeout_ms = c->o.timeout_ms,
         .cert_file = c->cert_file,
         .key_file = c->key_file,

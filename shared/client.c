@@ -166,9 +166,10 @@ enum client_reply client_check_welcome(const struct frame *f, uint64_t want_id, 
                     label, f->h.length);
         return CLIENT_REPLY_PROTOCOL;
     }
-    if (w.version != FRAME_VERSION) {
-        errbuf_setf(err, errlen, "%s: protocol error: WELCOME offers version %u, we speak %d",
-                    label, (unsigned)w.version, FRAME_VERSION);
+    /* The node answers with the highest version both speak (PROTOCOL.md 4.1). */
+    if (w.version < FRAME_VERSION || w.version > FRAME_PROTOCOL_MAX) {
+        errbuf_setf(err, errlen, "%s: protocol error: WELCOME offers version %u, we speak 1..%d",
+                    label, (unsigned)w.version, FRAME_PROTOCOL_MAX);
         return CLIENT_REPLY_PROTOCOL;
     }
     if (out)
@@ -560,7 +561,9 @@ struct client *client_connect(const struct client_options *o, const char *addr_t
     }
 
     uint64_t rid = c->next_request_id++;
-    if (frame_append_hello(&c->out, rid, FRAME_VERSION, name) != 0) {
+    bool v2 = o->producer && o->producer[0];
+    if (frame_append_hello_producer(&c->out, rid, v2 ? FRAME_PROTOCOL_MAX : FRAME_VERSION, name,
+                                    v2 ? o->producer : NULL) != 0) {
         errbuf_setf(c->err, sizeof(c->err), "%s: cannot encode HELLO", c->label);
         return client_connect_fail(c, CLIENT_FAIL_SETUP, fail, err, errlen);
     }

@@ -28,6 +28,9 @@ struct client_options {
      * mutual TLS (--client-ca); both or neither. */
     const char *cert_file;
     const char *key_file;
+    /* optional: the producer id for HELLO version 2 ([A-Za-z0-9._-]{1,64});
+     * NULL or "": HELLO version 1, as before. */
+    const char *producer;
 };
 
 /* Why client_connect failed, so a caller knows whether another node may do

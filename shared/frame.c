@@ -25,6 +25,7 @@ static const struct {
     [FRAME_ERR_TOO_MANY_IN_FLIGHT] = {"too_many_in_flight", "too many unread replies"},
     [FRAME_ERR_TIMEOUT] = {"timeout", "session timed out"},
     [FRAME_ERR_INTERNAL] = {"internal", "internal node error"},
+    [FRAME_ERR_UNAVAILABLE] = {"unavailable", "node cannot store durably now: send elsewhere"},
 };
 
 /* Per type: its name, and the payload lengths it can have at all, so that an
@@ -35,7 +36,7 @@ static const struct {
     uint32_t min_len;
     uint32_t max_len;
 } frame_types[256] = {
-    [FRAME_HELLO] = {"HELLO", 2 + 1 + 1, 2 + 1 + FRAME_NAME_MAX},
+    [FRAME_HELLO] = {"HELLO", 2 + 1 + 1, 2 + 1 + FRAME_NAME_MAX + 1 + FRAME_PRODUCER_MAX},
     [FRAME_PING] = {"PING", 0, UINT32_MAX},
     [FRAME_ECHO] = {"ECHO", 0, UINT32_MAX},
     [FRAME_SEND] = {"SEND", 8, UINT32_MAX},
@@ -66,6 +67,11 @@ const char *frame_error_text(enum frame_error e)
 const char *frame_type_name(uint8_t type)
 {
     return frame_types[type].name;
+}
+
+bool frame_type_is_reply(uint8_t type)
+{
+    return frame_types[type].name != NULL && (type & 0x80) != 0;
 }
 
 /* Big-endian load/store, byte by byte: no alignment or host-order games. */
@@ -113,8 +119,11 @@ static bool name_byte_ok(uint8_t c)
 }
 
 /* Well-formed UTF-8: no overlong forms, no surrogates, nothing above
- * U+10FFFF (RFC 3629), so the name is a valid JSON string. */
-static bool utf8_valid(const uint8_t *p, size_t n)
+ * U+10FFFF (RFC 3629), so the name is a valid JSON string; and no C1
+ * control character (U+0080..U+009F, e.g. U+0085 NEXT LINE): they are
+ * control characters as much as the C0 ones, and some terminals and log
+ * viewers act on them. */
+static bool utf8_name_valid(const uint8_t *p, size_t n)
 {
     size_t i = 0;
     while (i < n) {
@@ -141,6 +150,8 @@ static bool utf8_valid(const uint8_t *p, size_t n)
             cp = cp << 6 | (p[i + k] & 0x3F);
         }
         if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        if (cp >= 0x80 && cp <= 0x9F)
             return false;
         i += more + 1;
     }
@@ -238,17 +249,32 @@ int frame_append(struct buf *out, uint8_t type, uint64_t request_id, const void 
 
 int frame_append_hello(struct buf *out, uint64_t request_id, uint16_t version, const char *name)
 {
+    return frame_append_hello_producer(out, request_id, version, name, NULL);
+}
+
+int frame_append_hello_producer(struct buf *out, uint64_t request_id, uint16_t version,
+                                const char *name, const char *producer)
+{
     size_t n = name != NULL ? strlen(name) : 0;
+    size_t pn = producer != NULL ? strlen(producer) : 0;
     if (n < 1 || n > FRAME_NAME_MAX || !bytes_ok((const uint8_t *)name, n, name_byte_ok) ||
-        !utf8_valid((const uint8_t *)name, n))
+        !utf8_name_valid((const uint8_t *)name, n))
         return -1;
-    uint8_t *p = frame_start(out, FRAME_HELLO, request_id, 3 + n);
+    if (pn && (version < 2 || pn > FRAME_PRODUCER_MAX ||
+               !bytes_ok((const uint8_t *)producer, pn, node_id_byte_ok)))
+        return -1;
+    size_t len = 3 + n + (pn ? 1 + pn : 0);
+    uint8_t *p = frame_start(out, FRAME_HELLO, request_id, len);
     if (p == NULL)
         return -1;
     put_u16(p, version);
     p[2] = (uint8_t)n;
     memcpy(p + 3, name, n);
-    buf_commit(out, FRAME_HEADER_SIZE + 3 + n);
+    if (pn) {
+        p[3 + n] = (uint8_t)pn;
+        memcpy(p + 4 + n, producer, pn);
+    }
+    buf_commit(out, FRAME_HEADER_SIZE + len);
     return 0;
 }
 
@@ -339,11 +365,21 @@ int frame_parse_hello(const struct frame *f, struct frame_hello *out)
     if (f->h.type != FRAME_HELLO || len < 3)
         return -1;
     size_t n = p[2];
-    /* Requests are exact: a trailing byte means the sender and we disagree. */
-    if (n < 1 || n > FRAME_NAME_MAX || len != 3 + n || !bytes_ok(p + 3, n, name_byte_ok) ||
-        !utf8_valid(p + 3, n))
+    /* Requests are exact: a trailing byte means the sender and we disagree.
+     * Version 2 may add u8 producer_len + producer after the name. */
+    if (n < 1 || n > FRAME_NAME_MAX || len < 3 + n || !bytes_ok(p + 3, n, name_byte_ok) ||
+        !utf8_name_valid(p + 3, n))
         return -1;
     out->version = get_u16(p);
+    out->producer[0] = '\0';
+    if (len > 3 + n) {
+        size_t pn = p[3 + n];
+        if (out->version < 2 || pn < 1 || pn > FRAME_PRODUCER_MAX || len != 4 + n + pn ||
+            !bytes_ok(p + 4 + n, pn, node_id_byte_ok))
+            return -1;
+        memcpy(out->producer, p + 4 + n, pn);
+        out->producer[pn] = '\0';
+    }
     memcpy(out->name, p + 3, n);
     out->name[n] = '\0';
     return 0;

@@ -10,7 +10,9 @@
 #include "buf.h"
 
 #define FRAME_HEADER_SIZE 16
-#define FRAME_VERSION 1
+#define FRAME_VERSION 1        /* the header version of every frame */
+#define FRAME_PROTOCOL_MAX 2   /* the highest HELLO/WELCOME version: 2 adds the producer id */
+#define FRAME_PRODUCER_MAX 64  /* producer ids follow the node-id rule, [A-Za-z0-9._-]{1,64} */
 #define FRAME_DEFAULT_MAX_PAYLOAD (1u << 20)
 #define FRAME_NAME_MAX 64    /* HELLO client name, bytes */
 #define FRAME_NODE_ID_MAX 64 /* WELCOME node id, bytes */
@@ -46,6 +48,8 @@ enum frame_error {
     FRAME_ERR_TOO_MANY_IN_FLIGHT = 8, /* client does not read its replies */
     FRAME_ERR_TIMEOUT = 9,          /* idle or handshake timeout */
     FRAME_ERR_INTERNAL = 10,        /* node-side failure (out of memory) */
+    FRAME_ERR_UNAVAILABLE = 11,     /* the node cannot store durably now (--ack-after
+                                     * replicated and JetStream cannot take it): send elsewhere */
     FRAME_ERR_COUNT
 };
 
@@ -55,6 +59,9 @@ const char *frame_error_name(enum frame_error e);
 const char *frame_error_text(enum frame_error e);
 /* "HELLO", "ACK", ...; NULL for a type that is not in enum frame_type. */
 const char *frame_type_name(uint8_t type);
+/* True for the reply types (WELCOME..INFO_REPLY, ERROR): a known type with
+ * the high bit set. BYE goes both ways and counts as a request. */
+bool frame_type_is_reply(uint8_t type);
 
 struct frame_header {
     uint32_t length; /* payload bytes after the header */
@@ -84,6 +91,9 @@ long frame_decode(const uint8_t *buf, size_t len, uint32_t max_payload, struct f
 int frame_append(struct buf *out, uint8_t type, uint64_t request_id, const void *payload,
                  size_t len);
 int frame_append_hello(struct buf *out, uint64_t request_id, uint16_t version, const char *name);
+/* HELLO with a producer id (version >= 2 only; NULL or "": none, as above). */
+int frame_append_hello_producer(struct buf *out, uint64_t request_id, uint16_t version,
+                                const char *name, const char *producer);
 int frame_append_send(struct buf *out, uint64_t request_id, uint64_t message_id, const void *data,
                       size_t len);
 int frame_append_ack(struct buf *out, uint64_t request_id, uint64_t message_id,
@@ -95,6 +105,7 @@ int frame_append_error(struct buf *out, uint64_t request_id, enum frame_error co
 struct frame_hello {
     uint16_t version;
     char name[FRAME_NAME_MAX + 1]; /* NUL-terminated, printable ASCII/UTF-8 */
+    char producer[FRAME_PRODUCER_MAX + 1]; /* version >= 2: the client's producer id; "" none */
 };
 struct frame_welcome {
     uint16_t version;

@@ -219,6 +219,21 @@ static int encode_workers(json_t *o, const struct hb_msg *m, char *err, size_t e
     return 0;
 }
 
+static int encode_forward(json_t *o, const struct hb_forward *f, char *err, size_t errlen)
+{
+    json_t *fo = json_object();
+    if (set_new(o, "forward", fo, err, errlen) != 0)
+        return -1;
+    if (set_u64(fo, "seq", f->forwarded_seq, err, errlen) != 0 ||
+        set_u64(fo, "lag_records", f->lag_records, err, errlen) != 0 ||
+        set_u64(fo, "lag_ms", f->lag_ms, err, errlen) != 0 ||
+        set_u64(fo, "errors", f->errors, err, errlen) != 0 ||
+        set_u64(fo, "duplicates", f->duplicates, err, errlen) != 0 ||
+        set_new(fo, "healthy", json_boolean(f->healthy), err, errlen) != 0)
+        return -1;
+    return 0;
+}
+
 static int encode_balancers(json_t *o, const struct hb_msg *m, char *err, size_t errlen)
 {
     json_t *arr = json_array();
@@ -267,6 +282,8 @@ static int encode_fields(json_t *o, const struct hb_msg *m, char *err, size_t er
             set_new(o, "reason", json_string(m->reason), err, errlen) != 0)
             return -1;
         if (encode_workers(o, m, err, errlen) != 0)
+            return -1;
+        if (m->forward.present && encode_forward(o, &m->forward, err, errlen) != 0)
             return -1;
         return m->nbalancers > 0 ? encode_balancers(o, m, err, errlen) : 0;
     case HB_LEAVE:
@@ -448,6 +465,24 @@ static int decode_workers(json_t *o, struct hb_msg *m, char *err, size_t errlen)
     return 0;
 }
 
+static int decode_forward(json_t *o, struct hb_forward *f, char *err, size_t errlen)
+{
+    json_t *fo = json_object_get(o, "forward");
+    if (!json_is_object(fo))
+        return fail(err, errlen, "field \"forward\" must be an object");
+    if (get_uint(fo, "seq", "forward.seq", INT64_MAX, &f->forwarded_seq, err, errlen) != 0 ||
+        get_uint(fo, "lag_records", "forward.lag_records", INT64_MAX, &f->lag_records, err,
+                 errlen) != 0 ||
+        get_uint(fo, "lag_ms", "forward.lag_ms", INT64_MAX, &f->lag_ms, err, errlen) != 0 ||
+        get_uint(fo, "errors", "forward.errors", INT64_MAX, &f->errors, err, errlen) != 0 ||
+        get_uint(fo, "duplicates", "forward.duplicates", INT64_MAX, &f->duplicates, err,
+                 errlen) != 0 ||
+        get_bool(fo, "healthy", &f->healthy, err, errlen) != 0)
+        return -1;
+    f->present = true;
+    return 0;
+}
+
 static int decode_balancers(json_t *o, struct hb_msg *m, char *err, size_t errlen)
 {
     json_t *arr = json_object_get(o, "balancers");
@@ -533,6 +568,8 @@ static int decode_fields(json_t *o, struct hb_msg *m, char *err, size_t errlen)
         if (decode_workers(o, m, err, errlen) != 0)
             return -1;
         /* balancers is optional: nodes before it, or with one balancer. */
+        if (json_object_get(o, "forward") != NULL && decode_forward(o, &m->forward, err, errlen) != 0)
+            return -1;
         return json_object_get(o, "balancers") != NULL ? decode_balancers(o, m, err, errlen) : 0;
     case HB_LEAVE:
         if (get_boot(o, &m->boot_id, err, errlen) != 0 ||

@@ -37,6 +37,17 @@ struct hb_peer {
     bool reached; /* it answered within the node's liveness window (fall x interval) */
 };
 
+/* A node's forwarder into a replicated engine (JetStream), when it has one. */
+struct hb_forward {
+    bool present;             /* false: the node forwards nowhere (field absent) */
+    bool healthy;             /* the engine takes records now */
+    uint64_t forwarded_seq;   /* journal seq up to which the engine has every record */
+    uint64_t lag_records;     /* durable in the journal, not yet in the engine */
+    uint64_t lag_ms;          /* age of the oldest of those (0: none) */
+    uint64_t errors;          /* publish rounds that failed since start */
+    uint64_t duplicates;      /* records the engine already had (re-sends) since start */
+};
+
 /* Progress of one node worker loop since the node started. */
 struct hb_worker {
     uint64_t ticks;             /* loop iterations */
@@ -70,6 +81,8 @@ struct hb_msg {
     struct hb_worker workers[HB_MAX_WORKERS];
     uint32_t nbalancers; /* optional: which balancers the node reaches */
     struct hb_peer balancers[HB_MAX_BALANCERS];
+    struct hb_forward forward; /* optional: "forward" {seq, lag_records, lag_ms, errors,
+                                * duplicates, healthy} */
 
     /* HB_ACK and HB_REREGISTER */
     uint32_t interval_ms; /* the balancer's heartbeat interval, nodes adopt it */

@@ -15,6 +15,7 @@
 #define JOURNAL_IDENT_CERT 1         /* ... and a client certificate (mTLS): cert holds
                                       * its SHA-256 (32 bytes), then its identity text */
 #define JOURNAL_CERT_SHA256_LEN 32
+#define JOURNAL_PRODUCER_MAX 64      /* the client's producer id, node-id charset */
 
 /* What a SEND gives the journal. Strings need not be NUL-terminated. */
 struct journal_entry {
@@ -25,6 +26,8 @@ struct journal_entry {
     size_t peer_len;    /* <= 255 */
     const uint8_t *cert; /* JOURNAL_IDENT_CERT identity; NULL/0: no client certificate */
     size_t cert_len;    /* <= 65535 */
+    const char *producer; /* the client's producer id from HELLO; NULL/0: none */
+    size_t producer_len;  /* <= JOURNAL_PRODUCER_MAX */
     const void *data;
     size_t len;
 };
@@ -41,6 +44,8 @@ struct journal_record {
     uint8_t peer_len;
     const uint8_t *cert;     /* JOURNAL_IDENT_CERT: SHA-256 then identity text; else empty */
     uint16_t cert_len;
+    const char *producer;    /* "" when the client gave none */
+    uint8_t producer_len;
     const uint8_t *data;
     uint32_t len;
 };

@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "config.h"
 #include "frame.h"
+#include "hb_msg.h"
 #include "keygen.h"
 #include "log.h"
 #include "lookup.h"
@@ -55,6 +56,9 @@ static const struct config_setting settings[] = {
     {"affinity", CONFIG_STRING, NULL, 0, 0, NULL,
      "affinity key: the same key keeps its node while that node is healthy"},
     {"name", CONFIG_STRING, "berth-cli", 0, 0, NULL, "client name sent in HELLO (node logs)"},
+    {"producer-id", CONFIG_STRING, NULL, 0, 0, NULL,
+     "producer id sent in HELLO, [A-Za-z0-9._-]{1,64}: with the message ids it names each "
+     "message across nodes, so a JetStream stream stores a re-send once (default: random)"},
     {"timeout", CONFIG_DURATION, "5s", 1, 3600000, NULL,
      "bound on each wait: balancer request, connect, each reply"},
     {"retries", CONFIG_INT, "3", 0, 100, NULL,
@@ -695,6 +699,15 @@ int main(int argc, char **argv)
     cli->bo.cert_file = config_str(cli->cfg, "cert");
     cli->bo.key_file = config_str(cli->cfg, "key");
     cli->bo.cache_ttl_ms = (long)config_int(cli->cfg, "cache-ttl");
+    const char *producer = config_str(cli->cfg, "producer-id");
+    if (producer && producer[0]) {
+        if (!hb_node_id_valid(producer)) {
+            fprintf(stderr, PROGRAM ": --producer-id \"%s\": must match [A-Za-z0-9._-]{1,64}\n",
+                    producer);
+            goto out;
+        }
+        cli->bo.producer_id = producer;
+    }
     if (!cli->node_addr) {
         if (cli_split_balancers(cli, config_str(cli->cfg, "balancer"), err, sizeof(err)) != 0) {
             fprintf(stderr, PROGRAM ": --balancer: %s\n", err);

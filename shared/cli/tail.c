@@ -29,6 +29,13 @@
 static const struct config_setting tail_settings[] = {
     {"feed", CONFIG_STRING, NULL, 0, 0, NULL,
      "node feed endpoint(s), comma-separated: tcp://host:port (the nodes' --feed)"},
+    {"jetstream", CONFIG_STRING, NULL, 0, 0, NULL,
+     "read the JetStream stream the nodes forward to instead: NATS servers, "
+     "nats://h1:4222,... (with --stream; --from is then the stream's sequence)"},
+    {"stream", CONFIG_STRING, "BERTH", 0, 0, NULL, "with --jetstream: the stream"},
+    {"subject", CONFIG_STRING, "berth.>", 0, 0, NULL,
+     "with --jetstream: the subjects to read (the nodes' --jetstream-subject-prefix, then "
+     "\".>\" for all nodes or \".<node id>\" for one)"},
     {"from", CONFIG_INT, "0", 0, 9223372036854775807ll, NULL,
      "first seq to replay on every node (0: only records stored from now on)"},
     {"count", CONFIG_INT, "0", 0, 9223372036854775807ll, NULL,
@@ -154,23 +161,28 @@ static int tail_record(struct tail_feed *t, const uint8_t *p, size_t len, FILE *
     t->last_seq = r.seq;
     if (raw)
         return fwrite(p, 1, len, out) == len ? 0 : -1;
-    fprintf(out, "seq=%" PRIu64 " node=%s client=\"", r.seq, t->node);
-    tail_print_escaped(out, (const uint8_t *)r.name, r.name_len);
-    fprintf(out, "\" peer=%.*s", (int)r.peer_len, r.peer);
+    tail_print_record(out, t->node, &r);
+    return 0;
+}
+
+void tail_print_record(FILE *out, const char *node, const struct journal_record *r)
+{
+    fprintf(out, "seq=%" PRIu64 " node=%s client=\"", r->seq, node);
+    tail_print_escaped(out, (const uint8_t *)r->name, r->name_len);
+    fprintf(out, "\" peer=%.*s", (int)r->peer_len, r->peer);
     /* Identity kind 1 (mTLS): the certificate's SHA-256, then its identity. */
-    if (r.ident_kind == JOURNAL_IDENT_CERT) {
+    if (r->ident_kind == JOURNAL_IDENT_CERT) {
         fputs(" cert=\"", out);
-        tail_print_escaped(out, r.cert + JOURNAL_CERT_SHA256_LEN,
-                           r.cert_len - JOURNAL_CERT_SHA256_LEN);
+        tail_print_escaped(out, r->cert + JOURNAL_CERT_SHA256_LEN,
+                           r->cert_len - JOURNAL_CERT_SHA256_LEN);
         fputs("\" cert_sha256=", out);
         for (size_t i = 0; i < JOURNAL_CERT_SHA256_LEN; i++)
-            fprintf(out, "%02x", r.cert[i]);
+            fprintf(out, "%02x", r->cert[i]);
     }
-    fprintf(out, " id=%" PRIu64 " ts=%" PRIu64 " bytes=%" PRIu32 " data=\"", r.message_id,
-            r.timestamp_ms, r.len);
-    tail_print_escaped(out, r.data, r.len);
+    fprintf(out, " id=%" PRIu64 " ts=%" PRIu64 " bytes=%" PRIu32 " data=\"", r->message_id,
+            r->timestamp_ms, r->len);
+    tail_print_escaped(out, r->data, r->len);
     fputs("\"\n", out);
-    return 0;
 }
 
 static int tail_split(const char *list, struct tail_feed *feeds, size_t *n)
@@ -195,8 +207,16 @@ static int tail_run(struct config *cfg)
     static struct tail_feed feeds[TAIL_FEEDS_MAX];
     size_t nf = 0;
     const char *list = config_str(cfg, "feed");
+    const char *js = config_str(cfg, "jetstream");
+    if (js && js[0]) {
+        if (list && list[0]) {
+            fprintf(stderr, "berth tail: give --feed or --jetstream, not both\n");
+            return EXIT_USAGE;
+        }
+        return tail_jetstream_run(cfg);
+    }
     if (!list || !list[0]) {
-        fprintf(stderr, "berth tail: --feed is required\n");
+        fprintf(stderr, "berth tail: --feed is required (or --jetstream)\n");
         return EXIT_USAGE;
     }
     if (tail_split(list, feeds, &nf) != 0) {

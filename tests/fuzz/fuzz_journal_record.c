@@ -24,7 +24,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* What parsed is what the writer would have built from it. */
         struct journal_entry e = {.message_id = r.message_id, .name = r.name,
                                   .name_len = r.name_len, .peer = r.peer, .peer_len = r.peer_len,
-                                  .cert = r.cert, .cert_len = r.cert_len, .data = r.data,
+                                  .cert = r.cert, .cert_len = r.cert_len, .producer = r.producer,
+                                  .producer_len = r.producer_len, .data = r.data,
                                   .len = r.len};
         if (journal_record_size(&e) != (size_t)n)
             abort();

@@ -152,11 +152,11 @@ def crc32c(data):
     return c ^ 0xFFFFFFFF
 
 
-def record(seq, mid, data, name=b"cli", peer=b"127.0.0.1:9", cert=b""):
-    body = name + peer + cert + data
+def record(seq, mid, data, name=b"cli", peer=b"127.0.0.1:9", cert=b"", producer=b""):
+    body = name + peer + cert + producer + data
     length = 40 + len(body) + 4
     h = struct.pack(">IIQQQBBHHH", 0x424A5231, length, seq, mid, 1700000000000, len(name),
-                    len(peer), len(cert), 1 if cert else 0, 0)
+                    len(peer), len(cert), 1 if cert else 0, len(producer))
     r = h + body
     return r + struct.pack(">I", crc32c(r))
 
@@ -166,6 +166,7 @@ def journal_records():
     write("fuzz_journal_record", "two", record(1, 10, b"a") + record(2, 20, b"bb"))
     write("fuzz_journal_record", "mtls", record(3, 30, b"x", cert=b"\x11" * 32 + b"CN=client"))
     write("fuzz_journal_record", "empty_data", record(4, 40, b""))
+    write("fuzz_journal_record", "producer", record(5, 50, b"p", producer=b"0123456789abcdef"))
     write("fuzz_journal_record", "torn", record(1, 10, b"payload")[:-3])
 
 

@@ -45,7 +45,7 @@ def parse_segment(path, check_crc=True):
         if len(data) - off < HEADER + 4:
             yield "bad", off
             return
-        magic, length, seq, mid, ts, nl, pl, cl, kind, _r = struct.unpack(
+        magic, length, seq, mid, ts, nl, pl, cl, kind, prl = struct.unpack(
             ">IIQQQBBHHH", data[off:off + HEADER])
         if magic != MAGIC or length < HEADER + 4 or off + length > len(data):
             yield "bad", off
@@ -56,8 +56,10 @@ def parse_segment(path, check_crc=True):
             return
         name = rec[HEADER:HEADER + nl].decode("utf-8", "replace")
         peer = rec[HEADER + nl:HEADER + nl + pl].decode()
-        body = rec[HEADER + nl + pl + cl:-4]
-        yield off, {"seq": seq, "id": mid, "ts": ts, "client": name, "peer": peer, "data": body}
+        producer = rec[HEADER + nl + pl + cl:HEADER + nl + pl + cl + prl].decode()
+        body = rec[HEADER + nl + pl + cl + prl:-4]
+        yield off, {"seq": seq, "id": mid, "ts": ts, "client": name, "peer": peer, "data": body,
+                    "producer": producer}
         off += length
 
 

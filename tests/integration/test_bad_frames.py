@@ -68,6 +68,36 @@ def test():
                     cluster.ERR_UNEXPECTED, 15, must_close=False)
         check_error(c, "reply type sent to node", encode_frame(cluster.PONG, 16, b""),
                     cluster.ERR_UNEXPECTED, 16, must_close=False)
+        # The reply-type check comes before the HELLO-first one (PROTOCOL.md 5.1).
+        check_error(c, "reply type before HELLO", encode_frame(cluster.PONG, 17, b""),
+                    cluster.ERR_UNEXPECTED, 17, hello_first=False, must_close=False)
+        # U+0085 (NEXT LINE) is a C1 control character: not in a name.
+        check_error(c, "C1 control in name",
+                    encode_frame(HELLO, 18, struct.pack(">HB", 1, 4) + b"d\xc2\x85o"),
+                    cluster.ERR_MALFORMED, 18, hello_first=False, must_close=False)
+        # Version negotiation: no version in common (0) is bad_version; a
+        # later one is answered with the highest both speak, the node's 2.
+        check_error(c, "HELLO version 0", encode_frame(HELLO, 19, hello_body("v0", version=0)),
+                    cluster.ERR_BAD_VERSION, 19, hello_first=False, must_close=False)
+        with c.session(1) as s:
+            f = s.request(HELLO, 20, hello_body("v3", version=3))
+            assert f.type == cluster.WELCOME and f.welcome()["version"] == 2, f
+            s.ping(21)
+            print("HELLO version 3        -> WELCOME version 2")
+        # Version 2 carries a producer id; one in a version 1 HELLO, or
+        # outside the node-id charset, is malformed.
+        with c.session(1) as s:
+            body = struct.pack(">HB", 2, 2) + b"p2" + struct.pack(">B", 5) + b"prod1"
+            f = s.request(HELLO, 22, body)
+            assert f.type == cluster.WELCOME and f.welcome()["version"] == 2, f
+        check_error(c, "producer in version 1",
+                    encode_frame(HELLO, 23, struct.pack(">HB", 1, 2) + b"p1" +
+                                 struct.pack(">B", 5) + b"prod1"),
+                    cluster.ERR_MALFORMED, 23, hello_first=False, must_close=False)
+        check_error(c, "bad producer",
+                    encode_frame(HELLO, 24, struct.pack(">HB", 2, 2) + b"p2" +
+                                 struct.pack(">B", 3) + b"a b"),
+                    cluster.ERR_MALFORMED, 24, hello_first=False, must_close=False)
 
         # Garbage over TLS: an ERROR or a close, and the node goes on.
         with c.session(1) as s:
@@ -123,11 +153,11 @@ def test():
         assert c.proc(1).poll() is None, "node1 exited"
 
         # The node's counters, as the balancer reports them, saw all of it:
-        # 17 TLS sessions, 3 plaintext connections whose handshake failed.
+        # 21 TLS sessions, 3 plaintext connections whose handshake failed.
         def counted():
             n = c.node_health("node1")
             failed = sum(w["hs_failed"] for w in n["workers"])
-            return n if n["accepted"] >= 17 and failed >= 3 else None
+            return n if n["accepted"] >= 21 and failed >= 3 else None
         n = cluster.wait_until(counted, 3, 0.05, "accepted/hs_failed counters")
         print("accepted=%d workers=%r" % (n["accepted"], n["workers"]))
         # Fresh clients are still served.

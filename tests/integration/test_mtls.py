@@ -76,13 +76,13 @@ def journal_records(d):
             data = f.read()
         off = 0
         while off + tj.HEADER <= len(data):
-            magic, length, seq, mid, _ts, nl, pl, cl, kind, _r = struct.unpack(
+            magic, length, seq, mid, _ts, nl, pl, cl, kind, prl = struct.unpack(
                 ">IIQQQBBHHH", data[off:off + tj.HEADER])
             assert magic == tj.MAGIC, "bad magic at %s:%d" % (path, off)
             rec = data[off:off + length]
             assert tj.crc32c(rec[:-4]) == struct.unpack(">I", rec[-4:])[0], "bad CRC"
             cert = rec[tj.HEADER + nl + pl:tj.HEADER + nl + pl + cl]
-            body = rec[tj.HEADER + nl + pl + cl:-4]
+            body = rec[tj.HEADER + nl + pl + cl + prl:-4]
             out.append(({"seq": seq, "id": mid, "client": rec[tj.HEADER:tj.HEADER + nl].decode(),
                          "data": body}, kind, cert))
             off += length

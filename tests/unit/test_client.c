@@ -181,14 +181,14 @@ static void test_check_welcome(void **state)
     assert_int_equal(client_check_welcome(&e.f, 2, "node x", &got, err, sizeof(err)),
                      CLIENT_REPLY_PROTOCOL);
 
-    /* Another protocol version. */
+    /* A protocol version above what we speak (1 and 2). */
     buf_clear(&e.b);
-    w.version = 2;
+    w.version = 3;
     assert_int_equal(frame_append_welcome(&e.b, 1, &w), 0);
     decode(&e);
     assert_int_equal(client_check_welcome(&e.f, 1, "node x", &got, err, sizeof(err)),
                      CLIENT_REPLY_PROTOCOL);
-    assert_non_null(strstr(err, "version 2"));
+    assert_non_null(strstr(err, "version 3"));
 
     /* A bad node id byte inside an otherwise well-sized body. */
     buf_clear(&e.b);

@@ -102,6 +102,15 @@ static void test_tables(void **state)
     assert_null(frame_type_name(0x07));
     assert_null(frame_type_name(0x80));
     assert_null(frame_type_name(0xFE));
+    /* Replies are the known types with the high bit; BYE counts as a request. */
+    for (unsigned t = 0; t < 256; t++) {
+        bool want = frame_type_name((uint8_t)t) != NULL && t >= 0x80;
+        assert_int_equal(frame_type_is_reply((uint8_t)t), want);
+    }
+    assert_true(frame_type_is_reply(FRAME_PONG));
+    assert_true(frame_type_is_reply(FRAME_ERROR));
+    assert_false(frame_type_is_reply(FRAME_BYE));
+    assert_false(frame_type_is_reply(0x80));
 }
 
 static void test_roundtrip_hello(void **state)
@@ -402,7 +411,7 @@ static void test_impossible_lengths(void **state)
         uint32_t len;
     } bad[] = {
         {FRAME_INFO, 1},    {FRAME_BYE, 1},     {FRAME_SEND, 0},     {FRAME_SEND, 7},
-        {FRAME_HELLO, 0},   {FRAME_HELLO, 3},   {FRAME_HELLO, 68},   {FRAME_ACK, 39},
+        {FRAME_HELLO, 0},   {FRAME_HELLO, 3},   {FRAME_HELLO, 133},  {FRAME_ACK, 39},
         {FRAME_ERROR, 1},   {FRAME_ERROR, 258}, {FRAME_WELCOME, 19},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -418,6 +427,50 @@ static long decode_raw(uint8_t type, const void *payload, uint32_t len, uint8_t 
     put_header(store, len, 1, type, 0, 1);
     memcpy(store + FRAME_HEADER_SIZE, payload, len);
     return frame_decode(store, FRAME_HEADER_SIZE + len, MAXP, f, err);
+}
+
+/* Version 2: a producer id after the name, node-id charset, exact length. */
+static void test_hello_producer(void **state)
+{
+    (void)state;
+    struct buf b;
+    buf_init(&b);
+    assert_int_equal(frame_append_hello_producer(&b, 1, 2, "app", "p-1.x_2"), 0);
+    struct frame f;
+    enum frame_error err = FRAME_ERR_NONE;
+    assert_true(frame_decode(buf_head(&b), buf_size(&b), 1 << 20, &f, &err) > 0);
+    struct frame_hello h;
+    assert_int_equal(frame_parse_hello(&f, &h), 0);
+    assert_int_equal(h.version, 2);
+    assert_string_equal(h.name, "app");
+    assert_string_equal(h.producer, "p-1.x_2");
+    /* no producer: as in version 1 */
+    buf_clear(&b);
+    assert_int_equal(frame_append_hello_producer(&b, 1, 2, "app", NULL), 0);
+    assert_true(frame_decode(buf_head(&b), buf_size(&b), 1 << 20, &f, &err) > 0);
+    assert_int_equal(frame_parse_hello(&f, &h), 0);
+    assert_string_equal(h.producer, "");
+    /* refused when encoding: version 1, bad bytes, too long */
+    assert_int_equal(frame_append_hello_producer(&b, 1, 1, "app", "p"), -1);
+    assert_int_equal(frame_append_hello_producer(&b, 1, 2, "app", "a b"), -1);
+    char longp[FRAME_PRODUCER_MAX + 2];
+    memset(longp, 'p', sizeof(longp) - 1);
+    longp[sizeof(longp) - 1] = '\0';
+    assert_int_equal(frame_append_hello_producer(&b, 1, 2, "app", longp), -1);
+    /* and when parsing: a producer in version 1, a length that disagrees */
+    uint8_t v1[] = {0, 1, 1, 'a', 1, 'p'};
+    struct frame hand = {.h = {.length = sizeof v1, .version = 1, .type = FRAME_HELLO},
+                         .payload = v1};
+    assert_int_equal(frame_parse_hello(&hand, &h), -1);
+    uint8_t v2[] = {0, 2, 1, 'a', 2, 'p'};
+    hand.payload = v2;
+    hand.h.length = sizeof v2;
+    assert_int_equal(frame_parse_hello(&hand, &h), -1);
+    uint8_t v2z[] = {0, 2, 1, 'a', 0};
+    hand.payload = v2z;
+    hand.h.length = sizeof v2z;
+    assert_int_equal(frame_parse_hello(&hand, &h), -1);
+    buf_release(&b);
 }
 
 static void test_malformed_hello(void **state)
@@ -449,15 +502,33 @@ static void test_malformed_hello(void **state)
         assert_true(decode_raw(FRAME_HELLO, p, sizeof p, store, &f, &err) > 0);
         assert_int_equal(frame_parse_hello(&f, &h), -1);
     }
-    /* Name length 65 with 65 bytes: over the limit (and the length rule). */
+    /* Name length 65 with 65 bytes: over the limit. (The header allows
+     * it: version 2 HELLOs carry a producer id after the name.) */
     uint8_t p65[3 + 65];
     memset(p65, 'a', sizeof p65);
     p65[0] = 0, p65[1] = 1, p65[2] = 65;
-    assert_int_equal(decode_raw(FRAME_HELLO, p65, sizeof p65, store, &f, &err), -1);
-    assert_int_equal(err, FRAME_ERR_MALFORMED);
+    assert_true(decode_raw(FRAME_HELLO, p65, sizeof p65, store, &f, &err) > 0);
+    assert_int_equal(frame_parse_hello(&f, &h), -1);
     struct frame hand = {.h = {.length = sizeof p65, .version = 1, .type = FRAME_HELLO},
                          .payload = p65};
     assert_int_equal(frame_parse_hello(&hand, &h), -1);
+
+    /* C1 control characters are control characters too: U+0085 (NEXT
+     * LINE), U+0080 and U+009F, the ends of the range, in a name and
+     * refused by the encoder as well. U+00A0, just above, is fine. */
+    const char *c1_names[] = {"d\xc2\x85o", "d\xc2\x80o", "d\xc2\x9fo"};
+    for (size_t i = 0; i < sizeof c1_names / sizeof c1_names[0]; i++) {
+        uint8_t p[3 + 4] = {0, 1, 4};
+        memcpy(p + 3, c1_names[i], 4);
+        assert_true(decode_raw(FRAME_HELLO, p, sizeof p, store, &f, &err) > 0);
+        assert_int_equal(frame_parse_hello(&f, &h), -1);
+        struct buf b;
+        buf_init(&b);
+        assert_int_equal(frame_append_hello(&b, 1, 1, c1_names[i]), -1);
+        buf_release(&b);
+    }
+    assert_true(decode_raw(FRAME_HELLO, "\x00\x01\x04" "d\xc2\xa0o", 7, store, &f, &err) > 0);
+    assert_int_equal(frame_parse_hello(&f, &h), 0);
 
     /* The valid ones, for contrast: ASCII, and UTF-8 ("dé" + a 4-byte emoji). */
     assert_true(decode_raw(FRAME_HELLO, "\x00\x01\x04" "demo", 7, store, &f, &err) > 0);
@@ -722,6 +793,7 @@ int main(void)
         cmocka_unit_test(test_oversized_from_header),
         cmocka_unit_test(test_bad_header),
         cmocka_unit_test(test_impossible_lengths),
+        cmocka_unit_test(test_hello_producer),
         cmocka_unit_test(test_malformed_hello),
         cmocka_unit_test(test_malformed_bodies),
         cmocka_unit_test(test_append_limits),

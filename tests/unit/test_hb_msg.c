@@ -659,6 +659,36 @@ static void test_cert_and_balancers(void **state)
     expect_modified_fails(HB_HEARTBEAT, "balancers", json_string("x"), "must be an array");
 }
 
+/* The forwarder's figures: optional, all or nothing, bounded like the rest. */
+static void test_forward(void **state)
+{
+    (void)state;
+    struct hb_msg m, got;
+    fill_heartbeat(&m);
+    roundtrip(&m, &got);
+    assert_false(got.forward.present);
+    m.forward = (struct hb_forward){.present = true, .healthy = false, .forwarded_seq = 41,
+                                    .lag_records = 7, .lag_ms = 1500, .errors = 3,
+                                    .duplicates = 2};
+    roundtrip(&m, &got);
+    assert_true(got.forward.present);
+    assert_false(got.forward.healthy);
+    assert_int_equal(got.forward.forwarded_seq, 41);
+    assert_int_equal(got.forward.lag_records, 7);
+    assert_int_equal(got.forward.lag_ms, 1500);
+    assert_int_equal(got.forward.errors, 3);
+    assert_int_equal(got.forward.duplicates, 2);
+    expect_modified_fails(HB_HEARTBEAT, "forward", json_string("x"), "must be an object");
+    expect_modified_fails(HB_HEARTBEAT, "forward",
+                          json_pack("{s:i,s:i,s:i,s:i,s:i}", "seq", 1, "lag_records", 0, "lag_ms",
+                                    0, "errors", 0, "duplicates", 0),
+                          "\"healthy\"");
+    expect_modified_fails(HB_HEARTBEAT, "forward",
+                          json_pack("{s:i,s:i,s:i,s:i,s:i,s:b}", "seq", -1, "lag_records", 0,
+                                    "lag_ms", 0, "errors", 0, "duplicates", 0, "healthy", 1),
+                          "\"forward.seq\"");
+}
+
 static void test_duplicates_and_extras(void **state)
 {
     (void)state;
@@ -695,6 +725,7 @@ int main(void)
         cmocka_unit_test(test_addrs),
         cmocka_unit_test(test_workers),
         cmocka_unit_test(test_cert_and_balancers),
+        cmocka_unit_test(test_forward),
         cmocka_unit_test(test_duplicates_and_extras),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

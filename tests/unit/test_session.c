@@ -288,13 +288,14 @@ static void test_bad_version_body(void **state)
 static void test_later_version_negotiated(void **state)
 {
     struct fx *f = *state;
-    /* A client that also speaks version 2 offers it; the session runs at 1. */
-    assert_int_equal(frame_append_hello(&f->req, 3, 2, "future"), 0);
+    /* A client that also speaks version 3 offers it; the session runs at
+     * this node's highest, 2. */
+    assert_int_equal(frame_append_hello(&f->req, 3, 3, "future"), 0);
     fx_send(f);
     struct frame fr = fx_take(f, FRAME_WELCOME, 3);
     struct frame_welcome w;
     assert_int_equal(frame_parse_welcome(&fr, &w), 0);
-    assert_int_equal(w.version, 1);
+    assert_int_equal(w.version, FRAME_PROTOCOL_MAX);
     assert_int_equal(session_state(f->s), SESSION_OPEN);
 }
 
@@ -367,6 +368,38 @@ static void test_reply_type_from_client(void **state)
     assert_int_equal(frame_append(&f->req, FRAME_PONG, 6, NULL, 0), 0);
     fx_send(f);
     fx_take_error(f, 6, FRAME_ERR_UNEXPECTED);
+}
+
+/* The reply-type check comes before the HELLO-first one: a reply type is
+ * unexpected wherever it comes, also as the first frame. */
+static void test_reply_type_before_hello(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(frame_append(&f->req, FRAME_PONG, 6, NULL, 0), 0);
+    fx_send(f);
+    fx_take_error(f, 6, FRAME_ERR_UNEXPECTED);
+    assert_int_equal(session_state(f->s), SESSION_CLOSING);
+    session_free(f->s);
+    f->s = session_new(&f->env, &f->ws[0], 42, "127.0.0.1:5555", NULL, f->now);
+    assert_non_null(f->s);
+    uint8_t err_body[] = {0, 2, 'x'};
+    assert_int_equal(frame_append(&f->req, FRAME_ERROR, 9, err_body, sizeof err_body), 0);
+    fx_send(f);
+    fx_take_error(f, 9, FRAME_ERR_UNEXPECTED);
+}
+
+/* Version negotiation, one rule: HELLO's version is the highest the client
+ * speaks; the node answers with the highest both speak; only when there is
+ * none (version 0) is it bad_version. The largest u16 gets our highest, 2. */
+static void test_hello_version_max(void **state)
+{
+    struct fx *f = *state;
+    assert_int_equal(frame_append_hello(&f->req, 3, 0xFFFF, "far-future"), 0);
+    fx_send(f);
+    struct frame fr = fx_take(f, FRAME_WELCOME, 3);
+    struct frame_welcome w;
+    assert_int_equal(frame_parse_welcome(&fr, &w), 0);
+    assert_int_equal(w.version, FRAME_PROTOCOL_MAX);
 }
 
 static void test_malformed(void **state)
@@ -501,6 +534,45 @@ static void test_idle_timeout(void **state)
     assert_int_equal(session_state(f->s), SESSION_CLOSED);
 }
 
+/* --- the node-wide memory budget: every session's buffers are counted in
+ * stats.session_memory as they grow and shrink, and given back when it is
+ * freed; an evicted session closes at once. */
+static void test_memory_accounting(void **state)
+{
+    struct fx *f = *state;
+    fx_hello(f);
+    assert_int_equal(node_stats_get(&f->stats.session_memory), session_memory(f->s));
+    /* Replies nobody reads pile up (up to --max-output). */
+    uint8_t payload[1000];
+    memset(payload, 'm', sizeof payload);
+    for (uint64_t i = 0; i < 200; i++)
+        assert_int_equal(frame_append(&f->req, FRAME_ECHO, 10 + i, payload, sizeof payload), 0);
+    fx_send(f);
+    size_t m = session_memory(f->s);
+    assert_true(m >= 200 * (FRAME_HEADER_SIZE + sizeof payload));
+    assert_int_equal(node_stats_get(&f->stats.session_memory), m);
+    assert_true(session_slow_reader(f->s));
+    /* A second session's memory adds up. */
+    struct session *other = session_new(&f->env, &f->ws[1], 44, "127.0.0.1:6666", NULL, f->now);
+    assert_non_null(other);
+    assert_int_equal(frame_append_hello(&f->req, 1, FRAME_VERSION, "other"), 0);
+    assert_int_equal(session_feed(other, buf_head(&f->req), buf_size(&f->req), f->now), 0);
+    buf_clear(&f->req);
+    assert_int_equal(node_stats_get(&f->stats.session_memory), m + session_memory(other));
+    session_free(other);
+    assert_int_equal(node_stats_get(&f->stats.session_memory), m);
+
+    f->env.max_session_memory = 4096;
+    session_evict(f->s, m, f->now);
+    assert_int_equal(session_state(f->s), SESSION_CLOSED);
+    assert_string_equal(session_close_reason(f->s), "memory_budget");
+    assert_int_equal(node_stats_get(&f->ws[0].memory_evictions), 1);
+    assert_false(session_slow_reader(f->s));
+    session_free(f->s);
+    f->s = NULL;
+    assert_int_equal(node_stats_get(&f->stats.session_memory), 0);
+}
+
 /* --- with a journal: ACKs carry the seq and wait for the fsync, with
  * every reply after them (request order); a SEND the journal cannot store
  * is refused with ERROR internal, never ACKed. */
@@ -606,6 +678,10 @@ static void test_journal_holds_replies(void **state)
     assert_int_equal(frame_parse_error(&fr, &eb), 0);
     assert_int_equal(eb.code, FRAME_ERR_INTERNAL);
     assert_non_null(strstr(eb.text, "No space left on device"));
+    /* The text is fixed: the journal's directory stays on the node. */
+    assert_string_equal(eb.text, "journal: cannot store the message: No space left on device");
+    assert_null(strstr(eb.text, dir));
+    assert_null(strstr(eb.text, "/tmp"));
     assert_int_equal(session_state(f->s), SESSION_CLOSING);
     assert_false(journal_healthy(j, NULL, 0));
 
@@ -1131,6 +1207,40 @@ static void test_tls_handshake_timeout(void **state)
     assert_string_equal(session_close_reason(t->s), "handshake_timeout");
 }
 
+/* --first-byte-timeout: a connection that sent nothing is closed at that
+ * deadline, well before the handshake timeout, and counted. */
+static void test_tls_first_byte_timeout(void **state)
+{
+    struct tlsfx *t = *state;
+    t->env.first_byte_timeout_ms = 2000;
+    session_handle(t->s, 0, T0);
+    session_sweep(t->s, T0 + 1999);
+    assert_int_equal(session_state(t->s), SESSION_HANDSHAKE);
+    assert_false(session_got_bytes(t->s));
+    session_sweep(t->s, T0 + 2000);
+    assert_int_equal(session_state(t->s), SESSION_CLOSED);
+    assert_string_equal(session_close_reason(t->s), "first_byte_timeout");
+    assert_int_equal(node_stats_get(&t->ws[0].first_byte_timeouts), 1);
+    assert_int_equal(node_stats_get(&t->ws[0].handshakes_failed), 1);
+}
+
+/* A client whose ClientHello arrived is under the handshake timeout only. */
+static void test_tls_first_byte_then_stall(void **state)
+{
+    struct tlsfx *t = *state;
+    t->env.first_byte_timeout_ms = 2000;
+    assert_int_equal(tls_conn_handshake(t->cl), TLS_AGAIN); /* ClientHello sent */
+    session_handle(t->s, EPOLLIN, T0 + 10);
+    assert_true(session_got_bytes(t->s));
+    /* The client never answers the ServerHello. */
+    session_sweep(t->s, T0 + 2000);
+    assert_int_equal(session_state(t->s), SESSION_HANDSHAKE);
+    session_sweep(t->s, T0 + 10000);
+    assert_int_equal(session_state(t->s), SESSION_CLOSED);
+    assert_string_equal(session_close_reason(t->s), "handshake_timeout");
+    assert_int_equal(node_stats_get(&t->ws[0].first_byte_timeouts), 0);
+}
+
 static void test_tls_inflight(void **state)
 {
     struct tlsfx *t = *state;
@@ -1405,6 +1515,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_partial_bytes_are_not_activity, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_second_hello, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_reply_type_from_client, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_reply_type_before_hello, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_hello_version_max, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_malformed, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_bad_flags, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_hello, fx_setup, fx_teardown),
@@ -1415,6 +1527,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_timeout, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_journal_holds_replies, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_inflight_limit, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_accounting, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_inflight_journal, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_tls_session, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_split_frames, tls_setup, tls_teardown),
@@ -1423,6 +1536,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_handshake_garbage, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_handshake_timeout, tls_setup, tls_teardown),
         cmocka_unit_test_setup_teardown(test_tls_inflight, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_first_byte_timeout, tls_setup, tls_teardown),
+        cmocka_unit_test_setup_teardown(test_tls_first_byte_then_stall, tls_setup, tls_teardown),
         cmocka_unit_test(test_mtls_identity),
         cmocka_unit_test(test_mtls_refused),
     };

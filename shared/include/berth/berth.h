@@ -59,6 +59,13 @@ struct berth_options {
     const char *cert_file;        /* client certificate (PEM) for nodes that require
                                    * mutual TLS, with key_file; NULL: none */
     const char *key_file;
+    const char *producer_id;      /* [A-Za-z0-9._-]{1,64}, sent in HELLO (protocol
+                                   * version 2): with the message id it names a message
+                                   * across nodes, so a stream the nodes forward to
+                                   * stores a re-sent message once. Keep it stable for
+                                   * as long as message ids are unique under it (a
+                                   * restart that reuses ids needs a new one). NULL: a
+                                   * random one per client (berth_producer_id) */
 };
 
 /* Fills o with the defaults: balancer http://127.0.0.1:8080, timeout 5 s,
@@ -107,6 +114,8 @@ BERTH_API void berth_set_notice_handler(berth_client *c, berth_notice_handler fn
 BERTH_API berth_err berth_connect(berth_client *c);
 /* The node of the current session, or "" (borrowed). */
 BERTH_API const char *berth_node_id(const berth_client *c);
+/* The producer id this client sends (the option's, or the random one). */
+BERTH_API const char *berth_producer_id(const berth_client *c);
 /* The current session's node address "host:port", or "" (borrowed). */
 BERTH_API const char *berth_node_addr(const berth_client *c);
 /* The current node's limits: the largest message berth_send takes, and

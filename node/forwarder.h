@@ -1,0 +1,75 @@
+/* forwarder: delivers every journal record, in journal order, to a
+ * replicated engine outside the node (NATS JetStream today, behind struct
+ * forwarder_engine so another can be added), from the journal on disk, on
+ * a thread of its own. It is a journal consumer: its position is durable
+ * (journal_consumer_confirm) and retention keeps what it has not
+ * delivered. docs/DESIGN.md, "Replicated delivery". */
+#ifndef BERTH_FORWARDER_H
+#define BERTH_FORWARDER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "journal.h"
+
+/* What the forwarder hands an engine: records in journal order. */
+struct forwarder_batch {
+    const struct journal_record *recs;
+    size_t n;
+};
+
+/* An engine. All calls come from the forwarder's thread. */
+struct forwarder_engine {
+    const char *name;  /* "jetstream": logs and reasons */
+    void *impl;
+    /* Publishes the batch and waits (at most timeout_ms) for the engine's
+     * acknowledgement of each record. Sets *acked to how many from the
+     * first were acknowledged (all: returns 0) and *dups to how many of
+     * those the engine already had. Returns -1 with err when fewer than n
+     * were acknowledged. */
+    int (*publish)(void *impl, const struct forwarder_batch *b, uint32_t timeout_ms,
+                   size_t *acked, uint64_t *dups, char *err, size_t errlen);
+    /* Can the engine store now (connected, a quorum behind the stream)?
+     * Called when idle, at most once per probe interval; may wait up to
+     * timeout_ms. 0, or -1 with err. */
+    int (*probe)(void *impl, uint32_t timeout_ms, char *err, size_t errlen);
+    void (*free)(void *impl);
+};
+
+struct forwarder_config {
+    struct journal *journal;        /* borrowed; outlives the forwarder */
+    const char *consumer;           /* its journal consumer name (configured in the journal) */
+    struct forwarder_engine engine; /* the forwarder takes ownership (engine.free) */
+    uint32_t batch;                 /* records per publish, at most */
+    uint32_t timeout_ms;            /* for the acknowledgements of one batch, and a probe */
+    uint32_t probe_ms;              /* idle: probe the engine this often */
+    uint64_t replay_from;           /* 0, or re-publish from this seq (duplicates dropped by id) */
+};
+
+struct forwarder_stats {
+    uint64_t forwarded_seq;   /* every record up to it is acknowledged by the engine */
+    uint64_t lag_records;     /* durable in the journal, not yet acknowledged */
+    uint64_t lag_ms;          /* age of the oldest record not yet acknowledged (0: none) */
+    uint64_t publish_errors;  /* batches that failed */
+    uint64_t duplicates;      /* records the engine already had */
+    uint64_t forwarded;       /* records acknowledged since start */
+    bool healthy;             /* the last publish or probe worked */
+};
+
+struct forwarder;
+
+/* Starts the thread, from the consumer's confirmed seq + 1 (or
+ * replay_from). NULL with err; the engine is freed then too. */
+struct forwarder *forwarder_new(const struct forwarder_config *cfg, char *err, size_t errlen);
+/* Stops the thread (waits for a batch under way) and frees the engine.
+ * NULL is a no-op. */
+void forwarder_free(struct forwarder *f);
+
+/* Every record up to this seq is stored by the engine (acquire load). */
+uint64_t forwarder_seq(const struct forwarder *f);
+/* False with the cause in reason while the engine cannot store. */
+bool forwarder_healthy(struct forwarder *f, char *reason, size_t len);
+void forwarder_get_stats(struct forwarder *f, struct forwarder_stats *out);
+
+#endif
