@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
 #include <zmq.h>
 
 #include "hb_msg.h"
@@ -24,6 +26,9 @@
 #define HB_LOG_PERIOD_MS 1000
 /* Generous queues: a few thousand nodes may all heartbeat in one interval. */
 #define HB_HWM 100000
+/* ZMQ_MAXMSGSIZE of the ROUTER: bodies up to this are read, so those over
+ * HB_MAX_MESSAGE are counted as oversize. */
+#define HB_OVERSIZE_SEEN (2 * HB_MAX_MESSAGE)
 /* Bindings of ids the registry forgot are dropped this often. */
 #define HB_SWEEP_MS 10000
 /* First size of the binding hash (a power of two); it doubles as it fills. */
@@ -41,12 +46,15 @@ static const char *const reject_names[HB_REJECT_COUNT] = {
     [HB_REJECT_HANDSHAKE] = "handshake",
     [HB_REJECT_UNAUTHENTICATED] = "unauthenticated",
     [HB_REJECT_KEY_MISMATCH] = "key_mismatch",
+    [HB_REJECT_CONN_LIMIT] = "conn_limit",
 };
 
 const char *hb_reject_name(enum hb_reject r)
 {
     return (unsigned)r < HB_REJECT_COUNT ? reject_names[r] : "unknown";
 }
+
+static void drain_monitor(struct hb_server *s);
 
 /* Rate limit of the warning for one reject reason. */
 struct reject_log {
@@ -83,6 +91,7 @@ struct fd_slot {
     uint32_t accepts;    /* connections accepted on it; 0: never seen, not tracked */
     bool open;           /* last monitor event for the fd was ACCEPTED */
     struct conn_id conn; /* routing id of the open connection, once it spoke */
+    bool shut;           /* the balancer shut it down; its close is on the way */
 };
 
 /* Routing ids of closed connections: a message still queued from one is
@@ -105,6 +114,8 @@ struct hb_server {
     struct conn_id dead[HB_DEAD_CONNS]; /* closed connections, a ring */
     size_t dead_next;                   /* ring slot the next one goes into */
     uint64_t next_sweep_ms;
+    struct hb_server_limits limits;
+    size_t open_conns; /* fd slots open (ACCEPTED seen, no close yet) */
 };
 
 static void set_err(char *err, size_t errlen, const char *what)
@@ -150,7 +161,7 @@ static void reject_counted(struct hb_server *s, enum hb_reject r, bool message, 
 
 static void reject(struct hb_server *s, enum hb_reject r, const char *peer, const char *detail)
 {
-    reject_counted(s, r, r != HB_REJECT_HANDSHAKE, peer, detail);
+    reject_counted(s, r, r != HB_REJECT_HANDSHAKE && r != HB_REJECT_CONN_LIMIT, peer, detail);
 }
 
 /* ---- bindings: node id -> key and connection ---- */
@@ -418,6 +429,89 @@ static void send_reply(struct hb_server *s, zmq_msg_t *id, enum hb_type type, co
     s->stats.replies_sent++;
 }
 
+/* Why the allowlist a refuses the key a binding was made with, or NULL
+ * when it still accepts it (or the binding has no key: plaintext). */
+static const char *binding_refused(const struct zap_allowlist *a, const struct binding *b)
+{
+    uint8_t key[KEYS_LEN];
+    if (!b->key[0] || keys_decode(b->key, strlen(b->key), key, NULL, 0) != 0)
+        return NULL;
+    if (!zap_allowlist_contains(a, key))
+        return "heartbeat key revoked";
+    const uint8_t *pin = zap_allowlist_pinned(a, b->id);
+    if (pin && memcmp(pin, key, KEYS_LEN) != 0)
+        return "node id pinned to another key";
+    return NULL;
+}
+
+/* The TCP port of the ROUTER's own endpoint ("tcp://host:port"), 0 when
+ * it is not TCP. */
+static unsigned endpoint_port(const char *endpoint)
+{
+    const char *colon = strrchr(endpoint, ':');
+    if (strncmp(endpoint, "tcp://", 6) != 0 || !colon)
+        return 0;
+    char *end;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    return *end == '\0' && port > 0 && port <= 65535 ? (unsigned)port : 0;
+}
+
+/* Ends the connection a refused node speaks on: libzmq owns the socket, so
+ * it is shut down, not closed; libzmq then reads the end of the stream,
+ * closes it and reports DISCONNECTED like any close. Only a connection the
+ * monitor still reports open, on a TCP socket bound to our own port: the
+ * descriptor may have been closed and reused since (a later HTTP
+ * connection must never be hit). Returns true when it shut one down. */
+static bool conn_shutdown_now(struct hb_server *s, int fd)
+{
+    if (fd < 0 || (size_t)fd >= s->nfds || !s->fds[fd].open || s->fds[fd].shut)
+        return false;
+    unsigned port = endpoint_port(s->endpoint);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    if (port == 0 || getsockname(fd, (struct sockaddr *)&ss, &len) != 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) != 0 || type != SOCK_STREAM)
+        return false;
+    unsigned local = ss.ss_family == AF_INET
+                         ? ntohs(((const struct sockaddr_in *)(const void *)&ss)->sin_port)
+                     : ss.ss_family == AF_INET6
+                         ? ntohs(((const struct sockaddr_in6 *)(const void *)&ss)->sin6_port)
+                         : 0;
+    if (local != port)
+        return false;
+    if (shutdown(fd, SHUT_RDWR) != 0) {
+        log_warn("hb_shutdown_failed", "fd=%d detail=\"%s\"", fd, strerror(errno));
+        return false;
+    }
+    s->fds[fd].shut = true;
+    return true;
+}
+
+static bool conn_shutdown(struct hb_server *s, int fd)
+{
+    drain_monitor(s); /* a close queued since is seen first */
+    return conn_shutdown_now(s, fd);
+}
+
+/* The balancer refuses node b from now on (reason from binding_refused):
+ * it leaves the rotation at once, panic never holds it, and a connection
+ * whose key is off the allowlist is ended (its reconnect meets the ZAP
+ * handler, which refuses it). */
+static void refuse_node(struct hb_server *s, struct binding *b, const char *why, bool revoked)
+{
+    if (registry_refuse(s->reg, b->id, why) == REGISTRY_OK)
+        log_warn("hb_node_refused", "node_id=%s reason=\"%s\"", b->id, why);
+    if (revoked && b->fd >= 0) {
+        int fd = b->fd;
+        if (conn_shutdown(s, fd)) {
+            s->stats.refused_closed++;
+            log_info("hb_conn_shutdown", "node_id=%s fd=%d reason=\"%s\"", b->id, fd, why);
+        }
+    }
+}
+
 /* Secure mode: the sender's key (libzmq's User-Id, which our ZAP handler
  * set to the key's Z85 text) must still be allowed, and the node id must be
  * bound to it. Returns true when the message may be applied. */
@@ -431,6 +525,9 @@ static bool check_key(struct hb_server *s, const struct hb_msg *m, const char *u
         snprintf(detail, sizeof detail, "%s for node %s from key %.8s... not in the allowlist",
                  hb_type_name(m->type), m->node_id, user ? user : "(none)");
         reject(s, HB_REJECT_UNAUTHENTICATED, peer, detail);
+        /* the node bound to this key: refused now, whatever the reload did */
+        if (b && user && strcmp(b->key, user) == 0)
+            refuse_node(s, b, "heartbeat key revoked", true);
         return false;
     }
     /* An id pinned by the allowlist (allow/<id>.pub) belongs to that key
@@ -443,6 +540,11 @@ static bool check_key(struct hb_server *s, const struct hb_msg *m, const char *u
                  "%s for node %s from key %.8s..., pinned to key %.8s... by the allowlist",
                  hb_type_name(m->type), m->node_id, user, pinned);
         reject(s, HB_REJECT_KEY_MISMATCH, peer, detail);
+        /* The node registered with this key and the pin moved away from it
+         * (SIGHUP): the registered node is refused. A forger's message for
+         * an id bound to another key changes nothing. */
+        if (b && strcmp(b->key, user) == 0)
+            refuse_node(s, b, "node id pinned to another key", false);
         return false;
     }
     if (!b || strcmp(b->key, user) == 0)
@@ -451,8 +553,10 @@ static bool check_key(struct hb_server *s, const struct hb_msg *m, const char *u
         snprintf(b->key, sizeof b->key, "%s", user); /* the pin changed (SIGHUP): follow it */
         return true;
     }
-    /* An id the registry forgot is free again: its key protects nothing. */
-    if (m->type == HB_REGISTER && registry_find(s->reg, m->node_id) == NULL) {
+    /* An id the registry forgot is free again, and so is one bound to a key
+     * the allowlist no longer holds: such a key protects nothing. */
+    if (m->type == HB_REGISTER && (registry_find(s->reg, m->node_id) == NULL ||
+                                   binding_refused(zap_handler_allowlist(s->zap), b) != NULL)) {
         snprintf(b->key, sizeof b->key, "%s", user);
         return true;
     }
@@ -544,7 +648,6 @@ static void handle_body(struct hb_server *s, zmq_msg_t *id, const void *data, si
     send_reply(s, id, reply, m.node_id);
 }
 
-static void drain_monitor(struct hb_server *s);
 static void conn_closed(struct hb_server *s, int fd);
 
 /* Which connection a message came on, told by its routing id (fds are
@@ -591,6 +694,7 @@ static bool conn_check(struct hb_server *s, zmq_msg_t *id, int *fd)
         conn_closed(s, *fd);
         slot = &s->fds[*fd];
         slot->open = true;
+        s->open_conns++; /* the later connection is open: conn_closed counted the earlier */
     }
     slot->conn = c;
     return false;
@@ -667,7 +771,7 @@ static int read_one(struct hb_server *s)
     } else if (len == 0) {
         reject(s, HB_REJECT_EMPTY, peer, "empty body");
     } else if (len > HB_MAX_MESSAGE) {
-        /* ZMQ_MAXMSGSIZE already refuses these; kept as the codec's guard. */
+        /* up to HB_OVERSIZE_SEEN bytes; libzmq drops larger ones' connection */
         reject(s, HB_REJECT_OVERSIZE, peer, "body larger than 16 KiB");
     } else {
         bool stale = conn_check(s, &id, &fd);
@@ -691,6 +795,8 @@ static void conn_closed(struct hb_server *s, int fd)
     struct fd_slot *slot = &s->fds[fd];
     dead_add(s, &slot->conn);
     slot->conn.len = 0;
+    if (slot->open && s->open_conns > 0)
+        s->open_conns--;
     slot->open = false;
     while (slot->head) {
         struct binding *b = slot->head;
@@ -749,7 +855,18 @@ static int read_monitor_event(struct hb_server *s)
             slot = &s->fds[value];
             slot->accepts++;
             slot->open = true;
+            slot->shut = false;
             slot->conn.len = 0;
+            s->open_conns++;
+            /* Over the cap: ended before it can hold its descriptor through
+             * a handshake. A node's DEALER retries on its own. */
+            if (s->limits.max_conns && s->open_conns > s->limits.max_conns &&
+                conn_shutdown_now(s, (int)value)) {
+                char detail[96];
+                snprintf(detail, sizeof detail, "more than %zu heartbeat connections",
+                         s->limits.max_conns);
+                reject(s, HB_REJECT_CONN_LIMIT, NULL, detail);
+            }
         }
     } else if (event == ZMQ_EVENT_DISCONNECTED) {
         conn_closed(s, (int)value);
@@ -830,6 +947,14 @@ struct hb_server *hb_server_new(void *zmq_ctx, const char *endpoint, struct regi
 struct hb_server *hb_server_new_curve(void *zmq_ctx, const char *endpoint, struct registry *reg,
                                       struct hb_server_curve *curve, char *err, size_t errlen)
 {
+    return hb_server_new_limited(zmq_ctx, endpoint, reg, curve, NULL, err, errlen);
+}
+
+struct hb_server *hb_server_new_limited(void *zmq_ctx, const char *endpoint, struct registry *reg,
+                                        struct hb_server_curve *curve,
+                                        const struct hb_server_limits *limits, char *err,
+                                        size_t errlen)
+{
     struct hb_server *s = calloc(1, sizeof *s);
     if (!s) {
         zap_allowlist_free(curve ? curve->allow : NULL);
@@ -838,6 +963,10 @@ struct hb_server *hb_server_new_curve(void *zmq_ctx, const char *endpoint, struc
     }
     s->reg = reg;
     s->next_sweep_ms = mono_now_ms() + HB_SWEEP_MS;
+    if (limits)
+        s->limits = *limits;
+    if (s->limits.handshake_ms == 0)
+        s->limits.handshake_ms = HB_HANDSHAKE_DEFAULT_MS;
     if (curve) {
         /* Before the ROUTER exists: libzmq admits every CURVE client when no
          * handler is bound in its context. */
@@ -852,11 +981,18 @@ struct hb_server *hb_server_new_curve(void *zmq_ctx, const char *endpoint, struc
         set_err(err, errlen, "zmq_socket(ROUTER)");
         goto fail;
     }
-    int64_t maxmsg = HB_MAX_MESSAGE;
+    /* Twice the codec's bound: a body up to that is read and counted as
+     * "oversize" (with the limit at the bound itself libzmq dropped the
+     * connection and nothing was ever counted); beyond it libzmq still
+     * drops the connection, so a peer cannot make us buffer more. */
+    int64_t maxmsg = HB_OVERSIZE_SEEN;
     if (zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
         set_int(s->router, ZMQ_LINGER, 0) != 0 || set_int(s->router, ZMQ_SNDHWM, HB_HWM) != 0 ||
         set_int(s->router, ZMQ_RCVHWM, HB_HWM) != 0 ||
-        set_int(s->router, ZMQ_ROUTER_MANDATORY, 0) != 0) {
+        set_int(s->router, ZMQ_ROUTER_MANDATORY, 0) != 0 ||
+        /* libzmq's default is 30 s, and a peer that never sends a ZMTP
+         * greeting is kept all that time, holding a descriptor */
+        set_int(s->router, ZMQ_HANDSHAKE_IVL, (int)s->limits.handshake_ms) != 0) {
         set_err(err, errlen, "zmq_setsockopt");
         goto fail;
     }
@@ -950,13 +1086,33 @@ bool hb_server_secure(const struct hb_server *s)
 
 void hb_server_set_allowlist(struct hb_server *s, struct zap_allowlist *a)
 {
-    if (s->zap)
-        zap_handler_set_allowlist(s->zap, a);
-    else
+    if (!s->zap) {
         zap_allowlist_free(a);
+        return;
+    }
+    zap_handler_set_allowlist(s->zap, a);
+    /* The nodes of keys the new list refuses leave the rotation now, not
+     * when their silence would take them (which panic might prevent). */
+    const struct zap_allowlist *allow = zap_handler_allowlist(s->zap);
+    for (size_t i = 0; i < s->nbuckets; i++)
+        for (struct binding *b = s->buckets[i]; b; b = b->next) {
+            const char *why = binding_refused(allow, b);
+            if (why)
+                refuse_node(s, b, why, false);
+        }
+    /* Then the connections: their closes must find the nodes refused
+     * already (one connection may carry many ids). */
+    for (size_t i = 0; i < s->nbuckets; i++)
+        for (struct binding *b = s->buckets[i]; b; b = b->next) {
+            const char *why = binding_refused(allow, b);
+            if (why && strcmp(why, "heartbeat key revoked") == 0)
+                refuse_node(s, b, why, true);
+        }
 }
 
 void hb_server_stats(const struct hb_server *s, struct hb_server_stats *out)
 {
     *out = s->stats;
+    out->conns_open = s->open_conns;
+    out->conns_max = s->limits.max_conns;
 }

@@ -29,6 +29,7 @@ enum hb_reject {
      * key was taken off the allowlist since its connection was admitted */
     HB_REJECT_UNAUTHENTICATED,
     HB_REJECT_KEY_MISMATCH, /* a message for a node id bound to another key */
+    HB_REJECT_CONN_LIMIT,   /* a connection beyond hb_server_limits.max_conns, ended at once */
     HB_REJECT_COUNT
 };
 
@@ -44,7 +45,24 @@ struct hb_server_stats {
     uint64_t replies_failed; /* replies the socket would not take (dropped) */
     uint64_t disconnects;    /* nodes taken out of rotation because their connection closed */
     uint64_t stale;          /* messages from a connection already closed, ignored */
+    uint64_t refused_closed; /* connections the balancer ended: their key was revoked */
+    size_t conns_open;       /* TCP connections on the heartbeat port now */
+    size_t conns_max;        /* hb_server_limits.max_conns; 0: no cap */
 };
+
+/* Bounds on what peers of the heartbeat port may hold. */
+struct hb_server_limits {
+    /* ZMQ_HANDSHAKE_IVL: a connection that has not finished the ZMTP (and
+     * CURVE) handshake this long after it was accepted is closed by
+     * libzmq; 0: HB_HANDSHAKE_DEFAULT_MS. */
+    uint32_t handshake_ms;
+    /* TCP connections held at most; one more is ended as soon as the
+     * monitor reports it (counted as conn_limit). The heartbeat port and
+     * HTTP share the process's descriptors: this keeps HTTP's share. 0: no
+     * cap. */
+    size_t max_conns;
+};
+#define HB_HANDSHAKE_DEFAULT_MS 2000
 
 struct hb_server;
 
@@ -64,6 +82,11 @@ struct hb_server_curve {
  * would admit any key. Returns NULL with the reason in err. */
 struct hb_server *hb_server_new_curve(void *zmq_ctx, const char *endpoint, struct registry *reg,
                                       struct hb_server_curve *curve, char *err, size_t errlen);
+/* hb_server_new_curve with limits (NULL: the defaults, no connection cap). */
+struct hb_server *hb_server_new_limited(void *zmq_ctx, const char *endpoint, struct registry *reg,
+                                        struct hb_server_curve *curve,
+                                        const struct hb_server_limits *limits, char *err,
+                                        size_t errlen);
 /* Plaintext: hb_server_new_curve without curve. */
 struct hb_server *hb_server_new(void *zmq_ctx, const char *endpoint, struct registry *reg,
                                 char *err, size_t errlen);
@@ -84,7 +107,10 @@ void *hb_server_zap_socket(const struct hb_server *s);
 bool hb_server_secure(const struct hb_server *s);
 /* Secure mode: replaces the allowlist (takes ownership). New handshakes
  * and every message from now on are checked against it, so a key taken off
- * is refused at once, also on connections already open. */
+ * is refused at once, also on connections already open. The nodes bound to
+ * a key it refuses (taken off, or their id pinned to another key) leave the
+ * rotation now (registry_refuse: never held by panic), and the connections
+ * of a key taken off are ended. */
 void hb_server_set_allowlist(struct hb_server *s, struct zap_allowlist *a);
 
 /* Reads and handles every message waiting on the ROUTER (bounded per call so

@@ -20,16 +20,21 @@
 #include <strings.h>
 #include <time.h>
 
+#include <sys/socket.h>
+
 #include "buf.h"
 #include "dashboard.h"
 #include "hb_msg.h"
+#include "http_guard.h"
 #include "log.h"
 #include "mono.h"
 
 #define PICK_KEY_MAX 256     /* bytes in ?key= */
 #define PICK_EXCLUDE_MAX 32  /* ids in ?exclude= */
-#define HTTP_CONN_LIMIT 1024
-#define HTTP_CONN_TIMEOUT_S 10
+#define HTTP_CONN_TIMEOUT_S 10 /* no progress at all this long closes a connection (MHD) */
+/* Of the connection limit, this share (1/8) only goes to clients holding
+ * none: a flood from a few addresses leaves new clients a way in. */
+#define HTTP_RESERVE_DIVISOR 8
 #define HTTP_CONN_MEMORY (16 * 1024) /* per connection: the request line and headers must fit */
 /* GnuTLS priorities for HTTPS, the nodes' policy (shared/tls_ctx.c): TLS 1.2
  * and 1.3 only, AEAD suites with forward-secret key exchange only. */
@@ -73,11 +78,25 @@ struct http_api {
     uint64_t started_ms;        /* registry clock at start, for uptime_ms */
     int epoll_fd;               /* MHD's, polled by the caller */
     uint16_t port;              /* bound port */
+    unsigned conn_limit;        /* connections held at most */
+    unsigned per_ip_limit;      /* per client (IPv6 /64); 0: none */
+    uint32_t request_ms;        /* request deadline */
+    uint64_t refused_host;      /* requests refused by the Host allowlist */
+    char **hosts;               /* allowed Host values, NULL-terminated; NULL: any */
     char last_error[256];       /* MHD's latest complaint, for start-up errors */
     uint64_t log_last_ms;       /* when MHD's last complaint was logged; 0 = never */
     uint64_t log_suppressed;    /* complaints not logged since */
     struct pick_cache_slot pick_cache[PICK_CACHE_SLOTS];
+    struct http_guard *guard;   /* who holds connections, and request deadlines */
 };
+
+/* The guard's entry of a connection (its socket context), or NULL. */
+static struct http_guard_conn *guard_conn(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? (struct http_guard_conn *)ci->socket_context : NULL;
+}
 
 /* Marks a request whose headers were seen on MHD's first call. */
 static char request_seen;
@@ -96,8 +115,10 @@ static enum MHD_Result queue(struct http_api *a, struct MHD_Connection *conn, un
 {
     enum MHD_Result ret = MHD_queue_response(conn, status, resp);
     MHD_destroy_response(resp); /* MHD keeps its own reference until sent */
-    if (ret == MHD_YES)
+    if (ret == MHD_YES) {
         metrics_note_http(a->metrics, status);
+        http_guard_answering(a->guard, guard_conn(conn)); /* the request is in */
+    }
     return ret;
 }
 
@@ -480,10 +501,13 @@ static json_t *heartbeat_counters(const struct hb_server *hb)
     struct hb_server_stats st;
     hb_server_stats(hb, &st);
     json_t *rejected = json_object();
-    json_t *o = json_pack("{s:I, s:I, s:o, s:{s:I, s:I}}", "received", (json_int_t)st.received,
-                          "dropped", (json_int_t)st.dropped, "rejected", rejected, "replies",
-                          "sent", (json_int_t)st.replies_sent, "dropped",
-                          (json_int_t)st.replies_failed);
+    json_t *o = json_pack("{s:I, s:I, s:o, s:{s:I, s:I}, s:{s:I, s:I, s:I, s:I}}", "received",
+                          (json_int_t)st.received, "dropped", (json_int_t)st.dropped, "rejected",
+                          rejected, "replies", "sent", (json_int_t)st.replies_sent, "dropped",
+                          (json_int_t)st.replies_failed, "connections", "open",
+                          (json_int_t)st.conns_open, "max", (json_int_t)st.conns_max,
+                          "closed_limit", (json_int_t)st.rejected[HB_REJECT_CONN_LIMIT],
+                          "closed_revoked", (json_int_t)st.refused_closed);
     for (int r = 0; o && r < HB_REJECT_COUNT; r++) {
         if (json_object_set_new(rejected, hb_reject_name((enum hb_reject)r),
                                 json_integer((json_int_t)st.rejected[r])) != 0) {
@@ -571,13 +595,34 @@ static enum MHD_Result health_arg(void *cls, enum MHD_ValueKind kind, const char
     return q->error[0] ? MHD_NO : MHD_YES;
 }
 
+/* Panic now, its bound (a silent node is held at most hold_max_ms), the
+ * nodes the bound let go, and those refused by the balancer (never held). */
 static json_t *panic_json(const struct registry *r, uint64_t now)
 {
     bool on = registry_panic(r);
-    return json_pack("{s:b, s:s, s:I, s:I}", "active", (int)on, "reason",
+    struct registry_guard_stats g;
+    registry_guard_stats(r, &g);
+    return json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:I}", "active", (int)on, "reason",
                      registry_panic_reason(r), "since_ms_ago",
                      (json_int_t)(on ? age(now, registry_panic_since(r)) : 0), "held",
-                     (json_int_t)registry_panic_held(r));
+                     (json_int_t)registry_panic_held(r), "hold_max_ms",
+                     (json_int_t)registry_panic_hold_max(r), "expired",
+                     (json_int_t)g.panic_expired, "refused", (json_int_t)g.refused);
+}
+
+/* Flap damping's settings, its floor and the holds the floor ended early. */
+static json_t *flap_json(const struct registry *r)
+{
+    const struct registry_config *rc = registry_config(r);
+    struct registry_guard_stats g;
+    registry_guard_stats(r, &g);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "count", (json_int_t)rc->flap_count,
+                     "window_ms", (json_int_t)rc->flap_window_ms, "holdoff_ms",
+                     (json_int_t)rc->flap_holdoff_ms, "holdoff_max_ms",
+                     (json_int_t)rc->flap_holdoff_max_ms, "min_rotation_percent",
+                     (json_int_t)rc->flap_min_rotation_percent, "held",
+                     (json_int_t)registry_count_state(r, NODE_FLAPPING), "floor_releases",
+                     (json_int_t)g.flap_floor_releases);
 }
 
 /* Client reports: the settings and what came of the reports so far. */
@@ -595,6 +640,22 @@ static json_t *reports_json(const struct registry *r)
                      "unknown", (json_int_t)st.unknown, "rate_limited",
                      (json_int_t)st.rate_limited, "ejections", (json_int_t)st.ejections,
                      "capped", (json_int_t)st.capped);
+}
+
+/* The HTTP side's connection limits and what they refused. */
+static json_t *http_json(const struct http_api *a)
+{
+    struct http_api_stats hs;
+    http_api_stats(a, &hs);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I}, s:I, s:I}", "connections",
+                     (json_int_t)hs.conns_open, "max", (json_int_t)hs.conns_max,
+                     "reserve", (json_int_t)(hs.conns_max / HTTP_RESERVE_DIVISOR),
+                     "per_address_limit", (json_int_t)a->per_ip_limit, "request_timeout_ms",
+                     (json_int_t)a->request_ms, "refused", "per_address",
+                     (json_int_t)hs.refused_per_address, "reserve",
+                     (json_int_t)hs.refused_reserve, "full", (json_int_t)hs.refused_full,
+                     "request_timeouts", (json_int_t)hs.request_timeouts, "host_refused",
+                     (json_int_t)hs.refused_host);
 }
 
 static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *conn)
@@ -643,12 +704,8 @@ static enum MHD_Result serve_health(struct http_api *a, struct MHD_Connection *c
     free(v);
     ok = ok && json_object_set_new(body, "panic", panic_json(a->reg, now)) == 0 &&
          json_object_set_new(body, "reports", reports_json(a->reg)) == 0 &&
-         json_object_set_new(body, "flap",
-                             json_pack("{s:I, s:I, s:I, s:I}", "count",
-                                       (json_int_t)rc->flap_count, "window_ms",
-                                       (json_int_t)rc->flap_window_ms, "holdoff_ms",
-                                       (json_int_t)rc->flap_holdoff_ms, "holdoff_max_ms",
-                                       (json_int_t)rc->flap_holdoff_max_ms)) == 0 &&
+         json_object_set_new(body, "flap", flap_json(a->reg)) == 0 &&
+         json_object_set_new(body, "http", http_json(a)) == 0 &&
          json_object_set_new(body, "nodes_total", json_integer((json_int_t)total)) == 0 &&
          json_object_set_new(body, "offset", json_integer((json_int_t)hq.offset)) == 0 &&
          json_object_set_new(body, "limit", hq.limited ? json_integer((json_int_t)hq.limit)
@@ -731,9 +788,21 @@ static enum MHD_Result serve_metrics(struct http_api *a, struct MHD_Connection *
 {
     struct hb_server_stats st;
     hb_server_stats(a->hb, &st);
+    struct http_api_stats hs;
+    http_api_stats(a, &hs);
+    struct metrics_http mh = {
+        .conns_open = hs.conns_open,
+        .conns_max = hs.conns_max,
+        .refused_per_address = hs.refused_per_address,
+        .refused_reserve = hs.refused_reserve,
+        .refused_full = hs.refused_full,
+        .request_timeouts = hs.request_timeouts,
+        .refused_host = hs.refused_host,
+    };
     struct metrics_sources src = {
         .reg = a->reg,
         .hb = &st,
+        .http = &mh,
         .version = a->version,
         .uptime_s = (double)age(registry_now(a->reg), a->started_ms) / 1000.0,
     };
@@ -757,18 +826,20 @@ static enum MHD_Result serve_metrics(struct http_api *a, struct MHD_Connection *
 
 /* ---- GET / : the dashboard ---- */
 
-static enum MHD_Result serve_dashboard(struct http_api *a, struct MHD_Connection *conn)
+/* The page and its script, both from this origin: the CSP allows script
+ * from here only (no inline script, so an injected <script> or handler
+ * attribute does not run) and talks to this origin alone. */
+static enum MHD_Result serve_static(struct http_api *a, struct MHD_Connection *conn,
+                                    const unsigned char *data, size_t len, const char *type)
 {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        dashboard_html_len, (void *)dashboard_html, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_PERSISTENT);
     if (!resp)
         return MHD_NO;
-    /* Everything is inline and talks only to this origin. */
-    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8") !=
-            MHD_YES ||
+    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type) != MHD_YES ||
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES ||
         MHD_add_response_header(resp, "Content-Security-Policy",
-                                "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                                "default-src 'none'; script-src 'self'; style-src "
                                 "'unsafe-inline'; connect-src 'self'; img-src data:; "
                                 "base-uri 'none'; form-action 'none'; frame-ancestors 'none'") !=
             MHD_YES ||
@@ -778,6 +849,17 @@ static enum MHD_Result serve_dashboard(struct http_api *a, struct MHD_Connection
         return MHD_NO;
     }
     return queue(a, conn, MHD_HTTP_OK, resp);
+}
+
+static enum MHD_Result serve_dashboard(struct http_api *a, struct MHD_Connection *conn)
+{
+    return serve_static(a, conn, dashboard_html, dashboard_html_len, "text/html; charset=utf-8");
+}
+
+static enum MHD_Result serve_dashboard_js(struct http_api *a, struct MHD_Connection *conn)
+{
+    return serve_static(a, conn, dashboard_js, dashboard_js_len,
+                        "text/javascript; charset=utf-8");
 }
 
 /* ---- POST /v1/nodes/{id}/drain|undrain ---- */
@@ -1008,7 +1090,22 @@ static const struct route {
     {"/v1/history", serve_history},
     {"/metrics", serve_metrics},
     {"/", serve_dashboard},
+    {"/dashboard.js", serve_dashboard_js},
 };
+
+/* With --http-allowed-hosts: whether the request's Host is one of them
+ * (without case). A page on another name that resolves to us (DNS
+ * rebinding) sends its own name, so it is refused. */
+static bool host_allowed(const struct http_api *a, struct MHD_Connection *conn)
+{
+    if (!a->hosts)
+        return true;
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    for (size_t i = 0; host && a->hosts[i]; i++)
+        if (strcasecmp(host, a->hosts[i]) == 0)
+            return true;
+    return false;
+}
 
 static enum MHD_Result dispatch(struct http_api *a, struct MHD_Connection *conn, const char *url,
                                 const char *method)
@@ -1104,6 +1201,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
     (void)version;
     struct http_api *a = cls;
+    if (*con_cls == NULL && !host_allowed(a, conn)) {
+        /* answered before any body is read: MHD closes after it */
+        a->refused_host++;
+        return respond_error(a, conn, 421, "host_not_allowed",
+                             "this Host is not one the balancer answers for "
+                             "(--http-allowed-hosts)", NULL);
+    }
     if (strcmp(method, MHD_HTTP_METHOD_POST) == 0 && strcmp(url, REPORT_PATH) == 0)
         return on_report_upload(a, conn, upload_data, upload_data_size, con_cls);
     if (*con_cls == NULL && !has_body(conn)) {
@@ -1158,12 +1262,77 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)conn;
+    struct http_api *a = cls;
     (void)toe;
     if (*con_cls != NULL && *con_cls != &request_seen)
         free(*con_cls);
     *con_cls = NULL;
+    /* a keep-alive connection's next request has its own deadline */
+    http_guard_request_done(a->guard, guard_conn(conn), mono_now_ms());
+}
+
+/* The text a client counts as (an IPv6 /64, an IPv4 address), "" if the
+ * address is neither. */
+static void client_net(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char text[INET6_ADDRSTRLEN] = "";
+    if (sa && sa->sa_family == AF_INET)
+        (void)inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, text,
+                        sizeof text);
+    else if (sa && sa->sa_family == AF_INET6)
+        (void)inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+                        text, sizeof text);
+    registry_client_net(text, out, outlen);
+}
+
+/* MHD's accept policy: a client over its share, or past the reserve, is
+ * refused before any of its bytes are read. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct http_api *a = cls;
+    (void)addrlen;
+    char net[REGISTRY_CLIENT_NET_MAX];
+    client_net(addr, net, sizeof net);
+    enum http_guard_verdict v = http_guard_admit(a->guard, net);
+    if (v == HTTP_GUARD_OK)
+        return MHD_YES;
+    log_debug("http_refused", "client=%s reason=%s", net, http_guard_verdict_name(v));
+    return MHD_NO;
+}
+
+/* Every connection is in the guard from its start to its close. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct http_api *a = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        http_guard_close(a->guard, *socket_context);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *ai =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const union MHD_ConnectionInfo *fi =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char net[REGISTRY_CLIENT_NET_MAX];
+    client_net(ai ? ai->client_addr : NULL, net, sizeof net);
+    /* On out of memory the connection goes unguarded: MHD's own limit
+     * still counts it, and its close finds no entry (NULL). */
+    *socket_context =
+        http_guard_open(a->guard, net, fi ? (int)fi->connect_fd : -1, conn, mono_now_ms());
+}
+
+/* A connection whose request is not in by its deadline: MHD's timeout
+ * restarts on every byte, so a client trickling a header line now and then
+ * would keep it for hours. Shutting the socket down makes MHD see the end
+ * of the stream at once and close it the usual way. */
+static void on_expired(void *ctx, int fd, void *owner)
+{
+    (void)ctx;
+    (void)owner;
+    if (fd >= 0 && shutdown(fd, SHUT_RDWR) != 0)
+        log_debug("http_shutdown_failed", "fd=%d", fd);
+    log_debug("http_request_timeout", "fd=%d", fd);
 }
 
 struct http_api *http_api_new(const struct http_api_config *cfg, struct registry *reg,
@@ -1187,6 +1356,24 @@ struct http_api *http_api_new(const struct http_api_config *cfg, struct registry
         token_digest(cfg->admin_token, strlen(cfg->admin_token), a->token_digest);
     }
     a->started_ms = registry_now(reg);
+    a->conn_limit = cfg->conn_limit ? cfg->conn_limit : HTTP_API_CONN_LIMIT;
+    a->per_ip_limit = cfg->per_ip_limit;
+    size_t nhosts = 0;
+    while (cfg->allowed_hosts && cfg->allowed_hosts[nhosts])
+        nhosts++;
+    if (nhosts) {
+        a->hosts = calloc(nhosts + 1, sizeof *a->hosts);
+        for (size_t i = 0; a->hosts && i < nhosts; i++)
+            if (!(a->hosts[i] = strdup(cfg->allowed_hosts[i]))) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+            }
+        if (!a->hosts) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    a->request_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms : HTTP_API_REQUEST_TIMEOUT_MS;
 
     unsigned flags = MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     bool tls = cfg->tls_cert_pem && cfg->tls_key_pem;
@@ -1222,17 +1409,29 @@ struct http_api *http_api_new(const struct http_api_config *cfg, struct registry
         snprintf(err, errlen, "the HTTP address must be IPv4 or IPv6");
         goto fail;
     }
-    /* MHD treats a per-IP limit of 0 as none. An IPv6 client is limited per
-     * full address: MHD counts per address, and a host holding a /64 can
-     * still take 1024 / limit times as many; the total limit bounds it. */
+    /* The per-client limit is the guard's, not MHD's: MHD counts an IPv6
+     * client per full address, and a host holding a /64 could take 1024 /
+     * limit times as many. */
+    unsigned limit = cfg->conn_limit ? cfg->conn_limit : HTTP_API_CONN_LIMIT;
+    struct http_guard_config gcfg = {
+        .limit = limit,
+        .per_net = cfg->per_ip_limit,
+        .reserve = limit / HTTP_RESERVE_DIVISOR,
+        .request_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms
+                                              : HTTP_API_REQUEST_TIMEOUT_MS,
+    };
+    a->guard = http_guard_new(&gcfg);
+    if (!a->guard) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     a->daemon = MHD_start_daemon(
-        flags, port, NULL, NULL, on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
+        flags, port, on_accept, a, on_request, a, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
         MHD_OPTION_SOCK_ADDR, cfg->addr, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)HTTP_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONN_LIMIT,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->per_ip_limit,
+        (unsigned)HTTP_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, limit,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_ARRAY, tls_opts,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, a, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!a->daemon) {
         snprintf(err, errlen, "cannot start the HTTP server: %s",
                  a->last_error[0] ? a->last_error : "libmicrohttpd refused the settings");
@@ -1258,7 +1457,11 @@ void http_api_free(struct http_api *a)
     if (!a)
         return;
     if (a->daemon)
-        MHD_stop_daemon(a->daemon);
+        MHD_stop_daemon(a->daemon); /* closes every connection: the guard is empty after */
+    http_guard_free(a->guard);
+    for (size_t i = 0; a->hosts && a->hosts[i]; i++)
+        free(a->hosts[i]);
+    free(a->hosts);
     for (size_t i = 0; i < PICK_CACHE_SLOTS; i++)
         if (a->pick_cache[i].resp)
             MHD_destroy_response(a->pick_cache[i].resp);
@@ -1281,13 +1484,32 @@ uint16_t http_api_port(const struct http_api *a)
 
 long http_api_timeout_ms(const struct http_api *a)
 {
+    long guard = http_guard_next_ms(a->guard, mono_now_ms());
     MHD_UNSIGNED_LONG_LONG t = 0;
     if (MHD_get_timeout(a->daemon, &t) != MHD_YES)
-        return -1;
-    return t > (MHD_UNSIGNED_LONG_LONG)LONG_MAX ? LONG_MAX : (long)t;
+        return guard;
+    long mhd = t > (MHD_UNSIGNED_LONG_LONG)LONG_MAX ? LONG_MAX : (long)t;
+    return guard >= 0 && guard < mhd ? guard : mhd;
 }
 
 int http_api_run(struct http_api *a)
 {
-    return MHD_run(a->daemon) == MHD_YES ? 0 : -1;
+    int rc = MHD_run(a->daemon) == MHD_YES ? 0 : -1;
+    /* shut down now, closed by MHD at its next run (the socket turns readable) */
+    (void)http_guard_expire(a->guard, mono_now_ms(), on_expired, a);
+    return rc;
+}
+
+void http_api_stats(const struct http_api *a, struct http_api_stats *out)
+{
+    struct http_guard_stats g;
+    http_guard_stats(a->guard, &g);
+    memset(out, 0, sizeof *out);
+    out->conns_open = g.open;
+    out->conns_max = a->conn_limit;
+    out->refused_per_address = g.refused[HTTP_GUARD_PER_NET];
+    out->refused_reserve = g.refused[HTTP_GUARD_RESERVE];
+    out->refused_full = g.refused[HTTP_GUARD_FULL];
+    out->request_timeouts = g.timed_out;
+    out->refused_host = a->refused_host;
 }

@@ -27,10 +27,33 @@ struct http_api_config {
      * libmicrohttpd, TLS 1.2 or 1.3 and AEAD suites only, like the nodes. */
     const char *tls_cert_pem;
     const char *tls_key_pem;
-    /* Connections one client address may hold at once (of the
-     * HTTP_CONN_LIMIT, 1024, in all), so one host cannot take them all;
-     * 0: no per-address limit. */
+    /* Connections one client may hold at once (an IPv6 client counted by
+     * its /64), so one host cannot take them all; 0: no per-client limit. */
     unsigned per_ip_limit;
+    /* Connections in all; 0: HTTP_API_CONN_LIMIT. The last eighth only go
+     * to clients holding none. */
+    unsigned conn_limit;
+    /* From a connection's accept (or the end of its previous request) to
+     * its request's last byte, headers and body; a connection past it is
+     * closed. 0: HTTP_API_REQUEST_TIMEOUT_MS. */
+    uint32_t request_timeout_ms;
+    /* Host header values (host or host:port, compared without case)
+     * requests must carry, against DNS rebinding; NULL-terminated, copied.
+     * NULL or empty: any Host. */
+    const char *const *allowed_hosts;
+};
+
+#define HTTP_API_CONN_LIMIT 1024
+#define HTTP_API_REQUEST_TIMEOUT_MS 10000
+
+struct http_api_stats {
+    size_t conns_open;            /* connections held now */
+    unsigned conns_max;           /* the connection limit */
+    uint64_t refused_per_address; /* connections refused: the client held its share */
+    uint64_t refused_reserve;     /* refused: only the reserve for new clients was left */
+    uint64_t refused_full;        /* refused: the limit was reached */
+    uint64_t request_timeouts;    /* connections closed: the request was not in by its deadline */
+    uint64_t refused_host;        /* requests answered 421: Host not in the allowlist */
 };
 
 struct http_api;
@@ -53,5 +76,6 @@ uint16_t http_api_port(const struct http_api *a);
 long http_api_timeout_ms(const struct http_api *a);
 /* Does all pending HTTP work without blocking. 0, or -1 on an MHD failure. */
 int http_api_run(struct http_api *a);
+void http_api_stats(const struct http_api *a, struct http_api_stats *out);
 
 #endif

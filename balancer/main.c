@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -36,6 +37,12 @@
 #define HB_COALESCE_MS 5
 /* Shorter admin tokens are refused at start: they could be guessed. */
 #define ADMIN_TOKEN_MIN 16
+/* Descriptors kept for everything but connections: libzmq's own (mailboxes,
+ * its poller, inproc pipes), MHD's epoll and listener, the signalfd, logs,
+ * an allowlist file being read. */
+#define FD_RESERVE_OTHER 64
+/* The smallest share of descriptors HTTP or the heartbeat port may get. */
+#define FD_SHARE_MIN 16
 
 static const struct config_setting settings[] = {
     {"http", CONFIG_STRING, "127.0.0.1:8080", 0, 0, NULL,
@@ -67,9 +74,21 @@ static const struct config_setting settings[] = {
      "first hold of a flapping node; doubles on each further hold"},
     {"flap-holdoff-max", CONFIG_DURATION, "5m", 100, 86400000, NULL,
      "the longest hold of a flapping node"},
+    {"flap-min-rotation", CONFIG_INT, "50", 0, 100, NULL,
+     "flap holds never take the rotation below this percent (rounded up) of the nodes that "
+     "are up; the flapping nodes healthy longest come back first; 0: no floor"},
     {"panic-threshold", CONFIG_INT, "50", 0, 100, NULL,
      "percent of the rotation going silent within one interval above which silent nodes are "
      "kept in rotation (panic); 0: off"},
+    {"panic-hold-max", CONFIG_DURATION, "10s", 100, 3600000, NULL,
+     "panic keeps a silent node in rotation at most this long after its last heartbeat "
+     "(at least --interval x --fall)"},
+    {"heartbeat-handshake-timeout", CONFIG_DURATION, "2s", 100, 60000, NULL,
+     "a heartbeat connection that has not completed its ZeroMQ/CURVE handshake this long "
+     "after accept is closed"},
+    {"heartbeat-max-connections", CONFIG_INT, "0", 0, 10000000, NULL,
+     "heartbeat TCP connections held at most (more are closed at once); 0: what the "
+     "descriptor limit leaves after HTTP's share"},
     {"report-quorum", CONFIG_INT, "3", 0, REGISTRY_REPORT_SLOTS, NULL,
      "distinct clients (by address) reporting a node unreachable within --report-window that "
      "eject it; 0: reports never eject"},
@@ -84,7 +103,14 @@ static const struct config_setting settings[] = {
     {"report-rate", CONFIG_INT, "10", 0, 100000, NULL,
      "reports a second one client address may send (more get 429); 0: no limit"},
     {"http-per-ip-limit", CONFIG_INT, "64", 0, 1024, NULL,
-     "HTTP connections one client address may hold at once (of 1024 in all); 0: no limit"},
+     "HTTP connections one client may hold at once, an IPv6 client counted by its /64 (of "
+     "1024 in all, the last 128 only for clients holding none); 0: no limit"},
+    {"http-request-timeout", CONFIG_DURATION, "10s", 1000, 300000, NULL,
+     "an HTTP request (headers and body) must be in this long after its connection opened "
+     "or its previous request ended, or the connection is closed"},
+    {"http-allowed-hosts", CONFIG_STRING, NULL, 0, 0, NULL,
+     "comma-separated Host header values (host or host:port) the HTTP API answers, against "
+     "DNS rebinding; others get 421; empty: any"},
     {"policy", CONFIG_ENUM, "least-loaded", 0, 0, "least-loaded|round-robin",
      "how /v1/pick chooses without a key"},
     {"https-cert", CONFIG_STRING, NULL, 0, 0, NULL,
@@ -143,6 +169,8 @@ struct balancer {
     int sigfd;
     struct hb_server_curve curve; /* secure mode; allow is handed to hb */
     bool secure;
+    char *hosts_text;            /* --http-allowed-hosts, split in place */
+    const char **allowed_hosts;  /* NULL-terminated, into hosts_text; NULL: any Host */
 };
 
 static void balancer_release(struct balancer *b)
@@ -162,6 +190,8 @@ static void balancer_release(struct balancer *b)
     if (b->sigfd >= 0)
         close(b->sigfd);
     zap_allowlist_free(b->curve.allow);
+    free(b->hosts_text);
+    free(b->allowed_hosts);
     OPENSSL_cleanse(&b->curve.keys, sizeof b->curve.keys);
     config_free(b->cfg);
 }
@@ -212,6 +242,93 @@ static int balancer_read_https(struct balancer *b, char **cert, char **key)
         *cert = NULL;
         return -1;
     }
+    return 0;
+}
+
+/* How the process's descriptors are shared. The heartbeat port and HTTP
+ * share one table: without a split, idle TCP connections to the heartbeat
+ * port (which libzmq keeps until its handshake timeout) could take every
+ * descriptor and leave HTTP's accept failing. */
+struct fd_budget {
+    unsigned long long nofile; /* RLIMIT_NOFILE's soft limit, raised to the hard one */
+    unsigned hb_max;           /* heartbeat connections held at most */
+    unsigned http_max;         /* HTTP connections held at most */
+};
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit, then gives HTTP up to
+ * HTTP_API_CONN_LIMIT of what FD_RESERVE_OTHER leaves (half of it at most)
+ * and the heartbeat port the rest, or hb_max when set and it fits. 0, or
+ * -1 with the cause on stderr. */
+static int balancer_fd_budget(unsigned hb_max, struct fd_budget *out)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        fprintf(stderr, PROGRAM ": getrlimit(RLIMIT_NOFILE): %s\n", strerror(errno));
+        return -1;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && (rl.rlim_max == RLIM_INFINITY || rl.rlim_cur < rl.rlim_max)) {
+        struct rlimit want = {.rlim_cur = rl.rlim_max, .rlim_max = rl.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl = want;
+        else /* kept the soft limit: the split below follows it */
+            fprintf(stderr, PROGRAM ": warning: cannot raise RLIMIT_NOFILE from %llu to %llu: %s\n",
+                    (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+                    strerror(errno));
+    }
+    unsigned long long nofile = rl.rlim_cur == RLIM_INFINITY ? 1ull << 24 : rl.rlim_cur;
+    if (nofile > 1ull << 24)
+        nofile = 1ull << 24; /* more than any split here needs */
+    if (nofile < FD_RESERVE_OTHER + 2 * FD_SHARE_MIN) {
+        fprintf(stderr, PROGRAM ": RLIMIT_NOFILE is %llu: the balancer needs at least %d "
+                        "descriptors\n", nofile, FD_RESERVE_OTHER + 2 * FD_SHARE_MIN);
+        return -1;
+    }
+    unsigned long long usable = nofile - FD_RESERVE_OTHER;
+    unsigned long long http = usable / 2 < HTTP_API_CONN_LIMIT ? usable / 2 : HTTP_API_CONN_LIMIT;
+    unsigned long long hb = usable - http;
+    if (hb_max != 0) {
+        if (hb_max > usable - FD_SHARE_MIN) {
+            fprintf(stderr,
+                    PROGRAM ": --heartbeat-max-connections: %u leaves HTTP fewer than %d of the "
+                            "%llu descriptors (RLIMIT_NOFILE %llu, %d kept for the rest)\n",
+                    hb_max, FD_SHARE_MIN, usable, nofile, FD_RESERVE_OTHER);
+            return -1;
+        }
+        hb = hb_max;
+        http = usable - hb < HTTP_API_CONN_LIMIT ? usable - hb : HTTP_API_CONN_LIMIT;
+    }
+    out->nofile = nofile;
+    out->hb_max = hb > 10000000ull ? 10000000u : (unsigned)hb;
+    out->http_max = (unsigned)http;
+    return 0;
+}
+
+/* Splits the comma-separated --http-allowed-hosts into a NULL-terminated
+ * array pointing into *text (both caller frees). Empty items are skipped;
+ * NULL or "" gives NULL (any Host). 0, or -1 on out of memory. */
+static int balancer_split_hosts(const char *list, char **text, const char ***hosts)
+{
+    *text = NULL;
+    *hosts = NULL;
+    if (!list || !*list)
+        return 0;
+    size_t n = 1;
+    for (const char *p = list; *p; p++)
+        n += *p == ',';
+    *text = strdup(list);
+    *hosts = calloc(n + 1, sizeof **hosts);
+    if (!*text || !*hosts) {
+        fprintf(stderr, PROGRAM ": out of memory\n");
+        free(*text);
+        free(*hosts);
+        *text = NULL;
+        *hosts = NULL;
+        return -1;
+    }
+    size_t k = 0;
+    for (char *save = NULL, *tok = strtok_r(*text, ", ", &save); tok;
+         tok = strtok_r(NULL, ", ", &save))
+        (*hosts)[k++] = tok;
     return 0;
 }
 
@@ -413,6 +530,8 @@ int main(int argc, char **argv)
         .flap_holdoff_ms = (uint32_t)config_int(b.cfg, "flap-holdoff"),
         .flap_holdoff_max_ms = (uint32_t)config_int(b.cfg, "flap-holdoff-max"),
         .panic_percent = (uint32_t)config_int(b.cfg, "panic-threshold"),
+        .panic_hold_max_ms = (uint32_t)config_int(b.cfg, "panic-hold-max"),
+        .flap_min_rotation_percent = (uint32_t)config_int(b.cfg, "flap-min-rotation"),
         .report_quorum = (uint32_t)config_int(b.cfg, "report-quorum"),
         .report_window_ms = (uint32_t)config_int(b.cfg, "report-window"),
         .report_eject_ms = (uint32_t)config_int(b.cfg, "report-eject"),
@@ -429,6 +548,19 @@ int main(int argc, char **argv)
         fprintf(stderr, PROGRAM ": --report-eject-max: must not be below --report-eject\n");
         goto out;
     }
+    if ((uint64_t)rcfg.panic_hold_max_ms < (uint64_t)rcfg.interval_ms * rcfg.fall) {
+        fprintf(stderr,
+                PROGRAM ": --panic-hold-max: %" PRIu32 " ms is below --interval x --fall (%" PRIu64
+                        " ms): panic could not keep even the nodes it puts back\n",
+                rcfg.panic_hold_max_ms, (uint64_t)rcfg.interval_ms * rcfg.fall);
+        goto out;
+    }
+    struct fd_budget fds;
+    if (balancer_fd_budget((unsigned)config_int(b.cfg, "heartbeat-max-connections"), &fds) != 0)
+        goto out;
+    if (balancer_split_hosts(config_str(b.cfg, "http-allowed-hosts"), &b.hosts_text,
+                             &b.allowed_hosts) != 0)
+        goto out;
 
     /* The heartbeat channel: CURVE with an allowlist, or plaintext only
      * when asked for by name. */
@@ -516,8 +648,12 @@ int main(int argc, char **argv)
     registry_on_panic(b.reg, on_panic, b.metrics);
 
     size_t allowed_keys = zap_allowlist_size(b.curve.allow);
-    b.hb = hb_server_new_curve(b.zctx, config_str(b.cfg, "heartbeat-bind"), b.reg,
-                               b.secure ? &b.curve : NULL, err, sizeof err);
+    struct hb_server_limits hlim = {
+        .handshake_ms = (uint32_t)config_int(b.cfg, "heartbeat-handshake-timeout"),
+        .max_conns = fds.hb_max,
+    };
+    b.hb = hb_server_new_limited(b.zctx, config_str(b.cfg, "heartbeat-bind"), b.reg,
+                                 b.secure ? &b.curve : NULL, &hlim, err, sizeof err);
     if (!b.hb) {
         fprintf(stderr, PROGRAM ": %s\n", err);
         goto out;
@@ -535,6 +671,9 @@ int main(int argc, char **argv)
         .tls_cert_pem = https_cert,
         .tls_key_pem = https_key,
         .per_ip_limit = (unsigned)config_int(b.cfg, "http-per-ip-limit"),
+        .conn_limit = fds.http_max,
+        .request_timeout_ms = (uint32_t)config_int(b.cfg, "http-request-timeout"),
+        .allowed_hosts = (const char *const *)b.allowed_hosts,
     };
     b.api = http_api_new(&hcfg, b.reg, b.picker, b.hb, err, sizeof err);
     free(https_cert);
@@ -555,13 +694,15 @@ int main(int argc, char **argv)
              "http=%s heartbeat=%s interval_ms=%" PRIu32 " fall=%" PRIu32 " rise=%" PRIu32
              " forget_ms=%" PRIu32 " flap_count=%" PRIu32 " flap_window_ms=%" PRIu32
              " flap_holdoff_ms=%" PRIu32 " flap_holdoff_max_ms=%" PRIu32
-             " panic_threshold=%" PRIu32 " report_quorum=%" PRIu32 " policy=%s admin=%s"
-             " version=%s",
+             " panic_threshold=%" PRIu32 " panic_hold_max_ms=%" PRIu32
+             " flap_min_rotation=%" PRIu32 " report_quorum=%" PRIu32 " policy=%s admin=%s"
+             " nofile=%llu hb_max_conns=%u http_max_conns=%u version=%s",
              http_text, hb_server_endpoint(b.hb), rcfg.interval_ms, rcfg.fall, rcfg.rise,
              rcfg.forget_ms, rcfg.flap_count, rcfg.flap_window_ms, rcfg.flap_holdoff_ms,
-             rcfg.flap_holdoff_max_ms, rcfg.panic_percent, rcfg.report_quorum,
-             picker_policy_name(policy),
-             admin_token && admin_token[0] ? "on" : "off", BERTH_VERSION);
+             rcfg.flap_holdoff_max_ms, rcfg.panic_percent, rcfg.panic_hold_max_ms,
+             rcfg.flap_min_rotation_percent, rcfg.report_quorum, picker_policy_name(policy),
+             admin_token && admin_token[0] ? "on" : "off", (unsigned long long)fds.nofile,
+             fds.hb_max, fds.http_max, BERTH_VERSION);
 
     if (b.secure) {
         char pub[KEYS_Z85_LEN + 1];

@@ -315,6 +315,25 @@ int metrics_render(const struct metrics *m, const struct metrics_sources *src, s
     put(&o, "berth_panic_held_nodes %zu\n", registry_panic_held(reg));
     family(&o, "berth_panics_total", "counter", "Times the balancer entered panic.");
     put(&o, "berth_panics_total %" PRIu64 "\n", m->panics);
+    struct registry_guard_stats gs;
+    registry_guard_stats(reg, &gs);
+    family(&o, "berth_panic_hold_max_seconds", "gauge",
+           "Longest time panic keeps a silent node in rotation.");
+    put(&o, "berth_panic_hold_max_seconds %.3f\n", registry_panic_hold_max(reg) / 1000.0);
+    family(&o, "berth_panic_hold_expired_total", "counter",
+           "Silent nodes panic let go because they were silent longer than the hold bound.");
+    put(&o, "berth_panic_hold_expired_total %" PRIu64 "\n", gs.panic_expired);
+    family(&o, "berth_nodes_refused_total", "counter",
+           "Nodes taken out of rotation because the balancer refuses their key (revoked, or "
+           "their id pinned to another key).");
+    put(&o, "berth_nodes_refused_total %" PRIu64 "\n", gs.refused);
+    family(&o, "berth_flap_min_rotation_ratio", "gauge",
+           "Share of the nodes that are up which flap holds never take the rotation below.");
+    put(&o, "berth_flap_min_rotation_ratio %.2f\n",
+        registry_config(reg)->flap_min_rotation_percent / 100.0);
+    family(&o, "berth_flap_floor_releases_total", "counter",
+           "Flapping nodes put back early so that the rotation stays at the flap floor.");
+    put(&o, "berth_flap_floor_releases_total %" PRIu64 "\n", gs.flap_floor_releases);
 
     struct registry_report_stats rs;
     registry_report_stats(reg, &rs);
@@ -341,6 +360,39 @@ int metrics_render(const struct metrics *m, const struct metrics_sources *src, s
     for (int r = 0; r < HB_REJECT_COUNT; r++)
         put(&o, "berth_heartbeats_rejected_total{reason=\"%s\"} %" PRIu64 "\n",
             hb_reject_name((enum hb_reject)r), src->hb->rejected[r]);
+    family(&o, "berth_heartbeat_connections", "gauge",
+           "TCP connections on the heartbeat port now.");
+    put(&o, "berth_heartbeat_connections %zu\n", src->hb->conns_open);
+    family(&o, "berth_heartbeat_connections_max", "gauge",
+           "Heartbeat connections held at most (0: no cap); more are ended at once.");
+    put(&o, "berth_heartbeat_connections_max %zu\n", src->hb->conns_max);
+    family(&o, "berth_heartbeat_connections_closed_total", "counter",
+           "Heartbeat connections the balancer ended, by reason.");
+    put(&o, "berth_heartbeat_connections_closed_total{reason=\"limit\"} %" PRIu64 "\n",
+        src->hb->rejected[HB_REJECT_CONN_LIMIT]);
+    put(&o, "berth_heartbeat_connections_closed_total{reason=\"key_revoked\"} %" PRIu64 "\n",
+        src->hb->refused_closed);
+    if (src->http) {
+        const struct metrics_http *h = src->http;
+        family(&o, "berth_http_connections", "gauge", "HTTP connections held now.");
+        put(&o, "berth_http_connections %zu\n", h->conns_open);
+        family(&o, "berth_http_connections_max", "gauge", "HTTP connections held at most.");
+        put(&o, "berth_http_connections_max %u\n", h->conns_max);
+        family(&o, "berth_http_connections_refused_total", "counter",
+               "HTTP connections refused at accept, by reason.");
+        put(&o, "berth_http_connections_refused_total{reason=\"per_address\"} %" PRIu64 "\n",
+            h->refused_per_address);
+        put(&o, "berth_http_connections_refused_total{reason=\"reserve\"} %" PRIu64 "\n",
+            h->refused_reserve);
+        put(&o, "berth_http_connections_refused_total{reason=\"full\"} %" PRIu64 "\n",
+            h->refused_full);
+        family(&o, "berth_http_request_timeouts_total", "counter",
+               "HTTP connections closed because their request was not in by its deadline.");
+        put(&o, "berth_http_request_timeouts_total %" PRIu64 "\n", h->request_timeouts);
+        family(&o, "berth_http_host_refused_total", "counter",
+               "HTTP requests refused because their Host is not in the allowlist.");
+        put(&o, "berth_http_host_refused_total %" PRIu64 "\n", h->refused_host);
+    }
     family(&o, "berth_heartbeat_replies_total", "counter",
            "ACK and REREGISTER replies, by whether the socket took them.");
     put(&o, "berth_heartbeat_replies_total{result=\"sent\"} %" PRIu64 "\n",

@@ -54,10 +54,20 @@ uint64_t metrics_transitions(const struct metrics *m, enum node_state from, enum
 uint64_t metrics_http_count(const struct metrics *m, unsigned status);
 void metrics_detection(const struct metrics *m, struct metrics_detection *out);
 
+/* The HTTP side's connection figures (http_api_stats). */
+struct metrics_http {
+    size_t conns_open;
+    unsigned conns_max;
+    uint64_t refused_per_address, refused_reserve, refused_full;
+    uint64_t request_timeouts;
+    uint64_t refused_host;
+};
+
 /* What the exposition needs besides the metrics' own figures. */
 struct metrics_sources {
     const struct registry *reg;
     const struct hb_server_stats *hb;
+    const struct metrics_http *http; /* NULL: left out */
     const char *version;
     double uptime_s;
 };

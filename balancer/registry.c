@@ -22,6 +22,9 @@ struct reg_entry {
     bool self_draining;       /* the process said LEAVE or draining: true */
     uint64_t streak_ms;       /* when the last heartbeat counted towards rise */
     uint64_t silence_exit_ms; /* when silence took it out of rotation; 0 = not that */
+    /* its connection closed, or the balancer refuses its messages: gone,
+     * not silent, so panic never holds it; cleared by an accepted message */
+    bool gone;
     /* flap damping: the times of the last flap_count + 1 downs, a ring */
     uint64_t downs[REGISTRY_FLAP_COUNT_MAX + 1];
     uint32_t downs_next; /* ring slot the next down goes into */
@@ -81,6 +84,8 @@ struct registry {
     uint64_t panic_since_ms;  /* clock time panic began */
     size_t panic_held;        /* silent nodes in rotation at the last pass */
     char panic_reason[200];   /* "" when not in panic */
+    size_t panic_expired_now; /* nodes the hold bound let go in the current panic */
+    struct registry_guard_stats guard;
 
     /* per-reporter rates, direct-mapped by reporter hash: a colliding
      * reporter takes the slot over, so memory is fixed whatever the clients */
@@ -393,6 +398,7 @@ static void set_flapping(struct registry *r, struct reg_entry *e, uint64_t now)
 }
 
 static void set_ejected(struct registry *r, struct reg_entry *e, uint64_t now);
+static void flap_floor(struct registry *r, uint64_t now);
 
 /* Where a node that has risen goes: the rotation, flapping while a flap hold
  * keeps it out, ejected while client reports keep it out (a down or a
@@ -405,9 +411,10 @@ static void set_risen(struct registry *r, struct reg_entry *e)
         set_state(r, e, NODE_DRAINING, "admin drain");
     else if (now < e->eject_until_ms)
         set_ejected(r, e, now);
-    else if (flap_hold(r, e, now))
+    else if (flap_hold(r, e, now)) {
         set_flapping(r, e, now);
-    else
+        flap_floor(r, now); /* the rotation may need it now, not at the next pass */
+    } else
         set_state(r, e, NODE_HEALTHY, "");
 }
 
@@ -429,6 +436,49 @@ static void flap_release(struct registry *r, struct reg_entry *e, uint64_t now)
         set_state(r, e, NODE_DRAINING, "admin drain");
     else
         set_state(r, e, NODE_HEALTHY, "");
+}
+
+/* A flapping node that would be back in rotation but for its hold. */
+static bool flap_ready(const struct registry *r, const struct reg_entry *e, uint64_t now)
+{
+    return e->pub.state == NODE_FLAPPING && e->pub.reported_healthy &&
+           e->pub.good_streak >= rise_of(r) && is_live(r, e, now);
+}
+
+/* The flap floor (registry_config.flap_min_rotation_percent): holds are
+ * for nodes that would hurt clients, and a node that is up now hurts them
+ * less than an empty rotation does. While the rotation is below the floor
+ * of the nodes that are up, the ready flapper with the longest run of good
+ * heartbeats (the one that has been well longest; then the one whose hold
+ * ends first) ends its hold now. Its next down starts a longer hold as
+ * usual. */
+static void flap_floor(struct registry *r, uint64_t now)
+{
+    uint64_t pct = r->cfg.flap_min_rotation_percent < 100 ? r->cfg.flap_min_rotation_percent : 100;
+    if (pct == 0 || r->state_count[NODE_FLAPPING] == 0)
+        return;
+    size_t ready = 0;
+    for (size_t i = 0; i < r->nall; i++)
+        if (flap_ready(r, r->all[i], now))
+            ready++;
+    while (ready > 0) {
+        uint64_t up = (uint64_t)r->nrot + ready;
+        if ((uint64_t)r->nrot * 100 >= pct * up)
+            break;
+        struct reg_entry *best = NULL;
+        for (size_t i = 0; i < r->nall; i++) {
+            struct reg_entry *e = r->all[i];
+            if (flap_ready(r, e, now) &&
+                (best == NULL || e->pub.good_streak > best->pub.good_streak ||
+                 (e->pub.good_streak == best->pub.good_streak &&
+                  e->hold_until_ms < best->hold_until_ms)))
+                best = e;
+        }
+        best->hold_until_ms = now;
+        r->guard.flap_floor_releases++;
+        set_state(r, best, NODE_HEALTHY, "");
+        ready--;
+    }
 }
 
 /* ---- client reports and ejection ---- */
@@ -456,38 +506,81 @@ static void eject_release(struct registry *r, struct reg_entry *e, uint64_t now)
         set_state(r, e, NODE_JOINING, "joining");
 }
 
-/* Never 0, which marks an empty slot. An IPv6 reporter counts by its /64:
- * one host is usually handed a whole /64 and could otherwise vote (and
- * spend the per-address rate) once per address in it. An IPv4 address
- * counts alone: addresses are scarce, and a wider prefix would merge a
- * NAT'd site's vote with its neighbours'. */
-static uint64_t reporter_hash(const char *reporter)
+/* An IPv6 client counts by its /64: one host is usually handed a whole
+ * /64 and could otherwise vote (and spend the per-address rate, and hold
+ * HTTP connections) once per address in it. An IPv4 address counts alone:
+ * addresses are scarce, and a wider prefix would merge a NAT'd site with
+ * its neighbours. An IPv4-mapped IPv6 address is its IPv4 address. */
+void registry_client_net(const char *addr, char *out, size_t outlen)
 {
     struct in6_addr a6;
-    char net[INET6_ADDRSTRLEN + 3];
-    if (strchr(reporter, ':') != NULL && inet_pton(AF_INET6, reporter, &a6) == 1 &&
-        !IN6_IS_ADDR_V4MAPPED(&a6)) {
-        memset(&a6.s6_addr[8], 0, 8);
-        if (inet_ntop(AF_INET6, &a6, net, sizeof net) != NULL) {
-            strcat(net, "/64");
-            reporter = net;
+    char net[INET6_ADDRSTRLEN];
+    if (outlen == 0)
+        return;
+    if (addr != NULL && strchr(addr, ':') != NULL && inet_pton(AF_INET6, addr, &a6) == 1) {
+        if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+            if (inet_ntop(AF_INET, &a6.s6_addr[12], net, sizeof net) != NULL) {
+                snprintf(out, outlen, "%s", net);
+                return;
+            }
+        } else {
+            memset(&a6.s6_addr[8], 0, 8);
+            if (inet_ntop(AF_INET6, &a6, net, sizeof net) != NULL) {
+                snprintf(out, outlen, "%s/64", net);
+                return;
+            }
         }
     }
-    uint64_t h = id_hash(reporter);
+    snprintf(out, outlen, "%s", addr != NULL ? addr : "");
+}
+
+/* Never 0, which marks an empty slot. */
+static uint64_t reporter_hash(const char *reporter)
+{
+    char net[REGISTRY_CLIENT_NET_MAX];
+    registry_client_net(reporter, net, sizeof net);
+    uint64_t h = id_hash(net);
     return h ? h : 1;
 }
 
+uint64_t registry_client_key(const char *addr)
+{
+    return reporter_hash(addr != NULL ? addr : "");
+}
+
 /* True when this reporter is over report_rate in the current second; else
- * counts the report. */
+ * counts the report. The table is set-associative: a reporter keeps its own
+ * way while one of its set's ways is free or stale; when all are taken by
+ * reporters active this second, it shares the fullest way, so colliding
+ * reporters may be limited early but never escape the limit (a colliding
+ * reporter once reset the slot's count, and two of them alternating were
+ * never limited). */
 static bool reporter_limited(struct registry *r, uint64_t who, uint64_t now)
 {
     if (r->cfg.report_rate == 0)
         return false;
-    struct reporter_rate *slot = &r->reporters[who % REGISTRY_REPORTER_TABLE];
-    if (slot->who != who || now - slot->second_ms >= 1000) {
+    size_t sets = REGISTRY_REPORTER_TABLE / REGISTRY_REPORTER_WAYS;
+    struct reporter_rate *set = &r->reporters[(who % sets) * REGISTRY_REPORTER_WAYS];
+    struct reporter_rate *slot = NULL, *free_way = NULL, *fullest = NULL;
+    for (size_t i = 0; i < REGISTRY_REPORTER_WAYS; i++) {
+        struct reporter_rate *w = &set[i];
+        bool current = w->who != 0 && now - w->second_ms < 1000;
+        if (w->who == who && current) {
+            slot = w;
+            break;
+        }
+        if (!current && free_way == NULL)
+            free_way = w;
+        if (current && (fullest == NULL || w->count > fullest->count))
+            fullest = w;
+    }
+    if (slot == NULL && free_way != NULL) {
+        slot = free_way;
         slot->who = who;
         slot->second_ms = now;
         slot->count = 0;
+    } else if (slot == NULL) {
+        slot = fullest; /* shared: the limit holds for both */
     }
     if (slot->count >= r->cfg.report_rate)
         return true;
@@ -692,6 +785,7 @@ int registry_register(struct registry *r, const struct hb_msg *m)
         return 0;
     }
 
+    e->gone = false; /* it speaks, and the balancer took its message */
     bool moved = copy_register_fields(e, m);
     bool restarted = e->pub.boot_id != m->boot_id;
     /* A node that stays in rotation but now is another process, at another
@@ -733,6 +827,7 @@ enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg 
         return REGISTRY_UNKNOWN;
 
     uint64_t now = registry_now(r);
+    e->gone = false;
     advance_streak(r, e, now);
     if (e->pub.heartbeats < UINT64_MAX)
         e->pub.heartbeats++;
@@ -834,12 +929,33 @@ enum registry_result registry_disconnected(struct registry *r, const char *id, u
     struct reg_entry *e = lookup(r, id);
     if (e == NULL || e->pub.boot_id != boot_id)
         return REGISTRY_UNKNOWN;
-    /* Already out, or kept in by panic like a silent node. The streak is
+    /* Gone, not silent: a suspect node that silence took out is not put
+     * back by panic either (set_state clears silence_exit_ms on a change;
+     * a node that stays where it is needs it cleared here). The streak is
      * left alone: see registry.h on why rise does not apply to a blip. */
-    if (e->pub.state != NODE_HEALTHY || r->panic)
+    e->gone = true;
+    e->silence_exit_ms = 0;
+    if (e->pub.state != NODE_HEALTHY)
         return REGISTRY_UNCHANGED;
     set_state(r, e, NODE_DOWN, "connection closed");
-    e->silence_exit_ms = registry_now(r); /* counted by the panic check as silence */
+    return REGISTRY_OK;
+}
+
+enum registry_result registry_refuse(struct registry *r, const char *id, const char *reason)
+{
+    struct reg_entry *e = lookup(r, id);
+    if (e == NULL)
+        return REGISTRY_UNKNOWN;
+    e->gone = true;
+    e->silence_exit_ms = 0;
+    enum node_state s = e->pub.state;
+    if (s == NODE_DOWN || s == NODE_DRAINING)
+        return REGISTRY_UNCHANGED;
+    /* Its messages are refused from now on, so it could never show it is
+     * well: the run of good heartbeats ends too. */
+    e->pub.good_streak = 0;
+    set_state(r, e, NODE_DOWN, reason != NULL && reason[0] ? reason : "refused by the balancer");
+    r->guard.refused++;
     return REGISTRY_OK;
 }
 
@@ -848,7 +964,7 @@ enum registry_report_result registry_report(struct registry *r, const char *id,
                                             struct registry_report_outcome *out)
 {
     uint64_t now = registry_now(r);
-    uint64_t who = reporter_hash(reporter != NULL ? reporter : "");
+    uint64_t who = registry_client_key(reporter);
     if (reporter_limited(r, who, now)) {
         r->report_stats.rate_limited++;
         return REGISTRY_REPORT_LIMITED;
@@ -925,6 +1041,8 @@ static void panic_check(struct registry *r, uint64_t now)
     for (size_t i = 0; i < r->nall; i++) {
         const struct reg_entry *e = r->all[i];
         enum node_state s = e->pub.state;
+        if (e->gone)
+            continue; /* not in rotation (closed or refused), and never to be held */
         if (s == NODE_HEALTHY && !is_live(r, e, now))
             silent_in++;
         else if ((s == NODE_SUSPECT || s == NODE_DOWN) && e->silence_exit_ms != 0 &&
@@ -947,11 +1065,12 @@ static void panic_check(struct registry *r, uint64_t now)
          * set as much as those still in. */
         for (size_t i = 0; i < r->nall; i++) {
             struct reg_entry *e = r->all[i];
-            if ((e->pub.state == NODE_SUSPECT || e->pub.state == NODE_DOWN) &&
+            if ((e->pub.state == NODE_SUSPECT || e->pub.state == NODE_DOWN) && !e->gone &&
                 e->silence_exit_ms != 0 && now - e->silence_exit_ms <= interval)
                 set_state(r, e, NODE_HEALTHY, "");
         }
         r->panic_held = leaving;
+        r->panic_expired_now = 0;
         if (r->on_panic != NULL)
             r->on_panic(r->on_panic_ctx, true, r->panic_reason);
         return;
@@ -960,10 +1079,17 @@ static void panic_check(struct registry *r, uint64_t now)
     if ((uint64_t)silent_in * 100 > pct * r->nrot)
         return;
     char why[sizeof r->panic_reason];
-    snprintf(why, sizeof why,
-             "heartbeats resumed: %zu of %zu nodes in rotation silent (threshold %u%%) after "
-             "%llu ms in panic",
-             silent_in, r->nrot, (unsigned)pct, (unsigned long long)(now - r->panic_since_ms));
+    if (r->panic_expired_now == 0)
+        snprintf(why, sizeof why,
+                 "heartbeats resumed: %zu of %zu nodes in rotation silent (threshold %u%%) "
+                 "after %llu ms in panic",
+                 silent_in, r->nrot, (unsigned)pct, (unsigned long long)(now - r->panic_since_ms));
+    else
+        snprintf(why, sizeof why,
+                 "%zu of %zu nodes in rotation silent (threshold %u%%) after %llu ms in panic; "
+                 "%zu nodes left the rotation silent for longer than the %u ms panic hold bound",
+                 silent_in, r->nrot, (unsigned)pct, (unsigned long long)(now - r->panic_since_ms),
+                 r->panic_expired_now, (unsigned)registry_panic_hold_max(r));
     r->panic = false;
     r->panic_since_ms = 0;
     r->panic_held = 0;
@@ -994,8 +1120,24 @@ void registry_reap(struct registry *r)
             forget(r, e);
             continue;
         }
+        if (s == NODE_HEALTHY && r->panic && silent < registry_panic_hold_max(r)) {
+            i++; /* kept in rotation, silent or not, up to the bound */
+            continue;
+        }
         if (s == NODE_HEALTHY && r->panic) {
-            i++; /* kept in rotation, silent or not */
+            /* The bound: panic bets on the balancer's own network, and a
+             * bet this old has lost (or is an allowed key's ids gone
+             * quiet on purpose). Not a silence exit: panic must not take
+             * it back at its next check. */
+            char why[HB_REASON_MAX + 1];
+            snprintf(why, sizeof why,
+                     "no heartbeat for %llu ms (panic holds a silent node at most %u ms)",
+                     (unsigned long long)silent, (unsigned)registry_panic_hold_max(r));
+            e->pub.good_streak = 0;
+            set_state(r, e, NODE_DOWN, why);
+            r->guard.panic_expired++;
+            r->panic_expired_now++;
+            i++;
             continue;
         }
         /* down is checked first so a long gap goes straight there, with one
@@ -1021,6 +1163,7 @@ void registry_reap(struct registry *r)
         }
         i++;
     }
+    flap_floor(r, now);
 }
 
 bool registry_panic(const struct registry *r)
@@ -1036,6 +1179,16 @@ uint64_t registry_panic_since(const struct registry *r)
 const char *registry_panic_reason(const struct registry *r)
 {
     return r->panic_reason;
+}
+
+uint32_t registry_panic_hold_max(const struct registry *r)
+{
+    return r->cfg.panic_hold_max_ms ? r->cfg.panic_hold_max_ms : REGISTRY_PANIC_HOLD_DEFAULT_MS;
+}
+
+void registry_guard_stats(const struct registry *r, struct registry_guard_stats *out)
+{
+    *out = r->guard;
 }
 
 size_t registry_panic_held(const struct registry *r)

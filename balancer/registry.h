@@ -41,10 +41,22 @@ struct registry_config {
     uint32_t flap_window_ms;
     uint32_t flap_holdoff_ms;
     uint32_t flap_holdoff_max_ms;
+    /* Flap floor: flap holds never take the rotation below
+     * flap_min_rotation_percent (rounded up) of the nodes that are up (those
+     * in rotation plus the flapping ones heartbeating normally); when they
+     * would, the flapping nodes with the longest run of good heartbeats are
+     * released first. 0: no floor. */
+    uint32_t flap_min_rotation_percent;
     /* Panic guard rail: when more than panic_percent of the rotation goes
      * silent within one interval, the silent nodes are kept in rotation
-     * until heartbeats resume. 0 turns it off. */
+     * until heartbeats resume, each for at most panic_hold_max_ms after its
+     * last message (0: REGISTRY_PANIC_HOLD_DEFAULT_MS); a node past that
+     * goes down as it would outside panic, so panic ends at the latest
+     * panic_hold_max_ms after the last held node spoke. A node whose
+     * connection closed (registry_disconnected) or that the balancer refused
+     * (registry_refuse) is never held. panic_percent 0 turns it off. */
     uint32_t panic_percent;
+    uint32_t panic_hold_max_ms;
     /* A registry younger than this (a balancer that just restarted) has no
      * history to judge a node by: a node registering then is admitted at
      * once instead of after `rise` heartbeats, so a restart does not empty
@@ -71,6 +83,7 @@ struct registry_config {
 };
 
 #define REGISTRY_FLAP_COUNT_MAX 32
+#define REGISTRY_PANIC_HOLD_DEFAULT_MS 10000
 
 /* Returns monotonic milliseconds. */
 typedef uint64_t (*registry_clock_fn)(void *ctx);
@@ -155,10 +168,10 @@ enum registry_result registry_drain(struct registry *r, const char *id);
 enum registry_result registry_undrain(struct registry *r, const char *id);
 
 /* The node's heartbeat connection closed (fast kill detection). A node in
- * rotation leaves it now: state down, reason "connection closed"
- * (REGISTRY_OK); a node already out of rotation, or one panic keeps in, is
- * left as it is (REGISTRY_UNCHANGED). REGISTRY_UNKNOWN when the id is not
- * registered or the boot_id is another process's.
+ * rotation leaves it now, in panic too: state down, reason "connection
+ * closed" (REGISTRY_OK); a node already out of rotation is left as it is
+ * (REGISTRY_UNCHANGED). REGISTRY_UNKNOWN when the id is not registered or
+ * the boot_id is another process's.
  *
  * rise does not apply to a reconnect blip: the run of good heartbeats is
  * not broken by the close, so a node that was healthy and heartbeats again
@@ -167,17 +180,35 @@ enum registry_result registry_undrain(struct registry *r, const char *id);
  * needs `rise` heartbeats as after any down. The down counts for flap
  * damping: a node whose connection keeps closing is flapping.
  *
- * Panic: a close is treated as silence. While in panic the node stays in
- * rotation; otherwise the close counts as a silence exit for the panic
- * check, so a mass close (the balancer's own network failing, a ZMTP
- * heartbeat timeout on every link) enters panic and puts the nodes back
- * like a mass silence would. */
+ * Panic: a closed node is gone, not silent. It never counts towards
+ * entering panic, panic never puts it back or keeps it, until a message
+ * from it is accepted again. */
 enum registry_result registry_disconnected(struct registry *r, const char *id, uint64_t boot_id);
+
+/* The balancer refuses the node's messages from now on (its key was taken
+ * off the allowlist, or its id pinned to another key). Whatever its boot
+ * id, a node not down or draining goes down now with reason (borrowed,
+ * copied), and panic never holds it, as after registry_disconnected, until
+ * a message from it is accepted again (registry_register or
+ * registry_heartbeat). REGISTRY_OK when it left the rotation or joining,
+ * REGISTRY_UNCHANGED when it was out already, REGISTRY_UNKNOWN for no
+ * such id. */
+enum registry_result registry_refuse(struct registry *r, const char *id, const char *reason);
 
 /* ---- client reports ---- */
 
 #define REGISTRY_REPORT_SLOTS 8      /* distinct reporters kept per node; the oldest is replaced */
 #define REGISTRY_REPORTER_TABLE 1024 /* reporters whose rate is tracked; colliding ones share */
+#define REGISTRY_REPORTER_WAYS 4     /* the table is 4-way set-associative */
+#define REGISTRY_CLIENT_NET_MAX 52   /* an IPv6 /64 as text, "/64" and the NUL */
+
+/* The client an address counts as, for reports and for HTTP connections:
+ * an IPv6 address by its /64 ("2001:db8:1:2::/64"), an IPv4 address (also
+ * one mapped into IPv6) alone; other text is copied. out holds at least
+ * REGISTRY_CLIENT_NET_MAX bytes. */
+void registry_client_net(const char *addr, char *out, size_t outlen);
+/* The 64-bit key (never 0) the report rate table files a client under. */
+uint64_t registry_client_key(const char *addr);
 
 enum report_reason {
     REPORT_CONNECT,  /* TCP connect failed or was refused */
@@ -241,6 +272,16 @@ bool registry_panic(const struct registry *r);
 uint64_t registry_panic_since(const struct registry *r);
 const char *registry_panic_reason(const struct registry *r);
 size_t registry_panic_held(const struct registry *r);
+
+/* The guard rails' own counters, since registry_new. */
+struct registry_guard_stats {
+    uint64_t panic_expired;     /* silent nodes panic let go after panic_hold_max_ms */
+    uint64_t flap_floor_releases; /* flapping nodes released early by the flap floor */
+    uint64_t refused;           /* nodes taken out of rotation by registry_refuse */
+};
+void registry_guard_stats(const struct registry *r, struct registry_guard_stats *out);
+/* The panic hold bound in force (panic_hold_max_ms, or its default). */
+uint32_t registry_panic_hold_max(const struct registry *r);
 
 /* Grows by one on every change of the set of nodes in rotation. */
 uint64_t registry_epoch(const struct registry *r);

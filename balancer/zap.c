@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +167,23 @@ static int load_dir(const char *path, struct key_vec *v, char *err, size_t errle
         char file[4096];
         if (snprintf(file, sizeof(file), "%s/%s", path, de->d_name) >= (int)sizeof(file)) {
             errbuf_setf(err, errlen, "%s/%s: path too long", path, de->d_name);
+            rc = -1;
+            break;
+        }
+        /* Looked at before it is opened, without following a link: a FIFO
+         * (or a link to one, or to a device) named *.pub would block the
+         * balancer's only thread in open() on SIGHUP. keys_read_file then
+         * opens it non-blocking and reads a bounded regular file. */
+        struct stat st;
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            errbuf_setf(err, errlen, "%s: %s", file, strerror(errno));
+            rc = -1;
+            break;
+        }
+        if (S_ISLNK(st.st_mode) || !S_ISREG(st.st_mode)) {
+            errbuf_setf(err, errlen, "%s: %s", file,
+                        S_ISLNK(st.st_mode) ? "a symbolic link (links are not followed)"
+                                            : "not a regular file");
             rc = -1;
             break;
         }

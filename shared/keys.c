@@ -118,7 +118,7 @@ static int read_small_file(const char *path, char *buf, size_t bufsize, struct s
 {
     int fd;
     do
-        fd = open(path, O_RDONLY | O_CLOEXEC);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
     while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         errbuf_setf(err, errlen, "%s: %s", path, strerror(errno));

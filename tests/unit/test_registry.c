@@ -1308,6 +1308,121 @@ static void test_flap_damping_off(void **state)
     assert_int_equal(registry_count_state(w->reg, NODE_FLAPPING), 0);
 }
 
+/* Heartbeats every interval from the nodes listed, a reap pass after each. */
+static void beat_some(struct world *w, const char *const *ids, size_t n, uint64_t ms)
+{
+    for (uint64_t t = 0; t < ms; t += INTERVAL) {
+        w->clock.now += INTERVAL;
+        for (size_t i = 0; i < n; i++)
+            do_heartbeat(w, ids[i], 1);
+        registry_reap(w->reg);
+    }
+}
+
+static struct world *world_flap_floor(uint32_t pct)
+{
+    struct world *w = test_calloc(1, sizeof *w);
+    assert_non_null(w);
+    struct registry_config cfg = {.interval_ms = INTERVAL,
+                                  .fall = FALL,
+                                  .rise = RISE,
+                                  .forget_ms = FORGET,
+                                  .flap_count = FLAP_K,
+                                  .flap_window_ms = FLAP_W,
+                                  .flap_holdoff_ms = 60000,
+                                  .flap_holdoff_max_ms = 300000,
+                                  .flap_min_rotation_percent = pct};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    registry_on_change(w->reg, record_change, w);
+    return w;
+}
+
+/* n1 and n2 go down and up together, K+1 times, while n3 stays; in the last
+ * round n1 comes back one interval before n2. Returns the world. */
+static struct world *flap_two_of_three(uint32_t pct)
+{
+    struct world *w = world_flap_floor(pct);
+    static const char *const all[] = {"n1", "n2", "n3"};
+    static const char *const n3[] = {"n3"};
+    static const char *const n1n3[] = {"n1", "n3"};
+    for (int i = 0; i < 3; i++)
+        make_healthy(w, all[i], 1);
+    for (int round = 0; round <= FLAP_K; round++) {
+        beat_some(w, n3, 1, (uint64_t)INTERVAL * (FALL + 1));
+        assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+        assert_int_equal(state_of(w, "n2"), NODE_DOWN);
+        if (round == FLAP_K)
+            beat_some(w, n1n3, 2, INTERVAL);
+        beat_some(w, all, 3, (uint64_t)INTERVAL * RISE);
+    }
+    return w;
+}
+
+static void free_world(struct world *w)
+{
+    registry_free(w->reg);
+    test_free(w);
+}
+
+/* Without a floor, flap holds of 60 s keep two of three live nodes out. */
+static void test_flap_no_floor_holds_both(void **state)
+{
+    (void)state;
+    struct world *w = flap_two_of_three(0);
+    assert_int_equal(state_of(w, "n1"), NODE_FLAPPING);
+    assert_int_equal(state_of(w, "n2"), NODE_FLAPPING);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    free_world(w);
+}
+
+/* With a 50 % floor of the nodes up (3: at least 2 in rotation), the one
+ * healthy longest (n1, one heartbeat ahead) is released, n2 stays held. */
+static void test_flap_floor_releases_longest_healthy(void **state)
+{
+    (void)state;
+    struct world *w = flap_two_of_three(50);
+    assert_int_equal(state_of(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(state_of(w, "n2"), NODE_FLAPPING);
+    assert_int_equal(registry_rotation_size(w->reg), 2);
+    struct registry_guard_stats g;
+    registry_guard_stats(w->reg, &g);
+    assert_int_equal(g.flap_floor_releases, 1);
+    /* n3 dies: the floor of two up nodes is 1, the rotation has n1 */
+    static const char *const n1n2[] = {"n1", "n2"};
+    beat_some(w, n1n2, 2, (uint64_t)INTERVAL * (FALL + 1));
+    assert_int_equal(state_of(w, "n3"), NODE_DOWN);
+    assert_int_equal(state_of(w, "n2"), NODE_FLAPPING);
+    /* n1 dies too: n2 is all there is, released */
+    static const char *const n2[] = {"n2"};
+    beat_some(w, n2, 1, (uint64_t)INTERVAL * (FALL + 1));
+    assert_int_equal(state_of(w, "n1"), NODE_DOWN);
+    assert_int_equal(state_of(w, "n2"), NODE_HEALTHY);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    registry_guard_stats(w->reg, &g);
+    assert_int_equal(g.flap_floor_releases, 2);
+    free_world(w);
+}
+
+/* A single flapping node is never held out of an empty rotation: it is
+ * released as it rises. */
+static void test_flap_floor_never_empties(void **state)
+{
+    (void)state;
+    struct world *w = world_flap_floor(1);
+    make_healthy(w, "n1", 1);
+    for (int i = 0; i < FLAP_K; i++)
+        assert_int_equal(down_then_up(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(down_then_up(w, "n1"), NODE_HEALTHY);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    /* it went through flapping: the change log shows the hold and its end */
+    assert_true(w->nchanges >= 2);
+    assert_int_equal(w->changes[w->nchanges - 2].to, NODE_FLAPPING);
+    assert_int_equal(w->changes[w->nchanges - 1].to, NODE_HEALTHY);
+    free_world(w);
+}
+
 /* ---- panic ---- */
 
 #define PANIC_NODES 10
@@ -1460,14 +1575,21 @@ static void test_panic_ignores_leave_and_unhealthy(void **state)
     assert_int_equal(log.entered, 0);
 }
 
-static void test_panic_all_silent_never_empties(void **state)
+/* All silent: panic keeps the last healthy set, each node up to the hold
+ * bound (the default, REGISTRY_PANIC_HOLD_DEFAULT_MS, as setup_panic sets
+ * none), then lets it go; panic ends and does not come back for them. */
+static void test_panic_all_silent_is_bounded(void **state)
 {
     struct world *w = world_of(state);
+    struct panic_log log = {0};
+    registry_on_panic(w->reg, record_panic, &log);
     bool alive[PANIC_NODES];
     panic_start(w, alive);
     for (int i = 0; i < PANIC_NODES; i++)
         alive[i] = false;
-    run_spread(w, alive, 100 * INTERVAL);
+    assert_int_equal(registry_panic_hold_max(w->reg), REGISTRY_PANIC_HOLD_DEFAULT_MS);
+    /* well inside the bound: all kept */
+    run_spread(w, alive, REGISTRY_PANIC_HOLD_DEFAULT_MS - 2 * INTERVAL);
     assert_true(registry_panic(w->reg));
     assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
     assert_int_equal(registry_panic_held(w->reg), PANIC_NODES);
@@ -1475,6 +1597,51 @@ static void test_panic_all_silent_never_empties(void **state)
     struct hb_msg m = hb_msg_for("p3", 1);
     assert_int_equal(registry_leave(w->reg, &m), REGISTRY_OK);
     assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 1);
+    /* past the bound: none is held, panic is over, and stays over */
+    run_spread(w, alive, 3 * INTERVAL);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(log.entered, 1);
+    assert_int_equal(log.left, 1);
+    assert_non_null(strstr(log.last, "panic hold bound"));
+    struct registry_guard_stats g;
+    registry_guard_stats(w->reg, &g);
+    assert_int_equal(g.panic_expired, PANIC_NODES - 1);
+    assert_int_equal(registry_count_state(w->reg, NODE_DOWN), PANIC_NODES - 1);
+    assert_non_null(strstr(registry_find(w->reg, "p0")->reason, "panic holds a silent node"));
+    run_spread(w, alive, 20 * INTERVAL);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(log.entered, 1);
+    assert_int_equal(registry_rotation_size(w->reg), 0);
+}
+
+/* An allowed key registers ids that make most of the rotation and goes
+ * quiet: panic holds them at most panic_hold_max_ms, then the real nodes
+ * are the rotation again. */
+static void test_panic_hold_bound_configured(void **state)
+{
+    (void)state;
+    struct world w0 = {0};
+    struct world *w = &w0;
+    struct registry_config cfg = {.interval_ms = INTERVAL, .fall = FALL, .rise = 1,
+                                  .forget_ms = FORGET, .panic_percent = 50,
+                                  .panic_hold_max_ms = 2000};
+    w->clock.now = 1000;
+    w->reg = registry_new(&cfg, fake_now, &w->clock);
+    assert_non_null(w->reg);
+    bool alive[PANIC_NODES];
+    panic_start(w, alive);
+    for (int i = 0; i < 8; i++)
+        alive[i] = false;
+    run_spread(w, alive, 2000 - 2 * INTERVAL);
+    assert_true(registry_panic(w->reg));
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+    run_spread(w, alive, 3 * INTERVAL);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(registry_rotation_size(w->reg), 2);
+    assert_int_equal(state_of(w, "p8"), NODE_HEALTHY);
+    assert_int_equal(state_of(w, "p9"), NODE_HEALTHY);
+    registry_free(w->reg);
 }
 
 /* ---- client reports and ejection ---- */
@@ -1824,6 +1991,71 @@ static void test_ejection_survives_down(void **state)
 
 /* IPv6 reporters count by /64: one host holding a /64 is one vote and one
  * rate; another /64 is another reporter. IPv4 counts per address. */
+/* Finds n IPv4 addresses that the rate table files in the same slot. */
+static void colliding_reporters(char out[][32], size_t n)
+{
+    size_t found = 0;
+    uint64_t slot = registry_client_key("10.1.0.0") % REGISTRY_REPORTER_TABLE;
+    for (unsigned i = 0; found < n && i < 1u << 24; i++) {
+        char a[32];
+        snprintf(a, sizeof a, "10.%u.%u.%u", 1 + (i >> 16), (i >> 8) & 255, i & 255);
+        if (registry_client_key(a) % REGISTRY_REPORTER_TABLE == slot)
+            snprintf(out[found++], 32, "%s", a);
+    }
+    assert_int_equal(found, n);
+}
+
+/* Two addresses in one slot of the rate table, alternating: each is held
+ * to report_rate (a colliding address once reset the slot's count, and
+ * 100 of 100 went through). More colliders than ways share a way: together
+ * they still get no more than report_rate a second per way. */
+static void test_report_rate_holds_under_collisions(void **state)
+{
+    struct world *w = world_of(state);
+    char who[REGISTRY_REPORTER_WAYS + 2][32];
+    colliding_reporters(who, REGISTRY_REPORTER_WAYS + 2);
+    assert_string_not_equal(who[0], who[1]);
+    size_t accepted = 0;
+    for (int i = 0; i < 100; i++)
+        if (registry_report(w->reg, "nope", who[i % 2], REPORT_TLS, NULL) !=
+            REGISTRY_REPORT_LIMITED)
+            accepted++;
+    assert_int_equal(accepted, 2 * REPORT_RATE);
+
+    w->clock.now += 1000;
+    size_t n = REGISTRY_REPORTER_WAYS + 2;
+    accepted = 0;
+    for (int i = 0; i < 600; i++)
+        if (registry_report(w->reg, "nope", who[(size_t)i % n], REPORT_TLS, NULL) !=
+            REGISTRY_REPORT_LIMITED)
+            accepted++;
+    assert_true(accepted <= (size_t)REGISTRY_REPORTER_WAYS * REPORT_RATE);
+    assert_true(accepted >= REPORT_RATE);
+    /* a second later the slots are fresh again */
+    w->clock.now += 1000;
+    assert_int_not_equal(registry_report(w->reg, "nope", who[0], REPORT_TLS, NULL),
+                         REGISTRY_REPORT_LIMITED);
+}
+
+static void test_client_net(void **state)
+{
+    (void)state;
+    char net[REGISTRY_CLIENT_NET_MAX];
+    registry_client_net("2001:db8:1:2:3:4:5:6", net, sizeof net);
+    assert_string_equal(net, "2001:db8:1:2::/64");
+    registry_client_net("::ffff:10.0.0.1", net, sizeof net);
+    assert_string_equal(net, "10.0.0.1");
+    registry_client_net("10.0.0.1", net, sizeof net);
+    assert_string_equal(net, "10.0.0.1");
+    registry_client_net("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", net, sizeof net);
+    assert_string_equal(net, "ffff:ffff:ffff:ffff::/64");
+    registry_client_net(NULL, net, sizeof net);
+    assert_string_equal(net, "");
+    assert_int_equal(registry_client_key("2001:db8:1:2::1"), registry_client_key("2001:db8:1:2::9"));
+    assert_int_not_equal(registry_client_key("2001:db8:1:2::1"),
+                         registry_client_key("2001:db8:1:3::1"));
+}
+
 static void test_report_ipv6_by_64(void **state)
 {
     struct world *w = world_of(state);
@@ -1930,36 +2162,125 @@ static void test_disconnected_blip_and_death(void **state)
     assert_null(registry_find(w->reg, "n2"));
 }
 
+/* A closed connection is a node gone, not a silent one: a mass close
+ * enters no panic, and in panic a closed node leaves at once. */
 static void test_disconnected_in_panic(void **state)
 {
     struct world *w = world_of(state);
+    struct panic_log log = {0};
+    registry_on_panic(w->reg, record_panic, &log);
     bool alive[PANIC_NODES];
     panic_start(w, alive);
     char ids[PANIC_NODES][8];
     panic_ids(ids);
-    /* 6 of 10 heartbeat connections close at once (a ZMTP heartbeat
-     * timeout on every link, say): the reap pass after sees panic and puts
-     * them back, as it would for silence */
+    /* 6 of 10 heartbeat connections close at once: they are gone */
     for (int i = 0; i < 6; i++) {
         alive[i] = false;
         assert_int_equal(registry_disconnected(w->reg, ids[i], 1), REGISTRY_OK);
     }
     assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 6);
-    run_spread(w, alive, INTERVAL / 5);
-    assert_true(registry_panic(w->reg));
-    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
-    /* while in panic a close leaves the node in rotation */
-    assert_int_equal(registry_disconnected(w->reg, ids[7], 1), REGISTRY_UNCHANGED);
-    assert_int_equal(registry_find(w->reg, ids[7])->state, NODE_HEALTHY);
-    /* one close alone is no panic once they are all back */
+    run_spread(w, alive, 10 * INTERVAL);
+    assert_false(registry_panic(w->reg));
+    assert_int_equal(log.entered, 0);
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 6);
+    /* they come back (a blip): back in rotation with their next heartbeat
+     * after a gap, through rise (rise is 1 here) */
     for (int i = 0; i < 6; i++)
         alive[i] = true;
     run_spread(w, alive, 2 * INTERVAL);
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+
+    /* panic by silence (6 of 10 quiet), then one held node's connection
+     * closes, and one live node's: both out at once, in panic */
+    for (int i = 0; i < 6; i++)
+        alive[i] = false;
+    run_spread(w, alive, 4 * INTERVAL);
+    assert_true(registry_panic(w->reg));
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES);
+    assert_int_equal(registry_disconnected(w->reg, ids[0], 1), REGISTRY_OK);
+    assert_int_equal(registry_find(w->reg, ids[0])->state, NODE_DOWN);
+    alive[7] = false;
+    assert_int_equal(registry_disconnected(w->reg, ids[7], 1), REGISTRY_OK);
+    assert_int_equal(registry_find(w->reg, ids[7])->state, NODE_DOWN);
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 2);
+    /* and panic, still on for the other silent ones, never puts them back */
+    run_spread(w, alive, 2 * INTERVAL);
+    assert_true(registry_panic(w->reg));
+    assert_int_equal(registry_find(w->reg, ids[0])->state, NODE_DOWN);
+    assert_int_equal(registry_find(w->reg, ids[7])->state, NODE_DOWN);
+    assert_int_equal(registry_rotation_size(w->reg), PANIC_NODES - 2);
+}
+
+/* The last node in rotation dies: its close takes it out, panic does not
+ * keep it (it did, for up to 0.8 s, when a close counted as silence). */
+static void test_disconnected_last_node_not_held(void **state)
+{
+    struct world *w = world_of(state);
+    do_register(w, "p0", 1);
+    w->clock.now += INTERVAL;
+    do_heartbeat(w, "p0", 1);
+    registry_reap(w->reg);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    assert_int_equal(registry_disconnected(w->reg, "p0", 1), REGISTRY_OK);
+    for (int i = 0; i < 10; i++) {
+        w->clock.now += INTERVAL / 5;
+        registry_reap(w->reg);
+        assert_false(registry_panic(w->reg));
+        assert_int_equal(registry_rotation_size(w->reg), 0);
+    }
+}
+
+/* ---- refused by the balancer (key revoked) ---- */
+
+/* A revoked key's ids leave at once, do not trigger panic, and panic never
+ * holds them. */
+static void test_refuse_takes_out_and_panic_never_holds(void **state)
+{
+    struct world *w = world_of(state);
+    struct panic_log log = {0};
+    registry_on_panic(w->reg, record_panic, &log);
+    bool alive[PANIC_NODES];
+    panic_start(w, alive);
+    char ids[PANIC_NODES][8];
+    panic_ids(ids);
+    assert_int_equal(registry_refuse(w->reg, "nope", "heartbeat key revoked"), REGISTRY_UNKNOWN);
+    /* 6 of 10 were one stolen key's, revoked: its messages are refused,
+     * so they go quiet all at once */
+    for (int i = 0; i < 6; i++) {
+        alive[i] = false;
+        assert_int_equal(registry_refuse(w->reg, ids[i], "heartbeat key revoked"), REGISTRY_OK);
+        assert_int_equal(registry_find(w->reg, ids[i])->state, NODE_DOWN);
+        assert_string_equal(registry_find(w->reg, ids[i])->reason, "heartbeat key revoked");
+    }
+    assert_int_equal(registry_refuse(w->reg, ids[0], "again"), REGISTRY_UNCHANGED);
+    assert_int_equal(registry_rotation_size(w->reg), 4);
+    run_spread(w, alive, 20 * INTERVAL);
     assert_false(registry_panic(w->reg));
-    assert_int_equal(registry_disconnected(w->reg, ids[8], 1), REGISTRY_OK);
-    run_spread(w, alive, INTERVAL / 5);
+    assert_int_equal(log.entered, 0);
+    assert_int_equal(registry_rotation_size(w->reg), 4);
+    struct registry_guard_stats g;
+    registry_guard_stats(w->reg, &g);
+    assert_int_equal(g.refused, 6);
+
+    /* the ids went quiet first (panic holds them), then the reload: out in
+     * panic too */
+    for (int i = 6; i < 9; i++)
+        alive[i] = false;
+    run_spread(w, alive, 4 * INTERVAL);
+    assert_true(registry_panic(w->reg));
+    assert_int_equal(registry_rotation_size(w->reg), 4);
+    for (int i = 6; i < 9; i++)
+        assert_int_equal(registry_refuse(w->reg, ids[i], "heartbeat key revoked"), REGISTRY_OK);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+    run_spread(w, alive, 2 * INTERVAL);
     assert_false(registry_panic(w->reg));
-    assert_int_equal(registry_find(w->reg, ids[8])->state, NODE_DOWN);
+    assert_int_equal(registry_rotation_size(w->reg), 1);
+
+    /* an accepted message again (the key was put back): a node as before */
+    alive[0] = true;
+    do_register(w, ids[0], 1);
+    run_spread(w, alive, 2 * INTERVAL);
+    assert_int_equal(registry_find(w->reg, ids[0])->state, NODE_HEALTHY);
 }
 
 int main(void)
@@ -2012,8 +2333,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_panic_not_for_a_minority, setup_panic, teardown),
         cmocka_unit_test_setup_teardown(test_panic_ignores_leave_and_unhealthy, setup_panic,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_panic_all_silent_never_empties, setup_panic,
+        cmocka_unit_test_setup_teardown(test_panic_all_silent_is_bounded, setup_panic,
                                         teardown),
+        cmocka_unit_test(test_panic_hold_bound_configured),
+        cmocka_unit_test(test_flap_no_floor_holds_both),
+        cmocka_unit_test(test_flap_floor_releases_longest_healthy),
+        cmocka_unit_test(test_flap_floor_never_empties),
         cmocka_unit_test(test_report_names),
         cmocka_unit_test_setup_teardown(test_report_quorum_ejects_then_returns, setup_reports,
                                         teardown),
@@ -2030,8 +2355,15 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_disconnected_blip_and_death, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnected_in_panic, setup_panic, teardown),
+        cmocka_unit_test_setup_teardown(test_disconnected_last_node_not_held, setup_panic,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refuse_takes_out_and_panic_never_holds,
+                                        setup_panic, teardown),
         cmocka_unit_test_setup_teardown(test_ejection_survives_down, setup_reports, teardown),
         cmocka_unit_test_setup_teardown(test_report_ipv6_by_64, setup_reports, teardown),
+        cmocka_unit_test_setup_teardown(test_report_rate_holds_under_collisions, setup_reports,
+                                        teardown),
+        cmocka_unit_test(test_client_net),
         cmocka_unit_test_setup_teardown(test_cert_change_bumps_epoch, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
@@ -197,6 +198,39 @@ static void test_allowlist_load(void **state)
     write_file("bad.pub", "not a key\n");
     assert_null(zap_allowlist_load(dir, err, sizeof err));
     assert_non_null(strstr(err, "bad.pub"));
+    snprintf(p, sizeof p, "%s/bad.pub", dir);
+    assert_int_equal(unlink(p), 0);
+
+    /* a FIFO named *.pub: refused at once, never opened (an open would
+     * block until a writer comes: the test would hang) */
+    snprintf(p, sizeof p, "%s/fifo.pub", dir);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    assert_null(zap_allowlist_load(dir, err, sizeof err));
+    assert_non_null(strstr(err, "fifo.pub: not a regular file"));
+    assert_int_equal(unlink(p), 0);
+    /* a link, even to a good key file, is not followed */
+    char target[256];
+    snprintf(target, sizeof target, "%s/n1.pub", dir);
+    snprintf(p, sizeof p, "%s/link.pub", dir);
+    assert_int_equal(symlink(target, p), 0);
+    assert_null(zap_allowlist_load(dir, err, sizeof err));
+    assert_non_null(strstr(err, "link.pub: a symbolic link"));
+    assert_int_equal(unlink(p), 0);
+    /* an oversized file is refused by the bounded read */
+    char *big = malloc(8192);
+    assert_non_null(big);
+    memset(big, '#', 8191);
+    big[8191] = '\0';
+    write_file("big.pub", big);
+    free(big);
+    assert_null(zap_allowlist_load(dir, err, sizeof err));
+    assert_non_null(strstr(err, "big.pub"));
+    snprintf(p, sizeof p, "%s/big.pub", dir);
+    assert_int_equal(unlink(p), 0);
+    a = zap_allowlist_load(dir, err, sizeof err);
+    assert_non_null(a);
+    zap_allowlist_free(a);
+    write_file("bad.pub", "not a key\n");
 
     /* a list file: comments, blanks, spaces, CRLF */
     snprintf(text, sizeof text, "# allowed\n\n  %s \r\n%s\n", z1, z2);
