@@ -138,6 +138,13 @@ function renderNodes(h) {
     cell("Last heartbeat", dur(n.last_heartbeat_age_ms) + " ago", "num hb");
     cell("Sessions / cap.", n.sessions + " / " + n.capacity, "num load");
     cell("Msgs/s", n.msgs_per_sec.toFixed(1), "num mps");
+    /* the node's forwarder into JetStream: records and age not yet in the stream */
+    const fw = n.forward;
+    const fc = cell("Forwarding lag", fw ? fw.lag_records + " (" + dur(fw.lag_ms) + ")" : "–",
+                    "num fwd");
+    if (fw) fc.title = (fw.healthy ? "JetStream takes records" : "JetStream cannot take records") +
+                       "; forwarded up to seq " + fw.seq + ", " + fw.errors + " failed rounds, " +
+                       fw.duplicates + " duplicates dropped";
     /* the balancers the node heartbeats to, as its last heartbeat said */
     const bc = cell("Balancers", undefined, "balancers");
     const bl = n.balancers || [];

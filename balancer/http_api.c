@@ -475,6 +475,18 @@ static json_t *node_health(const struct registry *reg, const struct registry_nod
         json_decref(e);
         return NULL;
     }
+    if (n->forward.present) {
+        const struct hb_forward *f = &n->forward;
+        json_t *fo = json_pack("{s:b, s:I, s:I, s:I, s:I, s:I}", "healthy", (int)f->healthy,
+                               "seq", (json_int_t)f->forwarded_seq, "lag_records",
+                               (json_int_t)f->lag_records, "lag_ms", (json_int_t)f->lag_ms,
+                               "errors", (json_int_t)f->errors, "duplicates",
+                               (json_int_t)f->duplicates);
+        if (!fo || json_object_set_new(e, "forward", fo) != 0) {
+            json_decref(e);
+            return NULL;
+        }
+    }
     for (uint32_t i = 0; i < n->nbalancers && i < HB_MAX_BALANCERS; i++) {
         json_t *b = json_pack("{s:s, s:b}", "endpoint", n->balancers[i].endpoint, "reached",
                               (int)n->balancers[i].reached);

@@ -234,6 +234,52 @@ static void per_node(struct out *o, const struct registry *reg, const char *name
     }
 }
 
+/* Like per_node, for the nodes that forward into JetStream only. */
+static void per_forwarding_node(struct out *o, const struct registry *reg, const char *name,
+                                const char *type, const char *help, node_value_fn value)
+{
+    family(o, name, type, help);
+    uint64_t now = registry_now(reg);
+    for (size_t i = 0; i < registry_size(reg); i++) {
+        const struct registry_node *n = registry_at(reg, i);
+        if (!n->forward.present)
+            continue;
+        char id[2 * HB_NODE_ID_MAX + 2];
+        label_value(n->id, id, sizeof id);
+        put(o, "%s{node=\"%s\"} %.17g\n", name, id, value(n, now));
+    }
+}
+
+static double v_fwd_lag(const struct registry_node *n, uint64_t now)
+{
+    (void)now;
+    return (double)n->forward.lag_records;
+}
+
+static double v_fwd_lag_s(const struct registry_node *n, uint64_t now)
+{
+    (void)now;
+    return (double)n->forward.lag_ms / 1000.0;
+}
+
+static double v_fwd_errors(const struct registry_node *n, uint64_t now)
+{
+    (void)now;
+    return (double)n->forward.errors;
+}
+
+static double v_fwd_dups(const struct registry_node *n, uint64_t now)
+{
+    (void)now;
+    return (double)n->forward.duplicates;
+}
+
+static double v_fwd_healthy(const struct registry_node *n, uint64_t now)
+{
+    (void)now;
+    return n->forward.healthy;
+}
+
 static double v_sessions(const struct registry_node *n, uint64_t now)
 {
     (void)now;
@@ -445,5 +491,16 @@ int metrics_render(const struct metrics *m, const struct metrics_sources *src, s
              "Seconds since the node's last message.", v_age);
     per_node(&o, reg, "berth_node_in_rotation", "gauge", "1 when the node may be picked.",
              v_rotation);
+    per_forwarding_node(&o, reg, "berth_node_forward_lag_records", "gauge",
+                        "Journal records not yet in JetStream, as the node reported.", v_fwd_lag);
+    per_forwarding_node(&o, reg, "berth_node_forward_lag_seconds", "gauge",
+                        "Age of the oldest record not yet in JetStream.", v_fwd_lag_s);
+    per_forwarding_node(&o, reg, "berth_node_forward_errors_total", "counter",
+                        "Publish rounds to JetStream that failed (node process).", v_fwd_errors);
+    per_forwarding_node(&o, reg, "berth_node_forward_duplicates_total", "counter",
+                        "Records JetStream already had (re-sends dropped by message id).",
+                        v_fwd_dups);
+    per_forwarding_node(&o, reg, "berth_node_forward_healthy", "gauge",
+                        "1 while JetStream takes the node's records.", v_fwd_healthy);
     return o.failed ? -1 : 0;
 }

@@ -839,6 +839,7 @@ enum registry_result registry_heartbeat(struct registry *r, const struct hb_msg 
     memcpy(e->pub.workers, m->workers, e->pub.nworkers * sizeof e->pub.workers[0]);
     e->pub.nbalancers = m->nbalancers <= HB_MAX_BALANCERS ? m->nbalancers : HB_MAX_BALANCERS;
     memcpy(e->pub.balancers, m->balancers, e->pub.nbalancers * sizeof e->pub.balancers[0]);
+    e->pub.forward = m->forward;
 
     if (m->draining) {
         e->self_draining = true;

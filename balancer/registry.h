@@ -112,6 +112,7 @@ struct registry_node {
     struct hb_worker workers[HB_MAX_WORKERS];
     uint32_t nbalancers; /* the balancers the node heartbeats to, as it last said */
     struct hb_peer balancers[HB_MAX_BALANCERS];
+    struct hb_forward forward; /* its forwarder into JetStream, as it last said */
     bool admin_drained;        /* put in maintenance by registry_drain */
     uint64_t left_rotation_ms; /* clock time it last left the rotation; 0 = never */
     uint64_t picks;            /* times handed to a client (registry_note_pick) */

@@ -44,6 +44,7 @@ struct forwarder {
     pthread_mutex_t mu;                /* everything below */
     char reason[FORWARDER_REASON_MAX];
     uint64_t oldest_pending_ts;        /* Unix ms of the first record not acknowledged, 0 none */
+    uint64_t failing_since_ms;         /* mono ms of the first failure since the last success */
     uint64_t publish_errors, duplicates, total;
 };
 
@@ -55,9 +56,29 @@ static uint64_t forwarder_wall_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static void forwarder_set_health(struct forwarder *f, bool ok, const char *why);
+
+/* A failure: unhealthy when definite, or once failures have lasted
+ * unhealthy_after_ms; until then the records wait (held ACKs too). */
+static void forwarder_failed(struct forwarder *f, bool definite, const char *why)
+{
+    uint64_t now = mono_now_ms();
+    pthread_mutex_lock(&f->mu);
+    if (f->failing_since_ms == 0)
+        f->failing_since_ms = now ? now : 1;
+    bool long_enough = now - f->failing_since_ms >= f->cfg.unhealthy_after_ms;
+    pthread_mutex_unlock(&f->mu);
+    if (definite || long_enough)
+        forwarder_set_health(f, false, why);
+    else
+        log_debug("forwarder_retry", "engine=%s reason=\"%s\"", f->cfg.engine.name, why);
+}
+
 static void forwarder_set_health(struct forwarder *f, bool ok, const char *why)
 {
     pthread_mutex_lock(&f->mu);
+    if (ok)
+        f->failing_since_ms = 0;
     bool was = atomic_load(&f->healthy);
     if (!ok)
         snprintf(f->reason, sizeof(f->reason), "%s: %s", f->cfg.engine.name, why);
@@ -112,7 +133,7 @@ static int forwarder_round(struct forwarder *f)
                                   sizeof(err));
         if (r < 0) {
             log_error("forwarder_read_failed", "error=\"%s\"", err);
-            forwarder_set_health(f, false, "cannot read the journal");
+            forwarder_failed(f, true, "cannot read the journal");
             return -1;
         }
         if (r == 0)
@@ -151,7 +172,7 @@ static int forwarder_round(struct forwarder *f)
         f->publish_errors++;
     pthread_mutex_unlock(&f->mu);
     if (rc != 0 || acked < n) {
-        forwarder_set_health(f, false, rc != 0 ? err : "not every record was acknowledged");
+        forwarder_failed(f, false, rc != 0 ? err : "not every record was acknowledged");
         if (forwarder_seek(f, f->recs[acked].seq) != 0)
             log_error("forwarder_seek_failed", "error=\"out of memory\"");
         return -1;
@@ -188,10 +209,11 @@ static void *forwarder_thread(void *arg)
         if (now - last_probe >= f->cfg.probe_ms) {
             last_probe = now;
             char err[512];
-            if (f->cfg.engine.probe(f->cfg.engine.impl, f->cfg.timeout_ms, err, sizeof(err)) == 0)
+            int pr = f->cfg.engine.probe(f->cfg.engine.impl, f->cfg.timeout_ms, err, sizeof(err));
+            if (pr == 0)
                 forwarder_set_health(f, true, NULL);
             else
-                forwarder_set_health(f, false, err);
+                forwarder_failed(f, pr == FORWARDER_DEFINITE, err);
         }
         uint64_t wait = FORWARDER_IDLE_WAIT_MS < f->cfg.probe_ms ? FORWARDER_IDLE_WAIT_MS
                                                                  : f->cfg.probe_ms;

@@ -32,10 +32,14 @@ struct forwarder_engine {
                    size_t *acked, uint64_t *dups, char *err, size_t errlen);
     /* Can the engine store now (connected, a quorum behind the stream)?
      * Called when idle, at most once per probe interval; may wait up to
-     * timeout_ms. 0, or -1 with err. */
+     * timeout_ms. 0; -1 with err when it did not answer (which a leader
+     * election also causes); FORWARDER_DEFINITE when it answered that it
+     * cannot store (no quorum). */
     int (*probe)(void *impl, uint32_t timeout_ms, char *err, size_t errlen);
     void (*free)(void *impl);
 };
+
+#define FORWARDER_DEFINITE (-2)
 
 struct forwarder_config {
     struct journal *journal;        /* borrowed; outlives the forwarder */
@@ -44,6 +48,11 @@ struct forwarder_config {
     uint32_t batch;                 /* records per publish, at most */
     uint32_t timeout_ms;            /* for the acknowledgements of one batch, and a probe */
     uint32_t probe_ms;              /* idle: probe the engine this often */
+    uint32_t unhealthy_after_ms;    /* failing this long (publishes or probes that get no
+                                     * answer) makes it unhealthy; an engine's definite
+                                     * "cannot store" does at once. Longer than the engine's
+                                     * own fail-over (a JetStream leader election), so one
+                                     * server's loss is a pause, not an outage */
     uint64_t replay_from;           /* 0, or re-publish from this seq (duplicates dropped by id) */
 };
 

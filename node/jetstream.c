@@ -22,6 +22,9 @@
 #define JS_HDR_MAX 600
 #define JS_START_RETRIES 50      /* x JS_START_RETRY_MS: how long start-up waits for a leader */
 #define JS_START_RETRY_MS 200
+/* A replica the stream's leader has not heard from this long is gone: the
+ * leader hears from live ones at least every raft heartbeat (1 s). */
+#define JS_PEER_SILENT_MS 3000
 
 struct jetstream {
     natsConnection *nc;
@@ -241,13 +244,33 @@ static int js_probe(void *impl, uint32_t timeout_ms, char *err, size_t errlen)
     jsStreamInfo *si = NULL;
     jsErrCode jerr = 0;
     natsStatus s = js_GetStreamInfo(&si, e->js, e->stream, &o, &jerr);
-    jsStreamInfo_Destroy(si);
     if (s != NATS_OK) {
         errbuf_setf(err, errlen, "stream %s does not answer: %s", e->stream,
                     natsStatus_GetText(s));
         return -1;
     }
-    return 0;
+    /* A leader that lost its followers answers for a while before it
+     * steps down: count the replicas it still hears from. A publish now
+     * could not reach a quorum. */
+    int rc = 0;
+    jsClusterInfo *ci = si->Cluster;
+    int64_t replicas = si->Config ? si->Config->Replicas : 1;
+    if (replicas > 1) {
+        int have = ci && ci->Leader && ci->Leader[0] ? 1 : 0;
+        for (int i = 0; ci && i < ci->ReplicasLen; i++) {
+            jsPeerInfo *p = ci->Replicas[i];
+            /* Active: nanoseconds since the leader last heard from it. */
+            if (p && p->Current && !p->Offline && p->Active < (int64_t)JS_PEER_SILENT_MS * 1000000)
+                have++;
+        }
+        if (have < replicas / 2 + 1) {
+            errbuf_setf(err, errlen, "stream %s has no quorum: %d of %" PRId64
+                        " replicas reachable", e->stream, have, replicas);
+            rc = FORWARDER_DEFINITE;
+        }
+    }
+    jsStreamInfo_Destroy(si);
+    return rc;
 }
 
 static void js_free(void *impl)

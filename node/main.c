@@ -165,6 +165,10 @@ static const struct config_setting node_settings[] = {
     {"jetstream-batch", CONFIG_INT, "256", 1, 4096, NULL, "records per publish round"},
     {"jetstream-timeout", CONFIG_DURATION, "2s", 10, 60000, NULL,
      "wait for a round's PubAcks (and a stream probe) at most this long"},
+    {"jetstream-unhealthy-after", CONFIG_DURATION, "10s", 0, 600000, NULL,
+     "JetStream failing this long (no PubAck, no answer) makes the node unhealthy; a "
+     "stream that answers without a quorum does at once. Above JetStream's leader election "
+     "(4-9 s in nats-server 2.9), so one server's loss is a pause"},
     {"jetstream-replay-from", CONFIG_INT, "0", 0, 9223372036854775807ll, NULL,
      "re-publish the journal from this seq at start (after a JetStream loss; the stream "
      "drops what it still has by message id within its duplicate window)"},
@@ -596,7 +600,10 @@ static int node_open_forwarder(struct node *n, const char *servers)
         .consumer = NODE_FORWARDER_CONSUMER,
         .batch = (uint32_t)config_int(n->cfg, "jetstream-batch"),
         .timeout_ms = (uint32_t)config_int(n->cfg, "jetstream-timeout"),
-        .probe_ms = node_interval_ms(n),
+        /* Once per heartbeat: a replicated node must leave rotation fast
+         * (the balancers' interval is not known yet at start). */
+        .probe_ms = (uint32_t)config_int(n->cfg, "heartbeat-interval"),
+        .unhealthy_after_ms = (uint32_t)config_int(n->cfg, "jetstream-unhealthy-after"),
         .replay_from = (uint64_t)config_int(n->cfg, "jetstream-replay-from"),
     };
     if (jetstream_engine_new(&jc, &fc.engine, err, sizeof(err)) != 0) {
