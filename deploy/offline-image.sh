@@ -34,6 +34,13 @@ for name in berth berth-balancer berth-node; do
   [ -x "$path" ] || die "$path is missing or not executable: build first (cmake --build $build_dir)"
   binaries+=("$path")
 done
+# nats-server (Debian's package) rides along for the JetStream compose file
+# (deploy/compose.jetstream.yml): no registry needed for that either.
+if nats=$(command -v nats-server); then
+  binaries+=("$(readlink -f "$nats")")
+else
+  echo "offline-image: nats-server not installed: the image cannot run deploy/compose.jetstream.yml" >&2
+fi
 
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/berth-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
@@ -102,7 +109,7 @@ COPY --chown=10001:10001 data/ /var/lib/berth/
 ENV PATH=/usr/local/bin
 USER 10001:10001
 LABEL org.opencontainers.image.title="berth" \\
-      org.opencontainers.image.description="berth-node, berth-balancer and the berth CLI (offline image: local binaries on scratch)"
+      org.opencontainers.image.description="berth-node, berth-balancer, the berth CLI and nats-server (offline image: local binaries on scratch)"
 CMD ["berth", "--help"]
 EOF
 

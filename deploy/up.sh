@@ -21,6 +21,11 @@
 #   BERTH_UP_NODE_PORTS  the three node TLS ports      ("7001 7002 7003")
 #   BERTH_UP_BUILD_DIR   CMake build directory         (build)
 #   BERTH_UP_WAIT        seconds to wait for health    (30; 120 in docker mode)
+#   BERTH_UP_JETSTREAM   1: also a 3-server NATS JetStream cluster, the nodes forwarding
+#                        every journal record to its stream BERTH (docker: adds
+#                        deploy/compose.jetstream.yml; local: nats-server processes on
+#                        BERTH_UP_NATS_PORTS, "4222 4223 4224"); BERTH_ACK_AFTER=replicated
+#                        makes the ACK wait for the stream
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -33,6 +38,9 @@ http2_port=${BERTH_UP_HTTP2_PORT:-8081}
 hb2_port=${BERTH_UP_HB2_PORT:-7110}
 read -r -a node_ports <<<"${BERTH_UP_NODE_PORTS:-7001 7002 7003}"
 mode=${BERTH_UP_MODE:-auto}
+jetstream=${BERTH_UP_JETSTREAM:-0}
+read -r -a nats_ports <<<"${BERTH_UP_NATS_PORTS:-4222 4223 4224}"
+ack_after=${BERTH_ACK_AFTER:-local}
 case $mode in
   auto) if command -v docker >/dev/null && docker info >/dev/null 2>&1; then mode=docker; else mode=local; fi ;;
   docker|local) ;;
@@ -55,6 +63,7 @@ done
 
 # Processes started by us: one pid file per process name in ./run.
 names=(balancer1 balancer2 node1 node2 node3)
+nats_names=(nats1 nats2 nats3)
 
 alive() { # pid file -> true when its process runs
   local pid
@@ -66,7 +75,7 @@ alive() { # pid file -> true when its process runs
 down() {
   local name pidf pid pids=() deadline
   # "balancer": the pid file of an up.sh from before there were two.
-  for name in node3 node2 node1 balancer2 balancer1 balancer; do
+  for name in node3 node2 node1 balancer2 balancer1 balancer nats3 nats2 nats1; do
     pidf=$run/$name.pid
     if alive "$pidf"; then
       pid=$(cat "$pidf")
@@ -83,7 +92,7 @@ down() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done
-  for name in "${names[@]}"; do rm -f "$run/$name.pid"; done
+  for name in "${names[@]}" "${nats_names[@]}"; do rm -f "$run/$name.pid"; done
   [ ${#pids[@]} -gt 0 ] && say "stopped" || say "nothing was running"
 }
 
@@ -115,8 +124,13 @@ status() {
 
 # `docker compose` (v2) when it works, else Debian's docker-compose 1.29.
 compose() {
-  if docker compose version >/dev/null 2>&1; then docker compose -p "$project" "$@"
-  else docker-compose -p "$project" "$@"; fi
+  local files=(-f docker-compose.yml)
+  # The JetStream file is remembered, so that `down` takes its services too.
+  if [ "$jetstream" = 1 ] || [ -f "$run/compose.jetstream" ]; then
+    files+=(-f deploy/compose.jetstream.yml)
+  fi
+  if docker compose version >/dev/null 2>&1; then docker compose -p "$project" "${files[@]}" "$@"
+  else docker-compose -p "$project" "${files[@]}" "$@"; fi
 }
 
 compose_env() {
@@ -127,7 +141,7 @@ compose_env() {
 compose_down() {
   [ -f "$run/compose.up" ] || return 0
   compose_env
-  compose down -v --remove-orphans && rm -f "$run/compose.up"
+  compose down -v --remove-orphans && rm -f "$run/compose.up" "$run/compose.jetstream"
   say "compose project '$project' is down"
 }
 
@@ -176,6 +190,7 @@ if [ "$mode" = docker ]; then
     deploy/offline-image.sh "$build" >/dev/null || die "deploy/offline-image.sh failed"
   fi
   touch "$run/compose.up"
+  if [ "$jetstream" = 1 ]; then touch "$run/compose.jetstream"; export BERTH_ACK_AFTER=$ack_after; fi
   compose up -d --no-build || die "compose up failed"
   deadline=$((SECONDS + wait_s))
   healthy=-1
@@ -218,12 +233,37 @@ start balancer1 "$balancer_bin" --http "127.0.0.1:$http_port" --heartbeat-bind "
   --curve-secret "$keys/balancer.key" --curve-allow "$keys/allow"
 start balancer2 "$balancer_bin" --http "127.0.0.1:$http2_port" --heartbeat-bind "tcp://127.0.0.1:$hb2_port" \
   --curve-secret "$keys/balancer.key" --curve-allow "$keys/allow"
+js_flags=()
+if [ "$jetstream" = 1 ]; then
+  command -v nats-server >/dev/null || die "BERTH_UP_JETSTREAM=1 needs nats-server (deploy/install-deps.sh)"
+  [ ${#nats_ports[@]} -eq 3 ] || die "BERTH_UP_NATS_PORTS must list three ports"
+  urls=() routes=()
+  for k in 0 1 2; do urls+=("nats://127.0.0.1:${nats_ports[$k]}"); routes+=("nats://127.0.0.1:$((nats_ports[k] + 2000))"); done
+  for k in 0 1 2; do
+    others=$(printf '%s\n' "${routes[@]}" | grep -v ":$((nats_ports[k] + 2000))\$" | paste -sd, -)
+    start "nats$((k + 1))" nats-server -a 127.0.0.1 -p "${nats_ports[$k]}" -n "nats$((k + 1))" -js \
+      -sd "$run/nats$((k + 1))" --cluster_name berth --cluster "${routes[$k]}" --routes "$others" \
+      -m "$((nats_ports[k] + 4000))"
+  done
+  # JetStream answers once its meta group has a leader: /healthz says so.
+  deadline=$((SECONDS + wait_s))
+  for k in 0 1 2; do
+    until curl -fsS --max-time 1 "http://127.0.0.1:$((nats_ports[k] + 4000))/healthz" >/dev/null 2>&1; do
+      [ $SECONDS -lt $deadline ] || { tail_logs; die "nats$((k + 1)) not healthy after ${wait_s}s"; }
+      sleep 0.2
+    done
+  done
+  say "NATS JetStream cluster up: ${urls[*]}"
+  js_flags=(--jetstream "$(IFS=,; echo "${urls[*]}")" --jetstream-create --ack-after "$ack_after")
+  names+=("${nats_names[@]}")
+fi
 i=1
 for port in "${node_ports[@]}"; do
+  # A node that finds no JetStream quorum yet exits; it is started again below.
   start "node$i" "$node_bin" --id "node$i" --listen "127.0.0.1:$port" \
     --balancer "tcp://127.0.0.1:$hb_port,tcp://127.0.0.1:$hb2_port" --cert "$run/certs/node.pem" --key "$run/certs/node.key" \
     --curve-secret "$keys/node$i.key" --balancer-key "$keys/balancer.pub" \
-    --journal-dir "$run/journal-node$i"
+    --journal-dir "$run/journal-node$i" "${js_flags[@]+"${js_flags[@]}"}"
   i=$((i + 1))
 done
 
