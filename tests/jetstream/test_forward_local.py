@@ -99,6 +99,23 @@ def test():
                 assert 200 - have <= lag, "lost %d, reported lag %d" % (200 - have, lag)
                 print("machine loss (local): %d of 200 in the stream, reported lag %d"
                       % (have, lag))
+
+                # JetStream lost its stream: --jetstream-replay-from re-publishes
+                # from the journal.
+                rc, _, err = nats.js(["delete", "--stream", STREAM])
+                assert rc == 0, err
+                rc, _, err = nats.js(["create", "--stream", STREAM, "--subjects", "berth.>",
+                                      "--replicas", "3", "--duplicates", "120000"])
+                assert rc == 0, err
+                nats.wait_stream_leader(STREAM)
+                c.kill_node(1, signal.SIGKILL)
+                c.start_node(1, ["--jetstream-replay-from", "1"])
+                journal_file.wait_serving(c, 1)
+                wait_forwarded(nats, 400, 20)
+                replayed = jsverify.per_node_seqs(jsverify.stream_records(nats, STREAM))
+                assert replayed.get("node1") == list(range(1, 401)), "replay incomplete"
+                print("stream lost and re-created: --jetstream-replay-from 1 re-published "
+                      "node1's 400 records")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
