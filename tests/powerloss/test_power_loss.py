@@ -33,6 +33,7 @@ RATE = 150            # messages a second per client
 SEGMENT = "16KiB"     # small: rolls every ~100 records
 RETAIN = "256KiB"    # small: retention deletes segments all the time
 INTERVAL = "250ms"    # heartbeat interval; the waits below derive from it
+FEED_READ_S = 90      # longest a feed read of the whole journal may take
 
 
 def payload(client, mid):
@@ -108,9 +109,11 @@ def read_feed(c, feed_ep, first, count):
     out = os.path.join(c.dir, "feed.out")
     if os.path.exists(out):
         os.unlink(out)
+    # Bounded by count; the duration only stops a feed that never ends (a
+    # loaded machine reads a large journal through FUSE slowly).
     rc, _, err = c.run_cli(["tail", "--feed", feed_ep, "--from", str(first), "--count", str(count),
-                            "--out", out, "--duration", "%ds" % max(10, int(20 * c.interval_s))],
-                           timeout=60)
+                            "--out", out, "--duration", "%ds" % FEED_READ_S],
+                           timeout=FEED_READ_S + 30)
     assert rc == 0, "berth tail: %s" % err
     recs = {}
     for off, rec in journal_file.parse_segment(out):
