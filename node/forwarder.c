@@ -1,9 +1,12 @@
-/* forwarder: one thread that reads durable records from the journal in
- * batches, hands each batch to the engine, waits for its acknowledgements,
- * publishes the new forwarded seq (workers holding ACKs for it are woken
- * through the journal's waiters) and then confirms it as the journal
- * consumer's durable position. A failed batch is sent again from its first
- * unacknowledged record after a backoff; the engine drops duplicates by
+/* forwarder: one thread streams durable records from the journal to the
+ * engine, keeping up to a window of them in flight. The engine's ack
+ * callback (its own threads) marks records in a ring and wakes the thread,
+ * which advances the forwarded seq over the acknowledged prefix, wakes the
+ * workers holding ACKs for it (through the journal's waiters) and, at most
+ * every FORWARDER_CONFIRM_MS, confirms it as the journal consumer's durable
+ * position. A failure (an error outcome, or the oldest record waiting past
+ * the timeout) abandons what is in flight and starts again from the first
+ * record not acknowledged, after a backoff; the engine drops re-sends by
  * message id. */
 #include "forwarder.h"
 
@@ -27,51 +30,81 @@
 #define FORWARDER_BACKOFF_MIN_MS 50
 #define FORWARDER_BACKOFF_MAX_MS 2000
 #define FORWARDER_IDLE_WAIT_MS 200
+#define FORWARDER_BUSY_WAIT_MS 20   /* with records in flight: look at the oldest this often */
+#define FORWARDER_CONFIRM_MS 50     /* the durable position trails by at most this */
 #define FORWARDER_REASON_MAX 200
+
+/* One record in flight. */
+struct forwarder_slot {
+    uint64_t seq;
+    uint64_t ts;        /* its Unix ms timestamp (lag) */
+    uint64_t sent_ms;   /* mono ms it was sent */
+    bool acked;
+};
 
 struct forwarder {
     struct forwarder_config cfg;
     char consumer[JOURNAL_CONSUMER_NAME_MAX + 1];
     pthread_t thread;
     bool started;
-    int wake_fd;                       /* the journal writes it when the durable seq moves */
+    int wake_fd;                       /* the journal and the ack callback write it */
     int stop_fd;                       /* forwarder_free writes it */
-    struct journal_reader *reader;     /* at the first record not yet acknowledged */
-    struct buf *raws;                  /* one per record of a batch */
-    struct journal_record *recs;
+    struct journal_reader *reader;     /* at the next record to send */
+    struct buf raw;                    /* the record being sent */
     atomic_uint_fast64_t forwarded;    /* forwarder_seq */
     atomic_bool healthy;
+    uint64_t confirmed;                /* thread only: last seq confirmed durably */
+    uint64_t confirmed_ms;
     pthread_mutex_t mu;                /* everything below */
+    struct forwarder_slot *ring;       /* window slots, oldest at head */
+    size_t head, count;
+    bool failed;                       /* an error outcome since the last restart */
+    char fail_why[FORWARDER_REASON_MAX];
     char reason[FORWARDER_REASON_MAX];
-    uint64_t oldest_pending_ts;        /* Unix ms of the first record not acknowledged, 0 none */
     uint64_t failing_since_ms;         /* mono ms of the first failure since the last success */
+    uint64_t stalled_ts;               /* after a restart: Unix ms of the first record not
+                                        * acknowledged (lag while nothing is in flight) */
     uint64_t publish_errors, duplicates, total;
 };
 
-static uint64_t forwarder_wall_ms(void)
+static void forwarder_wake_self(struct forwarder *f)
 {
-    struct timespec ts;
-    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
-        return 0;
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    uint64_t one = 1;
+    ssize_t w;
+    do
+        w = write(f->wake_fd, &one, sizeof(one));
+    while (w < 0 && errno == EINTR);
+    /* EAGAIN: the counter is saturated, the thread is woken anyway. */
 }
 
-static void forwarder_set_health(struct forwarder *f, bool ok, const char *why);
-
-/* A failure: unhealthy when definite, or once failures have lasted
- * unhealthy_after_ms; until then the records wait (held ACKs too). */
-static void forwarder_failed(struct forwarder *f, bool definite, const char *why)
+/* The engine's outcome for seq (its threads). Records come back in any
+ * order; those no longer in flight (abandoned) are ignored. */
+static void forwarder_on_ack(void *arg, uint64_t seq, bool ok, bool duplicate, const char *why)
 {
-    uint64_t now = mono_now_ms();
+    struct forwarder *f = arg;
     pthread_mutex_lock(&f->mu);
-    if (f->failing_since_ms == 0)
-        f->failing_since_ms = now ? now : 1;
-    bool long_enough = now - f->failing_since_ms >= f->cfg.unhealthy_after_ms;
+    size_t lo = 0, hi = f->count;
+    size_t cap = f->cfg.window;
+    while (lo < hi) { /* seqs increase along the ring */
+        size_t mid = lo + (hi - lo) / 2;
+        uint64_t s = f->ring[(f->head + mid) % cap].seq;
+        if (s < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < f->count && f->ring[(f->head + lo) % cap].seq == seq) {
+        if (ok) {
+            f->ring[(f->head + lo) % cap].acked = true;
+            if (duplicate)
+                f->duplicates++;
+        } else if (!f->failed) {
+            f->failed = true;
+            snprintf(f->fail_why, sizeof(f->fail_why), "%s", why ? why : "not stored");
+        }
+    }
     pthread_mutex_unlock(&f->mu);
-    if (definite || long_enough)
-        forwarder_set_health(f, false, why);
-    else
-        log_debug("forwarder_retry", "engine=%s reason=\"%s\"", f->cfg.engine.name, why);
+    forwarder_wake_self(f);
 }
 
 static void forwarder_set_health(struct forwarder *f, bool ok, const char *why)
@@ -94,7 +127,23 @@ static void forwarder_set_health(struct forwarder *f, bool ok, const char *why)
         journal_wake(f->cfg.journal);
 }
 
-/* Waits up to ms for the journal to say more is durable; false once told to stop. */
+/* A failure: unhealthy when definite, or once failures have lasted
+ * unhealthy_after_ms; until then the records wait (held ACKs too). */
+static void forwarder_failed(struct forwarder *f, bool definite, const char *why)
+{
+    uint64_t now = mono_now_ms();
+    pthread_mutex_lock(&f->mu);
+    if (f->failing_since_ms == 0)
+        f->failing_since_ms = now ? now : 1;
+    bool long_enough = now - f->failing_since_ms >= f->cfg.unhealthy_after_ms;
+    pthread_mutex_unlock(&f->mu);
+    if (definite || long_enough)
+        forwarder_set_health(f, false, why);
+    else
+        log_debug("forwarder_retry", "engine=%s reason=\"%s\"", f->cfg.engine.name, why);
+}
+
+/* Waits up to ms for a wake-up; false once told to stop. */
 static bool forwarder_wait(struct forwarder *f, uint64_t ms)
 {
     struct pollfd p[2] = {{.fd = f->wake_fd, .events = POLLIN}, {.fd = f->stop_fd, .events = POLLIN}};
@@ -113,8 +162,6 @@ static bool forwarder_wait(struct forwarder *f, uint64_t ms)
     return true;
 }
 
-/* Starts the reader again at seq (after a failed batch: from its first
- * record not acknowledged). */
 static int forwarder_seek(struct forwarder *f, uint64_t seq)
 {
     journal_reader_free(f->reader);
@@ -122,63 +169,96 @@ static int forwarder_seek(struct forwarder *f, uint64_t seq)
     return f->reader ? 0 : -1;
 }
 
-/* One batch: read, publish, advance. Returns 1 when it sent something, 0
- * when nothing was waiting, -1 after a failure (the caller backs off). */
-static int forwarder_round(struct forwarder *f)
+/* Moves the forwarded seq over the acknowledged prefix of the ring; 1 when
+ * it moved. */
+static int forwarder_advance(struct forwarder *f, uint64_t now)
 {
-    size_t n = 0;
-    char err[512];
-    while (n < f->cfg.batch) {
-        int r = journal_read_next(f->cfg.journal, f->reader, &f->raws[n], &f->recs[n], err,
-                                  sizeof(err));
-        if (r < 0) {
-            log_error("forwarder_read_failed", "error=\"%s\"", err);
-            forwarder_failed(f, true, "cannot read the journal");
-            return -1;
-        }
-        if (r == 0)
-            break;
-        n++;
-    }
-    if (n == 0)
-        return 0;
+    uint64_t last = 0;
     pthread_mutex_lock(&f->mu);
-    if (f->oldest_pending_ts == 0)
-        f->oldest_pending_ts = f->recs[0].timestamp_ms;
+    while (f->count && f->ring[f->head].acked) {
+        f->stalled_ts = 0;
+        last = f->ring[f->head].seq;
+        f->head = (f->head + 1) % f->cfg.window;
+        f->count--;
+        f->total++;
+    }
     pthread_mutex_unlock(&f->mu);
-
-    struct forwarder_batch b = {.recs = f->recs, .n = n};
-    size_t acked = 0;
-    uint64_t dups = 0;
-    int rc = f->cfg.engine.publish(f->cfg.engine.impl, &b, f->cfg.timeout_ms, &acked, &dups, err,
-                                   sizeof(err));
-    if (acked > n)
-        acked = n; /* an engine's mistake must not skip records */
-    if (acked > 0) {
-        uint64_t last = f->recs[acked - 1].seq;
-        /* Published first, then woken, then made durable: an ACK waiting in
-         * --ack-after replicated needs only the engine's word. */
+    if (last) {
+        /* Published first, then woken: an ACK waiting in --ack-after
+         * replicated needs only the engine's word. */
         atomic_store_explicit(&f->forwarded, last, memory_order_release);
         journal_wake(f->cfg.journal);
-        char cerr[256];
-        if (journal_consumer_confirm(f->cfg.journal, f->consumer, last, cerr, sizeof(cerr)) != 0)
-            log_warn("forwarder_confirm_failed", "consumer=%s error=\"%s\"", f->consumer, cerr);
+        forwarder_set_health(f, true, NULL);
     }
+    /* The durable position trails a little: a restart re-sends at most
+     * that much, which the engine drops by message id. */
+    uint64_t fw = atomic_load(&f->forwarded);
+    if (fw > f->confirmed && (now - f->confirmed_ms >= FORWARDER_CONFIRM_MS || f->count == 0)) {
+        char err[256];
+        if (journal_consumer_confirm(f->cfg.journal, f->consumer, fw, err, sizeof(err)) == 0)
+            f->confirmed = fw;
+        else
+            log_warn("forwarder_confirm_failed", "consumer=%s error=\"%s\"", f->consumer, err);
+        f->confirmed_ms = now;
+    }
+    return last ? 1 : 0;
+}
+
+/* After a failure: forget what is in flight, start again from the first
+ * record not acknowledged. */
+static void forwarder_restart(struct forwarder *f, const char *why)
+{
+    f->cfg.engine.abandon(f->cfg.engine.impl);
     pthread_mutex_lock(&f->mu);
-    f->duplicates += dups;
-    f->total += acked;
-    f->oldest_pending_ts = acked < n ? f->recs[acked].timestamp_ms : 0;
-    if (rc != 0)
-        f->publish_errors++;
+    uint64_t from = f->count ? f->ring[f->head].seq : atomic_load(&f->forwarded) + 1;
+    if (f->count)
+        f->stalled_ts = f->ring[f->head].ts;
+    f->head = f->count = 0;
+    f->failed = false;
+    f->publish_errors++;
     pthread_mutex_unlock(&f->mu);
-    if (rc != 0 || acked < n) {
-        forwarder_failed(f, false, rc != 0 ? err : "not every record was acknowledged");
-        if (forwarder_seek(f, f->recs[acked].seq) != 0)
-            log_error("forwarder_seek_failed", "error=\"out of memory\"");
-        return -1;
+    forwarder_failed(f, false, why);
+    if (forwarder_seek(f, from) != 0)
+        log_error("forwarder_seek_failed", "error=\"out of memory\"");
+}
+
+/* Sends what is durable while the window has room. 1 sent some, 0 none
+ * waiting (or a send failed: f->failed says so), -1 the journal could not
+ * be read. */
+static int forwarder_fill(struct forwarder *f, uint64_t now, char *err, size_t errlen)
+{
+    int sent = 0;
+    for (;;) {
+        pthread_mutex_lock(&f->mu);
+        bool room = f->count < f->cfg.window;
+        pthread_mutex_unlock(&f->mu);
+        if (!room)
+            break;
+        struct journal_record rec;
+        int r = journal_read_next(f->cfg.journal, f->reader, &f->raw, &rec, err, errlen);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        if (f->cfg.engine.send(f->cfg.engine.impl, &rec, err, errlen) != 0) {
+            /* Not sent: the restart starts again at the first record not
+             * acknowledged, which is this one or one before it. */
+            pthread_mutex_lock(&f->mu);
+            if (!f->failed) {
+                f->failed = true;
+                snprintf(f->fail_why, sizeof(f->fail_why), "%.*s", (int)sizeof(f->fail_why) - 1, err);
+            }
+            pthread_mutex_unlock(&f->mu);
+            return 0;
+        }
+        pthread_mutex_lock(&f->mu);
+        struct forwarder_slot *sl = &f->ring[(f->head + f->count) % f->cfg.window];
+        *sl = (struct forwarder_slot){.seq = rec.seq, .ts = rec.timestamp_ms, .sent_ms = now};
+        f->count++;
+        pthread_mutex_unlock(&f->mu);
+        sent = 1;
     }
-    forwarder_set_health(f, true, NULL);
-    return 1;
+    return sent;
 }
 
 static void *forwarder_thread(void *arg)
@@ -186,29 +266,50 @@ static void *forwarder_thread(void *arg)
     struct forwarder *f = arg;
     uint64_t backoff = FORWARDER_BACKOFF_MIN_MS, last_probe = 0;
     for (;;) {
-        if (!f->reader && forwarder_seek(f, atomic_load(&f->forwarded) + 1) != 0) {
-            if (!forwarder_wait(f, FORWARDER_BACKOFF_MAX_MS))
-                break;
-            continue;
-        }
-        int r = forwarder_round(f);
-        if (r > 0) {
-            backoff = FORWARDER_BACKOFF_MIN_MS;
-            continue;
-        }
-        if (r < 0) {
+        uint64_t now = mono_now_ms();
+        forwarder_advance(f, now);
+        /* A failed outcome, or the oldest record waiting too long. */
+        pthread_mutex_lock(&f->mu);
+        bool failed = f->failed;
+        bool late = f->count && now - f->ring[f->head].sent_ms > f->cfg.timeout_ms;
+        char why[FORWARDER_REASON_MAX];
+        if (failed)
+            snprintf(why, sizeof(why), "%s", f->fail_why);
+        else if (late)
+            snprintf(why, sizeof(why), "no acknowledgement within %" PRIu32 " ms",
+                     f->cfg.timeout_ms);
+        size_t inflight = f->count;
+        pthread_mutex_unlock(&f->mu);
+        if (failed || late) {
+            forwarder_restart(f, why);
             if (!forwarder_wait(f, backoff))
                 break;
             backoff = backoff * 2 > FORWARDER_BACKOFF_MAX_MS ? FORWARDER_BACKOFF_MAX_MS
                                                              : backoff * 2;
             continue;
         }
+        char err[512];
+        int r = f->reader ? forwarder_fill(f, now, err, sizeof(err)) : -1;
+        if (r == -1) {
+            if (f->reader)
+                log_error("forwarder_read_failed", "error=\"%s\"", err);
+            forwarder_failed(f, true, "cannot read the journal");
+            if (!f->reader && forwarder_seek(f, atomic_load(&f->forwarded) + 1) != 0)
+                log_error("forwarder_seek_failed", "error=\"out of memory\"");
+            if (!forwarder_wait(f, FORWARDER_BACKOFF_MAX_MS))
+                break;
+            continue;
+        }
+        if (r > 0 || inflight) {
+            backoff = FORWARDER_BACKOFF_MIN_MS;
+            if (!forwarder_wait(f, r > 0 ? 0 : FORWARDER_BUSY_WAIT_MS))
+                break;
+            continue;
+        }
         /* Idle: is the engine still there? A node that must replicate
          * leaves rotation before a client finds out. */
-        uint64_t now = mono_now_ms();
         if (now - last_probe >= f->cfg.probe_ms) {
             last_probe = now;
-            char err[512];
             int pr = f->cfg.engine.probe(f->cfg.engine.impl, f->cfg.timeout_ms, err, sizeof(err));
             if (pr == 0)
                 forwarder_set_health(f, true, NULL);
@@ -234,15 +335,15 @@ struct forwarder *forwarder_new(const struct forwarder_config *cfg, char *err, s
     }
     f->cfg = *cfg;
     f->wake_fd = f->stop_fd = -1;
+    buf_init(&f->raw);
     snprintf(f->consumer, sizeof(f->consumer), "%s", cfg->consumer);
     f->cfg.consumer = f->consumer;
-    if (f->cfg.batch == 0)
-        f->cfg.batch = 1;
+    if (f->cfg.window == 0)
+        f->cfg.window = 1;
     if (f->cfg.probe_ms == 0)
         f->cfg.probe_ms = 1000;
     atomic_init(&f->healthy, true);
     int prc = pthread_mutex_init(&f->mu, NULL);
-    uint64_t confirmed = 0;
     if (prc != 0) {
         errbuf_setf(err, errlen, "pthread_mutex_init: %s", strerror(prc));
         if (cfg->engine.free)
@@ -250,20 +351,19 @@ struct forwarder *forwarder_new(const struct forwarder_config *cfg, char *err, s
         free(f);
         return NULL;
     }
+    uint64_t confirmed = 0;
     if (journal_consumer_position(cfg->journal, f->consumer, &confirmed) != 0) {
         errbuf_setf(err, errlen, "consumer %s is not configured in the journal", f->consumer);
         goto fail;
     }
     uint64_t from = cfg->replay_from ? cfg->replay_from : confirmed + 1;
     atomic_init(&f->forwarded, from - 1);
-    f->raws = calloc(f->cfg.batch, sizeof(*f->raws));
-    f->recs = calloc(f->cfg.batch, sizeof(*f->recs));
-    if (!f->raws || !f->recs || forwarder_seek(f, from) != 0) {
+    f->confirmed = confirmed;
+    f->ring = calloc(f->cfg.window, sizeof(*f->ring));
+    if (!f->ring || forwarder_seek(f, from) != 0) {
         errbuf_setf(err, errlen, "out of memory");
         goto fail;
     }
-    for (uint32_t i = 0; i < f->cfg.batch; i++)
-        buf_init(&f->raws[i]);
     f->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     f->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (f->wake_fd < 0 || f->stop_fd < 0) {
@@ -274,6 +374,7 @@ struct forwarder *forwarder_new(const struct forwarder_config *cfg, char *err, s
         errbuf_setf(err, errlen, "journal: too many waiters");
         goto fail;
     }
+    f->cfg.engine.set_ack(f->cfg.engine.impl, forwarder_on_ack, f);
     int rc = pthread_create(&f->thread, NULL, forwarder_thread, f);
     if (rc != 0) {
         journal_remove_waiter(cfg->journal, f->wake_fd);
@@ -281,8 +382,9 @@ struct forwarder *forwarder_new(const struct forwarder_config *cfg, char *err, s
         goto fail;
     }
     f->started = true;
-    log_info("forwarder_start", "engine=%s consumer=%s from_seq=%" PRIu64 "%s",
-             f->cfg.engine.name, f->consumer, from, cfg->replay_from ? " replay=true" : "");
+    log_info("forwarder_start", "engine=%s consumer=%s from_seq=%" PRIu64 " window=%" PRIu32 "%s",
+             f->cfg.engine.name, f->consumer, from, f->cfg.window,
+             cfg->replay_from ? " replay=true" : "");
     return f;
 fail:
     forwarder_free(f);
@@ -300,13 +402,12 @@ void forwarder_free(struct forwarder *f)
         pthread_join(f->thread, NULL);
         journal_remove_waiter(f->cfg.journal, f->wake_fd);
     }
+    /* The engine first: its threads call forwarder_on_ack until it is gone. */
     if (f->cfg.engine.free)
         f->cfg.engine.free(f->cfg.engine.impl);
     journal_reader_free(f->reader);
-    for (uint32_t i = 0; f->raws && i < f->cfg.batch; i++)
-        buf_release(&f->raws[i]);
-    free(f->raws);
-    free(f->recs);
+    buf_release(&f->raw);
+    free(f->ring);
     if (f->wake_fd >= 0)
         close(f->wake_fd);
     if (f->stop_fd >= 0)
@@ -335,13 +436,17 @@ void forwarder_get_stats(struct forwarder *f, struct forwarder_stats *out)
 {
     uint64_t durable = journal_durable_seq(f->cfg.journal);
     uint64_t fw = forwarder_seq(f);
+    struct timespec ts;
+    uint64_t wall = clock_gettime(CLOCK_REALTIME, &ts) == 0
+                        ? (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u
+                        : 0;
     pthread_mutex_lock(&f->mu);
     out->forwarded_seq = fw;
     out->lag_records = durable > fw ? durable - fw : 0;
-    uint64_t now = forwarder_wall_ms();
-    out->lag_ms = out->lag_records && f->oldest_pending_ts && now > f->oldest_pending_ts
-                      ? now - f->oldest_pending_ts
-                      : 0;
+    /* The oldest record not acknowledged: in flight, or not yet sent (then
+     * at most as old as the newest acknowledged one's successor). */
+    uint64_t oldest = f->count ? f->ring[f->head].ts : f->stalled_ts;
+    out->lag_ms = out->lag_records && oldest && wall > oldest ? wall - oldest : 0;
     out->publish_errors = f->publish_errors;
     out->duplicates = f->duplicates;
     out->forwarded = f->total;

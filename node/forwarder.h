@@ -1,7 +1,8 @@
 /* forwarder: delivers every journal record, in journal order, to a
  * replicated engine outside the node (NATS JetStream today, behind struct
  * forwarder_engine so another can be added), from the journal on disk, on
- * a thread of its own. It is a journal consumer: its position is durable
+ * a thread of its own, streaming: up to a window of records in flight.
+ * It is a journal consumer: its position is durable
  * (journal_consumer_confirm) and retention keeps what it has not
  * delivered. docs/DESIGN.md, "Replicated delivery". */
 #ifndef BERTH_FORWARDER_H
@@ -13,23 +14,25 @@
 
 #include "journal.h"
 
-/* What the forwarder hands an engine: records in journal order. */
-struct forwarder_batch {
-    const struct journal_record *recs;
-    size_t n;
-};
+/* How an engine reports the outcome of one record it was sent: ok (stored;
+ * duplicate: it had it already), or not (why: for the log). Called from the
+ * engine's own threads; must not call back into the engine. */
+typedef void (*forwarder_ack_fn)(void *arg, uint64_t seq, bool ok, bool duplicate,
+                                 const char *why);
 
-/* An engine. All calls come from the forwarder's thread. */
+/* An engine. All calls but the ack callback come from the forwarder's thread. */
 struct forwarder_engine {
     const char *name;  /* "jetstream": logs and reasons */
     void *impl;
-    /* Publishes the batch and waits (at most timeout_ms) for the engine's
-     * acknowledgement of each record. Sets *acked to how many from the
-     * first were acknowledged (all: returns 0) and *dups to how many of
-     * those the engine already had. Returns -1 with err when fewer than n
-     * were acknowledged. */
-    int (*publish)(void *impl, const struct forwarder_batch *b, uint32_t timeout_ms,
-                   size_t *acked, uint64_t *dups, char *err, size_t errlen);
+    /* Where outcomes go; set once, before the first send. */
+    void (*set_ack)(void *impl, forwarder_ack_fn fn, void *arg);
+    /* Publishes r asynchronously (its bytes are copied before it returns);
+     * its outcome comes through the ack callback. 0, or -1 with err: not
+     * sent (the forwarder starts again from it later). */
+    int (*send)(void *impl, const struct journal_record *r, char *err, size_t errlen);
+    /* Forgets every send not yet acknowledged (after a failure): their
+     * outcomes may still arrive, or not. */
+    void (*abandon)(void *impl);
     /* Can the engine store now (connected, a quorum behind the stream)?
      * Called when idle, at most once per probe interval; may wait up to
      * timeout_ms. 0; -1 with err when it did not answer (which a leader
@@ -45,8 +48,9 @@ struct forwarder_config {
     struct journal *journal;        /* borrowed; outlives the forwarder */
     const char *consumer;           /* its journal consumer name (configured in the journal) */
     struct forwarder_engine engine; /* the forwarder takes ownership (engine.free) */
-    uint32_t batch;                 /* records per publish, at most */
-    uint32_t timeout_ms;            /* for the acknowledgements of one batch, and a probe */
+    uint32_t window;                /* records sent and not yet acknowledged, at most */
+    uint32_t timeout_ms;            /* the oldest unacknowledged record waits at most this
+                                     * long; a probe too */
     uint32_t probe_ms;              /* idle: probe the engine this often */
     uint32_t unhealthy_after_ms;    /* failing this long (publishes or probes that get no
                                      * answer) makes it unhealthy; an engine's definite
@@ -60,7 +64,7 @@ struct forwarder_stats {
     uint64_t forwarded_seq;   /* every record up to it is acknowledged by the engine */
     uint64_t lag_records;     /* durable in the journal, not yet acknowledged */
     uint64_t lag_ms;          /* age of the oldest record not yet acknowledged (0: none) */
-    uint64_t publish_errors;  /* batches that failed */
+    uint64_t publish_errors;  /* failures (each restarts from the first unacknowledged) */
     uint64_t duplicates;      /* records the engine already had */
     uint64_t forwarded;       /* records acknowledged since start */
     bool healthy;             /* the last publish or probe worked */
@@ -71,7 +75,8 @@ struct forwarder;
 /* Starts the thread, from the consumer's confirmed seq + 1 (or
  * replay_from). NULL with err; the engine is freed then too. */
 struct forwarder *forwarder_new(const struct forwarder_config *cfg, char *err, size_t errlen);
-/* Stops the thread (waits for a batch under way) and frees the engine.
+/* Stops the thread and frees the engine (records in flight are sent again
+ * after a restart; the engine drops them by message id).
  * NULL is a no-op. */
 void forwarder_free(struct forwarder *f);
 

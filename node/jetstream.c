@@ -1,8 +1,6 @@
 /* jetstream: connect (servers, credentials, TLS), check or create the
- * stream, and publish batches of journal records asynchronously: every
- * record of a batch goes out before the first PubAck is awaited, the
- * PubAck handler (on a libnats thread) notes failures and duplicates under
- * a mutex, and js_PublishAsyncComplete bounds the wait. */
+ * stream, and publish journal records asynchronously; the PubAck handler
+ * (a libnats thread) hands each outcome to the forwarder. */
 #include "jetstream.h"
 
 #include <inttypes.h>
@@ -32,10 +30,9 @@ struct jetstream {
     char stream[128];
     char subject[JS_SUBJECT_MAX];     /* <prefix>.<node id> */
     char node_id[JOURNAL_CONSUMER_NAME_MAX + 1];
-    pthread_mutex_t mu;               /* what the PubAck handler writes */
-    uint64_t failed_min;              /* lowest seq of this batch not stored (UINT64_MAX: none) */
-    uint64_t dups;
-    char last_error[256];
+    pthread_mutex_t mu;               /* the ack callback's target */
+    forwarder_ack_fn ack_fn;
+    void *ack_arg;
 };
 
 /* The seq a message carries in its Berth-Seq header (0 if none). */
@@ -52,17 +49,17 @@ static void js_on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, v
     (void)js;
     struct jetstream *e = closure;
     uint64_t seq = js_msg_seq(msg);
-    pthread_mutex_lock(&e->mu);
-    if (pae) {
-        if (seq && seq < e->failed_min)
-            e->failed_min = seq;
-        snprintf(e->last_error, sizeof(e->last_error), "publish: %s (%d)",
+    char why[256] = "";
+    if (pae)
+        snprintf(why, sizeof(why), "publish: %s (%d)",
                  pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err), (int)pae->ErrCode);
-    } else if (pa && pa->Duplicate) {
-        e->dups++;
-    }
+    pthread_mutex_lock(&e->mu);
+    forwarder_ack_fn fn = e->ack_fn;
+    void *arg = e->ack_arg;
     pthread_mutex_unlock(&e->mu);
     natsMsg_Destroy(msg);
+    if (fn && seq)
+        fn(arg, seq, pae == NULL, pa && pa->Duplicate, pae ? why : NULL);
 }
 
 size_t jetstream_msg_id(const struct journal_record *r, const char *node_id, char *out,
@@ -166,68 +163,37 @@ static natsStatus js_build(struct jetstream *e, const struct journal_record *r, 
     return NATS_OK;
 }
 
-static int js_publish(void *impl, const struct forwarder_batch *b, uint32_t timeout_ms,
-                      size_t *acked, uint64_t *dups, char *err, size_t errlen)
+static void js_set_ack(void *impl, forwarder_ack_fn fn, void *arg)
 {
     struct jetstream *e = impl;
     pthread_mutex_lock(&e->mu);
-    e->failed_min = UINT64_MAX;
-    e->dups = 0;
-    e->last_error[0] = '\0';
+    e->ack_fn = fn;
+    e->ack_arg = arg;
     pthread_mutex_unlock(&e->mu);
-    uint64_t send_failed = UINT64_MAX;
-    natsStatus s = NATS_OK;
-    for (size_t i = 0; i < b->n; i++) {
-        natsMsg *m = NULL;
-        s = js_build(e, &b->recs[i], &m);
-        if (s == NATS_OK)
-            s = js_PublishMsgAsync(e->js, &m, NULL);
-        natsMsg_Destroy(m); /* NULL once libnats took it */
-        if (s != NATS_OK) {
-            send_failed = b->recs[i].seq;
-            break;
-        }
-    }
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = timeout_ms;
-    natsStatus cs = js_PublishAsyncComplete(e->js, &po);
-    uint64_t failed = send_failed;
-    if (cs != NATS_OK) {
-        /* Not acknowledged in time: those are ours again, and not stored
-         * as far as we know (a late PubAck is discarded; the re-send is a
-         * duplicate the stream drops by its message id). */
-        natsMsgList pending;
-        if (js_PublishAsyncGetPendingList(&pending, e->js) == NATS_OK) {
-            for (int i = 0; i < pending.Count; i++) {
-                uint64_t q = js_msg_seq(pending.Msgs[i]);
-                if (q && q < failed)
-                    failed = q;
-            }
-            natsMsgList_Destroy(&pending);
-        }
-    }
-    pthread_mutex_lock(&e->mu);
-    if (e->failed_min < failed)
-        failed = e->failed_min;
-    *dups = e->dups;
-    char why[256];
-    snprintf(why, sizeof(why), "%s", e->last_error);
-    pthread_mutex_unlock(&e->mu);
-    size_t ok = 0;
-    while (ok < b->n && b->recs[ok].seq < failed)
-        ok++;
-    *acked = ok;
-    if (ok == b->n && cs == NATS_OK && s == NATS_OK)
-        return 0;
-    if (s != NATS_OK)
+}
+
+static int js_send(void *impl, const struct journal_record *r, char *err, size_t errlen)
+{
+    struct jetstream *e = impl;
+    natsMsg *m = NULL;
+    natsStatus s = js_build(e, r, &m);
+    if (s == NATS_OK)
+        s = js_PublishMsgAsync(e->js, &m, NULL);
+    natsMsg_Destroy(m); /* NULL once libnats took it */
+    if (s != NATS_OK) {
         errbuf_setf(err, errlen, "publish: %s", natsStatus_GetText(s));
-    else if (cs != NATS_OK)
-        errbuf_setf(err, errlen, "no PubAck within %" PRIu32 " ms (%s)", timeout_ms,
-                    natsStatus_GetText(cs));
-    else
-        errbuf_setf(err, errlen, "%s", why[0] ? why : "a record was not stored");
-    return -1;
+        return -1;
+    }
+    return 0;
+}
+
+static void js_abandon(void *impl)
+{
+    struct jetstream *e = impl;
+    /* Ours again, their PubAcks discarded if they come. */
+    natsMsgList pending;
+    if (js_PublishAsyncGetPendingList(&pending, e->js) == NATS_OK)
+        natsMsgList_Destroy(&pending);
 }
 
 static int js_probe(void *impl, uint32_t timeout_ms, char *err, size_t errlen)
@@ -454,8 +420,9 @@ int jetstream_engine_new(const struct jetstream_config *cfg, struct forwarder_en
     if (js_check_stream(e, cfg, err, errlen) != 0)
         goto fail;
     natsOptions_Destroy(o);
-    *out = (struct forwarder_engine){.name = "jetstream", .impl = e, .publish = js_publish,
-                                     .probe = js_probe, .free = js_free};
+    *out = (struct forwarder_engine){.name = "jetstream", .impl = e, .set_ack = js_set_ack,
+                                     .send = js_send, .abandon = js_abandon, .probe = js_probe,
+                                     .free = js_free};
     return 0;
 fail:
     natsOptions_Destroy(o);

@@ -162,9 +162,11 @@ static const struct config_setting node_settings[] = {
      "a stream with a shorter one is refused"},
     {"jetstream-allow-few-replicas", CONFIG_BOOL, "false", 0, 0, NULL,
      "allow --ack-after replicated on a stream with fewer than 3 replicas"},
-    {"jetstream-batch", CONFIG_INT, "256", 1, 4096, NULL, "records per publish round"},
+    {"jetstream-window", CONFIG_INT, "2048", 1, 65536, NULL,
+     "records sent to JetStream and not yet acknowledged, at most"},
     {"jetstream-timeout", CONFIG_DURATION, "2s", 10, 60000, NULL,
-     "wait for a round's PubAcks (and a stream probe) at most this long"},
+     "the oldest record sent waits this long for its PubAck before the forwarder sends "
+     "again from it (also the stream probe's wait)"},
     {"jetstream-unhealthy-after", CONFIG_DURATION, "10s", 0, 600000, NULL,
      "JetStream failing this long (no PubAck, no answer) makes the node unhealthy; a "
      "stream that answers without a quorum does at once. Above JetStream's leader election "
@@ -593,12 +595,12 @@ static int node_open_forwarder(struct node *n, const char *servers)
         .replicas = (uint32_t)config_int(n->cfg, "jetstream-replicas"),
         .duplicate_window_ms = (uint64_t)config_int(n->cfg, "jetstream-duplicate-window"),
         .min_replicas = replicated && !config_bool(n->cfg, "jetstream-allow-few-replicas") ? 3 : 0,
-        .max_pending = (uint32_t)config_int(n->cfg, "jetstream-batch") * 2,
+        .max_pending = (uint32_t)config_int(n->cfg, "jetstream-window") + 64,
     };
     struct forwarder_config fc = {
         .journal = n->journal,
         .consumer = NODE_FORWARDER_CONSUMER,
-        .batch = (uint32_t)config_int(n->cfg, "jetstream-batch"),
+        .window = (uint32_t)config_int(n->cfg, "jetstream-window"),
         .timeout_ms = (uint32_t)config_int(n->cfg, "jetstream-timeout"),
         /* Once per heartbeat: a replicated node must leave rotation fast
          * (the balancers' interval is not known yet at start). */
