@@ -14,6 +14,7 @@ packages=(
   chromium chromium-driver python3-selenium python3-prometheus-client
   fuse3 python3-fusepy
   libnats-dev nats-server
+  help2man dpkg-dev file groff-base systemd
 )
 
 # A package counts as installed when dpkg says "install ok installed".
