@@ -332,6 +332,18 @@ static int balancer_split_hosts(const char *list, char **text, const char ***hos
     return 0;
 }
 
+/* A warning, not a refusal, when path is open to group or others (kind:
+ * shared/keys.h). An unset or unreadable path says nothing here. */
+static void balancer_warn_open_key(const char *setting, const char *path,
+                                   enum keys_file_kind kind)
+{
+    unsigned mode = 0;
+    char which[4096];
+    if (keys_check_mode(path, kind, &mode, which, sizeof which) == KEYS_MODE_OPEN)
+        log_warn("key_file_open", "setting=%s path=\"%s\" mode=%04o detail=\"%s\"", setting,
+                 which, mode, keys_mode_advice(kind));
+}
+
 /* SIGHUP: reads --curve-allow again; a list that does not load leaves the
  * old one in force. */
 static void balancer_reload_allowlist(struct balancer *b)
@@ -349,6 +361,7 @@ static void balancer_reload_allowlist(struct balancer *b)
         return;
     }
     size_t n = zap_allowlist_size(a);
+    balancer_warn_open_key("--curve-allow", path, KEYS_FILE_ALLOWLIST);
     hb_server_set_allowlist(b->hb, a);
     log_info("allowlist_reloaded", "path=\"%s\" keys=%zu", path, n);
 }
@@ -607,6 +620,9 @@ int main(int argc, char **argv)
     if (secret_open)
         log_warn("key_file_open", "path=\"%s\" detail=\"the secret key file is readable by "
                  "group or others: chmod 600 it\"", curve_secret);
+    balancer_warn_open_key("--https-key", config_str(b.cfg, "https-key"), KEYS_FILE_PRIVATE);
+    if (b.secure)
+        balancer_warn_open_key("--curve-allow", curve_allow, KEYS_FILE_ALLOWLIST);
     status = 1;
 
     struct sockaddr_storage ss;

@@ -1,7 +1,8 @@
-/* feed: one thread with a ROUTER socket; each consumer has a journal reader
- * (an open segment and an offset), a next seq and a credit. Records come
- * from disk, never from the workers, so a slow consumer costs a file
- * offset, not memory, and never holds up a worker loop. */
+/* feed: one thread with a ROUTER socket (and, with CURVE, the ZAP handler
+ * of its own context); each consumer has a journal reader (an open segment
+ * and an offset), a next seq and a credit. Records come from disk, never
+ * from the workers, so a slow consumer costs a file offset, not memory,
+ * and never holds up a worker loop. */
 #include "feed.h"
 
 #include <errno.h>
@@ -22,11 +23,14 @@
 #include "errbuf.h"
 #include "log.h"
 #include "mono.h"
+#include "zap.h"
 
 #define FEED_ID_MAX 255
 #define FEED_BURST 256        /* records per consumer per turn, for fairness */
 #define FEED_IDLE_WAIT_MS 1000
 #define FEED_SNDHWM (FEED_CREDIT_MAX * 2)
+#define FEED_ZAP_BATCH 64          /* ZAP requests answered per turn */
+#define FEED_REFUSED_LOG_MS 1000   /* refused handshakes: one log line a second at most */
 
 struct feed_consumer {
     bool used;
@@ -42,6 +46,9 @@ struct feed_consumer {
 struct feed {
     void *zctx;
     void *sock;                   /* ROUTER, used by the thread only once it runs */
+    struct zap_handler *zap;      /* CURVE only: admits the allowed consumer keys */
+    uint64_t refused;             /* handshakes refused since the last log line */
+    uint64_t refused_logged_ms;
     int wake_fd;                  /* eventfd the journal writes */
     int stop_fd;                  /* eventfd feed_free writes */
     struct journal *journal;
@@ -310,17 +317,34 @@ static bool feed_pump(struct feed *f, uint64_t now)
     return more;
 }
 
+/* The ZAP handler refused a consumer's handshake: its key is not in
+ * --feed-curve-allow. A refused client reconnects every 100 ms, so the
+ * lines are counted and written at most once a second. */
+static void feed_on_refused(void *arg, const struct zap_decision *d)
+{
+    struct feed *f = arg;
+    f->refused++;
+    uint64_t now = mono_now_ms();
+    if (f->refused_logged_ms && now - f->refused_logged_ms < FEED_REFUSED_LOG_MS)
+        return;
+    log_warn("feed_refused", "address=%s key=\"%s\" reason=\"%s\" refused=%" PRIu64, d->address,
+             d->key_z85[0] ? d->key_z85 : "none", d->reason, f->refused);
+    f->refused = 0;
+    f->refused_logged_ms = now;
+}
+
 static void *feed_thread(void *arg)
 {
     struct feed *f = arg;
     bool busy = false;
     for (;;) {
-        zmq_pollitem_t items[3] = {
+        zmq_pollitem_t items[4] = {
             {.socket = f->sock, .events = ZMQ_POLLIN},
             {.fd = f->wake_fd, .events = ZMQ_POLLIN},
             {.fd = f->stop_fd, .events = ZMQ_POLLIN},
+            {.socket = f->zap ? zap_handler_socket(f->zap) : NULL, .events = ZMQ_POLLIN},
         };
-        int rc = zmq_poll(items, 3, busy ? 0 : FEED_IDLE_WAIT_MS);
+        int rc = zmq_poll(items, f->zap ? 4 : 3, busy ? 0 : FEED_IDLE_WAIT_MS);
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -329,6 +353,9 @@ static void *feed_thread(void *arg)
         }
         if (items[2].revents & ZMQ_POLLIN)
             break;
+        /* Before the ROUTER: a handshake waits on this answer. */
+        if (f->zap && (items[3].revents & ZMQ_POLLIN))
+            (void)zap_handler_drain(f->zap, FEED_ZAP_BATCH, feed_on_refused, f);
         uint64_t now = mono_now_ms();
         if (items[1].revents & ZMQ_POLLIN) {
             uint64_t v;
@@ -358,17 +385,78 @@ static bool feed_endpoint_local(const char *ep)
            strncmp(h, "[::1]:", 6) == 0;
 }
 
+/* CURVE or plaintext, from the node's keys and the --feed-* settings; the
+ * contradictions are refused by name. 0 (*curve set), or -1 with err. */
+static int feed_choose_security(const struct feed_config *cfg, bool *curve, char *err,
+                                size_t errlen)
+{
+    bool have_allow = cfg->curve_allow && cfg->curve_allow[0];
+    *curve = false;
+    if (cfg->plaintext) {
+        if (have_allow) {
+            errbuf_setf(err, errlen, "--feed-plaintext contradicts --feed-curve-allow: pass one "
+                        "or the other");
+            return -1;
+        }
+        return 0;
+    }
+    if (!cfg->curve_keys) {
+        if (have_allow) {
+            errbuf_setf(err, errlen, "--feed-curve-allow needs the node's CURVE key "
+                        "(--curve-secret), which is the feed's server key");
+            return -1;
+        }
+        return 0; /* a node without keys: today's plaintext feed, loopback only */
+    }
+    if (!have_allow) {
+        errbuf_setf(err, errlen, "the node has a CURVE key (--curve-secret), so its feed is "
+                    "CURVE: give --feed-curve-allow DIR|FILE (the consumers' public keys, from "
+                    "`berth keygen`), or --feed-plaintext for an unauthenticated loopback feed");
+        return -1;
+    }
+    *curve = true;
+    return 0;
+}
+
+/* Loads --feed-curve-allow, warns when others may write it, and binds the
+ * ZAP handler on the feed's context: before the ROUTER exists, since
+ * libzmq admits every CURVE client of a context without one. 0 or -1. */
+static int feed_setup_zap(struct feed *f, const char *path, char *err, size_t errlen)
+{
+    char why[512], which[4096];
+    unsigned mode = 0;
+    if (keys_check_mode(path, KEYS_FILE_ALLOWLIST, &mode, which, sizeof(which)) == KEYS_MODE_OPEN)
+        log_warn("key_file_open", "setting=--feed-curve-allow path=\"%s\" mode=%04o "
+                 "detail=\"%s\"", which, mode, keys_mode_advice(KEYS_FILE_ALLOWLIST));
+    struct zap_allowlist *a = zap_allowlist_load(path, why, sizeof(why));
+    if (!a) {
+        errbuf_setf(err, errlen, "--feed-curve-allow: %s", why);
+        return -1;
+    }
+    size_t n = zap_allowlist_size(a);
+    f->zap = zap_handler_new(f->zctx, a, why, sizeof(why)); /* takes a */
+    if (!f->zap) {
+        errbuf_setf(err, errlen, "--feed-curve-allow: %s", why);
+        return -1;
+    }
+    log_info("feed_security", "mode=curve allowed_keys=%zu allow=\"%s\"", n, path);
+    return 0;
+}
+
 struct feed *feed_new(const struct feed_config *cfg, char *err, size_t errlen)
 {
-    /* The feed has neither authentication nor encryption: every payload
-     * goes to whoever connects. */
-    if (!feed_endpoint_local(cfg->endpoint) && !cfg->insecure) {
+    bool curve;
+    if (feed_choose_security(cfg, &curve, err, errlen) != 0)
+        return NULL;
+    /* Plaintext, the feed has neither authentication nor encryption: every
+     * payload goes to whoever connects. CURVE authenticates and encrypts. */
+    if (!curve && !feed_endpoint_local(cfg->endpoint) && !cfg->insecure) {
         errbuf_setf(err, errlen, "%s is reachable from other hosts and the feed is neither "
                     "authenticated nor encrypted: bind it to 127.0.0.1, [::1] or ipc://, or "
                     "pass --feed-insecure (docs/SECURITY.md)", cfg->endpoint);
         return NULL;
     }
-    if (!feed_endpoint_local(cfg->endpoint))
+    if (!curve && !feed_endpoint_local(cfg->endpoint))
         log_warn("feed_insecure", "endpoint=%s reason=\"--feed-insecure: every journaled "
                  "payload goes unencrypted to anyone who connects\"", cfg->endpoint);
 
@@ -386,12 +474,23 @@ struct feed *feed_new(const struct feed_config *cfg, char *err, size_t errlen)
         errbuf_setf(err, errlen, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         goto fail;
     }
+    if (curve && feed_setup_zap(f, cfg->curve_allow, err, errlen) != 0)
+        goto fail;
     f->sock = zmq_socket(f->zctx, ZMQ_ROUTER);
     int one = 1, hwm = FEED_SNDHWM, linger = 0;
     if (!f->sock || zmq_setsockopt(f->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one)) != 0 ||
         zmq_setsockopt(f->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm)) != 0 ||
         zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger)) != 0) {
         errbuf_setf(err, errlen, "zmq socket: %s", zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    /* Set before the bind: a connection is CURVE or not from its greeting. */
+    if (curve && (zmq_setsockopt(f->sock, ZMQ_CURVE_SERVER, &one, sizeof(one)) != 0 ||
+                  zmq_setsockopt(f->sock, ZMQ_CURVE_SECRETKEY, cfg->curve_keys->secret_key,
+                                 KEYS_LEN) != 0 ||
+                  zmq_setsockopt(f->sock, ZMQ_ZAP_DOMAIN, ZAP_DOMAIN, strlen(ZAP_DOMAIN)) != 0)) {
+        errbuf_setf(err, errlen, "CURVE server set-up (libzmq built without CURVE?): %s",
+                    zmq_strerror(zmq_errno()));
         goto fail;
     }
     if (zmq_bind(f->sock, cfg->endpoint) != 0) {
@@ -414,7 +513,13 @@ struct feed *feed_new(const struct feed_config *cfg, char *err, size_t errlen)
         goto fail;
     }
     f->started = true;
-    log_info("feed_listen", "endpoint=%s", cfg->endpoint);
+    if (curve) {
+        char pub[KEYS_Z85_LEN + 1];
+        keys_encode(cfg->curve_keys->public_key, pub);
+        log_info("feed_listen", "endpoint=%s security=curve public_key=%s", cfg->endpoint, pub);
+    } else {
+        log_info("feed_listen", "endpoint=%s security=plaintext", cfg->endpoint);
+    }
     return f;
 fail:
     feed_free(f);
@@ -437,6 +542,7 @@ void feed_free(struct feed *f)
         journal_reader_free(f->consumers[i].reader);
     if (f->sock)
         zmq_close(f->sock);
+    zap_handler_free(f->zap); /* after the ROUTER it guards, before the context ends */
     if (f->zctx) {
         int rc;
         do

@@ -135,8 +135,16 @@ static const struct config_setting node_settings[] = {
      "ZeroMQ endpoint the journal is published on for consumers (berth tail), e.g. "
      "tcp://127.0.0.1:7101 (default: no feed)"},
     {"feed-insecure", CONFIG_BOOL, "false", 0, 0, NULL,
-     "allow a --feed endpoint other hosts can reach: it has no authentication or "
-     "encryption (default: loopback and ipc:// only)"},
+     "with --feed-plaintext (or a node without --curve-secret): allow a --feed endpoint "
+     "other hosts can reach, unauthenticated and unencrypted (default: loopback and ipc:// "
+     "only)"},
+    {"feed-curve-allow", CONFIG_STRING, NULL, 0, 0, NULL,
+     "the consumers (berth tail --curve-secret) allowed on the feed: a directory of *.pub "
+     "files or a file of Z85 keys; required with --feed on a node with --curve-secret, whose "
+     "key is the feed's CURVE server key"},
+    {"feed-plaintext", CONFIG_BOOL, "false", 0, 0, NULL,
+     "serve --feed without CURVE even though the node has --curve-secret: anyone reaching "
+     "it reads every payload (loopback and ipc:// only unless --feed-insecure)"},
     {"jetstream", CONFIG_STRING, NULL, 0, 0, NULL,
      "NATS servers (nats://h1:4222,nats://h2:4222,...): publish every journal record, in "
      "journal order, to a JetStream stream (default: none)"},
@@ -701,6 +709,9 @@ static int node_open_journal(struct node *n)
     const char *feed = config_str(n->cfg, "feed");
     if (feed && feed[0]) {
         struct feed_config fc = {.endpoint = feed, .node_id = n->id, .journal = n->journal,
+                                 .curve_keys = n->curve ? &n->curve_keys : NULL,
+                                 .curve_allow = config_str(n->cfg, "feed-curve-allow"),
+                                 .plaintext = config_bool(n->cfg, "feed-plaintext"),
                                  .insecure = config_bool(n->cfg, "feed-insecure")};
         n->feed = feed_new(&fc, err, sizeof(err));
         if (!n->feed) {
@@ -788,6 +799,17 @@ static int node_setup_curve(struct node *n, unsigned nend)
     }
     n->curve = true;
     return 0;
+}
+
+/* A warning, not a refusal, when path is open to group or others (kind:
+ * shared/keys.h); --feed-curve-allow is looked at by the feed. */
+static void node_warn_open_key(const char *setting, const char *path, enum keys_file_kind kind)
+{
+    unsigned mode = 0;
+    char which[4096];
+    if (keys_check_mode(path, kind, &mode, which, sizeof(which)) == KEYS_MODE_OPEN)
+        log_warn("key_file_open", "setting=%s path=\"%s\" mode=%04o detail=\"%s\"", setting,
+                 which, mode, keys_mode_advice(kind));
 }
 
 /* SHA-256 of the certificate the node serves (DER), lower-case hex: sent in
@@ -1001,6 +1023,7 @@ static int node_setup(struct node *n, int argc, char **argv)
     log_set_format(strcmp(config_str(n->cfg, "log-format"), "json") == 0 ? LOG_FORMAT_JSON
                                                                          : LOG_FORMAT_TEXT);
     log_setup(level, "node", n->id);
+    node_warn_open_key("--key", key, KEYS_FILE_PRIVATE);
     if (node_open_journal(n) != 0)
         return 1;
 

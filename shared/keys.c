@@ -2,6 +2,7 @@
  * crypto_box makes), Z85 text, and reading and writing key files. */
 #include "keys.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -199,6 +200,12 @@ static int parse_key_text(const char *path, const char *text, uint8_t out[KEYS_L
     return 0;
 }
 
+/* The rule, once: the permission bits kind must not have. */
+static bool mode_open(enum keys_file_kind kind, mode_t mode)
+{
+    return (mode & (kind == KEYS_FILE_PRIVATE ? (mode_t)077 : (mode_t)022)) != 0;
+}
+
 int keys_read_file(const char *path, uint8_t out[KEYS_LEN], char *err, size_t errlen)
 {
     char buf[KEYS_FILE_MAX + 2];
@@ -222,13 +229,63 @@ int keys_load_secret(const char *path, struct keys_pair *kp, bool *group_readabl
     if (rc != 0)
         return -1;
     if (group_readable)
-        *group_readable = (st.st_mode & 077) != 0;
+        *group_readable = mode_open(KEYS_FILE_PRIVATE, st.st_mode);
     char why[128];
     if (keys_derive_public(kp, why, sizeof why) != 0) {
         errbuf_setf(err, errlen, "%s: %s", path, why);
         return -1;
     }
     return 0;
+}
+
+static void set_which(char *which, size_t whichlen, const char *path)
+{
+    if (which && whichlen)
+        snprintf(which, whichlen, "%s", path);
+}
+
+enum keys_mode keys_check_mode(const char *path, enum keys_file_kind kind, unsigned *mode,
+                               char *which, size_t whichlen)
+{
+    struct stat st;
+    if (!path || !*path || stat(path, &st) != 0)
+        return KEYS_MODE_UNKNOWN;
+    if (mode)
+        *mode = (unsigned)(st.st_mode & 07777);
+    set_which(which, whichlen, path);
+    if (mode_open(kind, st.st_mode))
+        return KEYS_MODE_OPEN;
+    if (kind != KEYS_FILE_ALLOWLIST || !S_ISDIR(st.st_mode))
+        return KEYS_MODE_PRIVATE;
+    /* A key file in a closed directory may still be rewritten in place. */
+    DIR *d = opendir(path);
+    if (!d)
+        return KEYS_MODE_PRIVATE; /* the loader reports it */
+    enum keys_mode verdict = KEYS_MODE_PRIVATE;
+    struct dirent *de;
+    while (verdict == KEYS_MODE_PRIVATE && (de = readdir(d)) != NULL) {
+        size_t len = strlen(de->d_name);
+        struct stat fst;
+        /* The loader's rule: "*.pub", not hidden; links are refused there. */
+        if (len <= 4 || strcmp(de->d_name + len - 4, ".pub") != 0 || de->d_name[0] == '.' ||
+            fstatat(dirfd(d), de->d_name, &fst, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISREG(fst.st_mode) || !mode_open(kind, fst.st_mode))
+            continue;
+        verdict = KEYS_MODE_OPEN;
+        if (mode)
+            *mode = (unsigned)(fst.st_mode & 07777);
+        if (which && whichlen)
+            snprintf(which, whichlen, "%s/%s", path, de->d_name);
+    }
+    closedir(d);
+    return verdict;
+}
+
+const char *keys_mode_advice(enum keys_file_kind kind)
+{
+    return kind == KEYS_FILE_PRIVATE
+               ? "a private key readable or writable by group or others: chmod 600 it"
+               : "an allowlist writable by group or others, who could add a key: chmod go-w it";
 }
 
 int keys_load_text_or_file(const char *text, uint8_t out[KEYS_LEN], char *err, size_t errlen)

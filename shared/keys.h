@@ -1,6 +1,7 @@
-/* keys: CurveZMQ key pairs for the heartbeat channel: generating them
- * (X25519 through OpenSSL, so libberth needs no libzmq), Z85 text (ZeroMQ
- * RFC 32), and the key files `berth keygen` writes and the programs read. */
+/* keys: CurveZMQ key pairs for the heartbeat channel and the feed:
+ * generating them (X25519 through OpenSSL, so libberth needs no libzmq),
+ * Z85 text (ZeroMQ RFC 32), the key files `berth keygen` writes and the
+ * programs read, and whether a key file's mode lets others in. */
 #ifndef BERTH_KEYS_H
 #define BERTH_KEYS_H
 
@@ -40,6 +41,30 @@ int keys_read_file(const char *path, uint8_t out[KEYS_LEN], char *err, size_t er
  * the caller should warn about. 0, or -1 with err. */
 int keys_load_secret(const char *path, struct keys_pair *kp, bool *group_readable, char *err,
                      size_t errlen);
+
+/* What keys_check_mode judges a path as. */
+enum keys_file_kind {
+    KEYS_FILE_PRIVATE,   /* a private key (TLS or CURVE): no access for group or others */
+    KEYS_FILE_ALLOWLIST, /* a key allowlist, file or directory: not writable by group or
+                            others, since whoever may write it may let a key in */
+};
+
+enum keys_mode {
+    KEYS_MODE_UNKNOWN = -1, /* could not be looked at (errno); the reader reports it */
+    KEYS_MODE_PRIVATE = 0,  /* closed to group and others as kind requires */
+    KEYS_MODE_OPEN = 1,     /* open to group or others: the caller warns */
+};
+
+/* Looks at path's permission bits (following links: the target's mode is
+ * what protects it) as kind says. For an allowlist directory the *.pub
+ * files in it are looked at too. *mode (may be NULL) gets the permission
+ * bits of what was judged open, or of path; which (may be NULL) gets that
+ * path. Never fails otherwise; does not print. */
+enum keys_mode keys_check_mode(const char *path, enum keys_file_kind kind, unsigned *mode,
+                               char *which, size_t whichlen);
+
+/* What to do about an open file of kind, for people: "chmod 600 it". */
+const char *keys_mode_advice(enum keys_file_kind kind);
 
 /* A key given as text or as a file: a path that exists is read as a key
  * file, anything else must be Z85 text. 0, or -1 with err. */

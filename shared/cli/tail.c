@@ -1,7 +1,8 @@
-/* tail: one DEALER per --feed endpoint; subscribes, grants credit as it
- * consumes, checks every record's CRC32C, resubscribes after a node
- * restart from the seq after the last one seen, and stops after --count
- * records or --duration. Record layout: docs/DESIGN.md, "Journal". */
+/* tail: one DEALER per --feed endpoint (a CURVE client with --curve-secret
+ * and --feed-key); subscribes, grants credit as it consumes, checks every
+ * record's CRC32C, resubscribes after a node restart from the seq after
+ * the last one seen, and stops after --count records or --duration.
+ * Record layout: docs/DESIGN.md, "Journal". */
 #include "tail.h"
 
 #include <errno.h>
@@ -14,11 +15,13 @@
 #include <unistd.h>
 
 #include <zmq.h>
+#include <openssl/crypto.h>
 
 #include "config.h"
 #include "feed_msg.h"
 #include "hb_msg.h"
 #include "journal_record.h"
+#include "keys.h"
 #include "mono.h"
 
 #define TAIL_FEEDS_MAX 16
@@ -51,10 +54,17 @@ static const struct config_setting tail_settings[] = {
      "record confirmed; confirmed once written out, every second and at exit"},
     {"timeout", CONFIG_DURATION, "5s", 100, 3600000, NULL,
      "a node that does not answer the subscription this long is an error"},
+    {"curve-secret", CONFIG_STRING, NULL, 0, 0, NULL,
+     "this consumer's CURVE secret key file (NAME.key from `berth keygen`; the nodes allow "
+     "its NAME.pub in --feed-curve-allow): connect with CURVE (with --feed-key)"},
+    {"feed-key", CONFIG_STRING, NULL, 0, 0, NULL,
+     "the nodes' CURVE public keys (their --curve-secret's .pub): a .pub file or Z85 text; "
+     "one for every --feed, or a comma-separated list in --feed's order"},
 };
 
 struct tail_feed {
     char endpoint[256];
+    uint8_t server_key[KEYS_LEN]; /* the node's public key, with --feed-key */
     void *sock;
     char node[256];        /* from WELCOME */
     bool welcomed;
@@ -202,6 +212,81 @@ static int tail_split(const char *list, struct tail_feed *feeds, size_t *n)
     return *n ? 0 : -1;
 }
 
+/* --feed-key: one key for all nf feeds, or one per feed in order. 0, or
+ * -1 (said on stderr). */
+static int tail_feed_keys(const char *list, struct tail_feed *feeds, size_t nf)
+{
+    size_t nkeys = 0;
+    char err[512];
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        const char *start = p;
+        while (len && (*start == ' ' || *start == '\t')) {
+            start++;
+            len--;
+        }
+        while (len && (start[len - 1] == ' ' || start[len - 1] == '\t'))
+            len--;
+        char item[4096];
+        if (len == 0 || len >= sizeof(item) || nkeys == nf) {
+            fprintf(stderr, "berth tail: --feed-key: %s\n",
+                    nkeys == nf ? "more keys than --feed endpoints" : "empty or overlong item");
+            return -1;
+        }
+        memcpy(item, start, len);
+        item[len] = '\0';
+        if (keys_load_text_or_file(item, feeds[nkeys].server_key, err, sizeof(err)) != 0) {
+            fprintf(stderr, "berth tail: --feed-key: %s\n", err);
+            return -1;
+        }
+        nkeys++;
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    if (nkeys == 1) {
+        for (size_t i = 1; i < nf; i++)
+            memcpy(feeds[i].server_key, feeds[0].server_key, KEYS_LEN);
+    } else if (nkeys != nf) {
+        fprintf(stderr, "berth tail: --feed-key: %zu keys for %zu --feed endpoints (give one "
+                "key for all, or one per endpoint in the same order)\n", nkeys, nf);
+        return -1;
+    }
+    return 0;
+}
+
+/* --curve-secret and --feed-key, both or neither. 0 (*curve says which),
+ * or -1 (said on stderr). */
+static int tail_setup_curve(struct config *cfg, struct tail_feed *feeds, size_t nf,
+                            struct keys_pair *kp, bool *curve)
+{
+    const char *secret = config_str(cfg, "curve-secret");
+    const char *fkeys = config_str(cfg, "feed-key");
+    bool have_secret = secret && secret[0], have_keys = fkeys && fkeys[0];
+    *curve = false;
+    if (!have_secret && !have_keys)
+        return 0;
+    if (!have_secret || !have_keys) {
+        fprintf(stderr, "berth tail: CURVE needs both --curve-secret FILE (this consumer's key) "
+                "and --feed-key FILE_OR_Z85 (the node's public key); missing: %s\n",
+                have_secret ? "--feed-key" : "--curve-secret");
+        return -1;
+    }
+    char err[512];
+    bool open_to_others = false;
+    if (keys_load_secret(secret, kp, &open_to_others, err, sizeof(err)) != 0) {
+        fprintf(stderr, "berth tail: --curve-secret: %s\n", err);
+        return -1;
+    }
+    if (open_to_others)
+        fprintf(stderr, "berth tail: warning: --curve-secret %s is readable by group or "
+                "others: chmod 600 it\n", secret);
+    if (tail_feed_keys(fkeys, feeds, nf) != 0)
+        return -1;
+    *curve = true;
+    return 0;
+}
+
 static int tail_run(struct config *cfg)
 {
     static struct tail_feed feeds[TAIL_FEEDS_MAX];
@@ -224,6 +309,10 @@ static int tail_run(struct config *cfg)
                 list, TAIL_FEEDS_MAX);
         return EXIT_USAGE;
     }
+    struct keys_pair kp;
+    bool curve = false;
+    if (tail_setup_curve(cfg, feeds, nf, &kp, &curve) != 0)
+        return EXIT_USAGE;
     uint64_t from = (uint64_t)config_int(cfg, "from");
     uint64_t count = (uint64_t)config_int(cfg, "count");
     uint64_t duration = (uint64_t)config_int(cfg, "duration");
@@ -262,6 +351,10 @@ static int tail_run(struct config *cfg)
         memcpy(t->node, t->endpoint, sizeof(t->endpoint)); /* NUL-terminated, same size */
         t->sock = zmq_socket(ctx, ZMQ_DEALER);
         if (!t->sock || zmq_setsockopt(t->sock, ZMQ_LINGER, &linger, sizeof(linger)) != 0 ||
+            (curve &&
+             (zmq_setsockopt(t->sock, ZMQ_CURVE_SERVERKEY, t->server_key, KEYS_LEN) != 0 ||
+              zmq_setsockopt(t->sock, ZMQ_CURVE_PUBLICKEY, kp.public_key, KEYS_LEN) != 0 ||
+              zmq_setsockopt(t->sock, ZMQ_CURVE_SECRETKEY, kp.secret_key, KEYS_LEN) != 0)) ||
             zmq_connect(t->sock, t->endpoint) != 0) {
             fprintf(stderr, "berth tail: --feed %s: %s\n", t->endpoint, zmq_strerror(zmq_errno()));
             status = EXIT_USAGE;
@@ -349,8 +442,14 @@ static int tail_run(struct config *cfg)
                 break;
             if (!t->welcomed && now - t->subscribed_ms >= timeout) {
                 /* Lost or never answered: ask again, and say so once per timeout. */
+                /* A CURVE feed answers a plaintext client nothing at all
+                 * (its handshake fails), as it does a key it does not allow. */
                 fprintf(stderr, "berth tail: %s: no answer to the subscription in %" PRIu64
-                        " ms; asking again\n", t->endpoint, timeout);
+                        " ms; asking again (%s)\n", t->endpoint, timeout,
+                        curve ? "is the feed CURVE, --feed-key the node's public key, and "
+                                "this consumer's public key in its --feed-curve-allow?"
+                              : "the node may require CURVE: pass --curve-secret and "
+                                "--feed-key");
                 if (tail_subscribe(t, t->last_seq ? t->last_seq + 1 : from, credit) < 0)
                     status = EXIT_RUNTIME;
             } else if (now - t->last_sent_ms >= TAIL_KEEPALIVE_MS && tail_credit(t) != 0) {
@@ -386,6 +485,7 @@ static int tail_run(struct config *cfg)
         }
     }
 done:
+    OPENSSL_cleanse(&kp, sizeof(kp));
     for (size_t i = 0; i < nf; i++)
         if (feeds[i].sock)
             zmq_close(feeds[i].sock);

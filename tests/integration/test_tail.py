@@ -26,7 +26,10 @@ def parse_lines(out):
 
 def test():
     feeds = cluster.free_ports(2)
-    node_args = {i: ["--feed", "tcp://127.0.0.1:%d" % feeds[i - 1]] for i in (1, 2)}
+    # The plaintext feed (these nodes have CURVE keys; test_feed_curve.py
+    # covers the CURVE one).
+    node_args = {i: ["--feed", "tcp://127.0.0.1:%d" % feeds[i - 1], "--feed-plaintext"]
+                 for i in (1, 2)}
     with cluster.Cluster(n=2, node_args=node_args) as c:
         c.wait_healthy(2)
         ep = ["tcp://127.0.0.1:%d" % p for p in feeds]
@@ -128,8 +131,8 @@ def test():
             p.stderr.close()
         print("berth tail | head: tail exited 0")
 
-        # A feed other hosts can reach has no authentication: the node
-        # refuses it unless --feed-insecure is given.
+        # A plaintext feed other hosts can reach has no authentication: the
+        # node refuses it unless --feed-insecure is given.
         argv = c.node_argv(1)
         argv[argv.index("--id") + 1] = "openfeed"
         argv[argv.index("--listen") + 1] = "127.0.0.1:%d" % cluster.free_ports(1)[0]

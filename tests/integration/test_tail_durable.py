@@ -16,7 +16,8 @@ RETAIN = 16 * 1024
 def test():
     feed = cluster.free_ports(1)[0]
     ep = "tcp://127.0.0.1:%d" % feed
-    with cluster.Cluster(n=1, node_args=["--feed", ep, "--journal-consumers", "archive,audit",
+    with cluster.Cluster(n=1, node_args=["--feed", ep, "--feed-plaintext",
+                                         "--journal-consumers", "archive,audit",
                                          "--journal-segment-bytes", "4KiB",
                                          "--journal-retain-bytes", str(RETAIN)]) as c:
         c.wait_healthy(1)

@@ -78,7 +78,8 @@ def test():
               "--show-leak-kinds=definite", "--num-callers=30", "--log-file=valgrind.log"]
     t0 = time.monotonic()
     feed = "tcp://127.0.0.1:%d" % cluster.free_ports(1)[0]
-    with cluster.Cluster(n=1, workers=2, node_prefix=prefix, node_args=["--feed", feed]) as c:
+    with cluster.Cluster(n=1, workers=2, node_prefix=prefix,
+                         node_args=["--feed", feed, "--feed-plaintext"]) as c:
         vglog = os.path.join(c.dir, "valgrind.log")
         c.wait_healthy(1, timeout=60)
         print("node healthy under valgrind after %.1fs" % (time.monotonic() - t0))

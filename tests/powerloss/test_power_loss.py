@@ -157,7 +157,8 @@ def run(c, fsync, seconds, max_cycles, rng, stop_when_lost=False):
     with powermount.PowerMount(base) as m:
         jdir = os.path.join(m.mnt, "journal")
         node_extra = ["--journal-dir", jdir, "--fsync", fsync, "--journal-segment-bytes", SEGMENT,
-                      "--journal-retain-bytes", RETAIN, "--feed", feed_ep]
+                      "--journal-retain-bytes", RETAIN, "--feed", feed_ep,
+                      "--feed-plaintext"]
         running, stop = threading.Event(), threading.Event()
         clients = [Client(c, "power%d" % k, running, stop) for k in range(CLIENTS)]
         c.start_node(1, node_extra)

@@ -1,7 +1,8 @@
 /* Unit tests for shared/keys.c: Z85 against the RFC 32 test vector and
  * libzmq's own codec, key pairs libzmq agrees with, bad Z85 (length,
  * alphabet, overflow), key files (comments, garbage, several keys, too
- * large), and writing pairs: modes 0600/0644, no overwrite without force. */
+ * large), writing pairs: modes 0600/0644, no overwrite without force, and
+ * which modes open a private key or an allowlist to others. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -250,6 +251,62 @@ static void test_write_pair(void **state)
     assert_int_equal(keys_write_pair("", &kp, false, err, sizeof err), -1);
 }
 
+/* keys_check_mode: private keys closed to group and others, allowlists
+ * (a file, a directory and the *.pub files in it) not writable by them. */
+static void test_check_mode(void **state)
+{
+    (void)state;
+    char p[512], which[512];
+    unsigned mode = 0;
+    path_in_dir(p, sizeof p, "tls.key");
+    write_text("tls.key", "x\n", 0600);
+    assert_int_equal(keys_check_mode(p, KEYS_FILE_PRIVATE, &mode, which, sizeof which),
+                     KEYS_MODE_PRIVATE);
+    assert_int_equal(mode, 0600);
+    static const unsigned open_private[] = {0640, 0604, 0620, 0602, 0644};
+    for (size_t i = 0; i < sizeof open_private / sizeof open_private[0]; i++) {
+        assert_int_equal(chmod(p, open_private[i]), 0);
+        assert_int_equal(keys_check_mode(p, KEYS_FILE_PRIVATE, &mode, which, sizeof which),
+                         KEYS_MODE_OPEN);
+        assert_int_equal(mode, open_private[i]);
+        assert_string_equal(which, p);
+    }
+    /* a 0644 list of keys is fine: only writing lets a key in */
+    assert_int_equal(keys_check_mode(p, KEYS_FILE_ALLOWLIST, NULL, NULL, 0), KEYS_MODE_PRIVATE);
+    assert_int_equal(chmod(p, 0664), 0);
+    assert_int_equal(keys_check_mode(p, KEYS_FILE_ALLOWLIST, NULL, NULL, 0), KEYS_MODE_OPEN);
+
+    char sub[512], pub[600];
+    path_in_dir(sub, sizeof sub, "allow");
+    assert_int_equal(mkdir(sub, 0755), 0);
+    assert_int_equal(chmod(sub, 0755), 0);
+    snprintf(pub, sizeof pub, "%s/n1.pub", sub);
+    write_text("allow/n1.pub", "x\n", 0644);
+    write_text("allow/notes.txt", "x\n", 0666); /* not a key file: not looked at */
+    assert_int_equal(keys_check_mode(sub, KEYS_FILE_ALLOWLIST, &mode, which, sizeof which),
+                     KEYS_MODE_PRIVATE);
+    assert_int_equal(mode, 0755);
+    assert_int_equal(chmod(sub, 0777), 0);
+    assert_int_equal(keys_check_mode(sub, KEYS_FILE_ALLOWLIST, &mode, which, sizeof which),
+                     KEYS_MODE_OPEN);
+    assert_int_equal(mode, 0777);
+    assert_string_equal(which, sub);
+    assert_int_equal(chmod(sub, 0755), 0);
+    assert_int_equal(chmod(pub, 0646), 0);
+    assert_int_equal(keys_check_mode(sub, KEYS_FILE_ALLOWLIST, &mode, which, sizeof which),
+                     KEYS_MODE_OPEN);
+    assert_int_equal(mode, 0646);
+    assert_string_equal(which, pub);
+
+    path_in_dir(p, sizeof p, "missing");
+    assert_int_equal(keys_check_mode(p, KEYS_FILE_PRIVATE, &mode, which, sizeof which),
+                     KEYS_MODE_UNKNOWN);
+    assert_int_equal(keys_check_mode(NULL, KEYS_FILE_PRIVATE, NULL, NULL, 0), KEYS_MODE_UNKNOWN);
+    assert_int_equal(keys_check_mode("", KEYS_FILE_ALLOWLIST, NULL, NULL, 0), KEYS_MODE_UNKNOWN);
+    assert_non_null(strstr(keys_mode_advice(KEYS_FILE_PRIVATE), "chmod 600"));
+    assert_non_null(strstr(keys_mode_advice(KEYS_FILE_ALLOWLIST), "chmod go-w"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +315,7 @@ int main(void)
         cmocka_unit_test(test_decode_rejects),
         cmocka_unit_test_setup_teardown(test_read_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_pair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_mode, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,4 @@
-/* Unit tests for balancer/zap.c: the decision on crafted ZAP requests
+/* Unit tests for shared/zap.c: the decision on crafted ZAP requests
  * (allowed, unknown key, wrong domain, mechanism, version, truncated,
  * oversized and empty frames), allowlist loading (directory of *.pub, file
  * of keys, bad lines named), and the handler socket in one process: a

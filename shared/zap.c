@@ -1,6 +1,6 @@
-/* zap: the node key allowlist, the ZAP decision on one request (a pure
+/* zap: the client key allowlist, the ZAP decision on one request (a pure
  * function, unit-tested with crafted frames) and the inproc handler socket
- * libzmq asks during each CURVE handshake of the heartbeat ROUTER. */
+ * libzmq asks during each CURVE handshake of a ROUTER in its context. */
 #include "zap.h"
 
 #include <dirent.h>

@@ -1,6 +1,7 @@
-/* zap: who may open a heartbeat connection: the allowlist of node public
- * keys, the ZAP (ZeroMQ RFC 27) decision on one request, and the handler
- * socket libzmq asks during every CURVE handshake. Single-threaded. */
+/* zap: who may open a CURVE connection (the balancer's heartbeat port, a
+ * node's journal feed): the allowlist of client public keys, the ZAP
+ * (ZeroMQ RFC 27) decision on one request, and the handler socket libzmq
+ * asks during every CURVE handshake. One thread per handler. */
 #ifndef BERTH_ZAP_H
 #define BERTH_ZAP_H
 
@@ -10,15 +11,16 @@
 
 #include "keys.h"
 
-/* The ZAP domain the heartbeat ROUTER announces; requests for another are
- * denied. */
+/* The ZAP domain berth's CURVE servers announce (the heartbeat ROUTER and
+ * the feed's, each with a handler on its own context); requests for
+ * another are denied. */
 #define ZAP_DOMAIN "berth"
 
 /* ---- the allowlist ---- */
 
 struct zap_allowlist;
 
-/* Loads the node keys allowed to connect: path is a directory (every
+/* Loads the client keys allowed to connect: path is a directory (every
  * "*.pub" file in it holds one key; other files are ignored) or a file of
  * one Z85 key per line ('#' comments and blank lines ignored). No key at
  * all is an error. In a directory, a file named after a node id
