@@ -14,6 +14,7 @@ packages=(
   chromium chromium-driver python3-selenium python3-prometheus-client
   fuse3 python3-fusepy
   libnats-dev nats-server
+  podman catatonit prometheus python3-yaml
   help2man dpkg-dev file groff-base systemd
 )
 
