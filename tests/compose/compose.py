@@ -175,16 +175,18 @@ def free_ports(n):
 # ---------------------------------------------------------------- cluster
 
 class Cluster:
-    """One compose project from the real docker-compose.yml."""
+    """One compose project from the real docker-compose.yml (and
+    extra_files, compose files layered on it, e.g. deploy/compose.jetstream.yml)."""
 
-    def __init__(self):
+    def __init__(self, extra_files=()):
+        self.extra_files = list(extra_files)
         self.project = "%s%dx%04x" % (PROJECT_PREFIX, os.getpid(), random.getrandbits(16))
         self.given_image = os.environ.get("BERTH_COMPOSE_IMAGE") or None
         self.image = self.given_image or "%s:local" % self.project
         self.tmp = tempfile.mkdtemp(prefix="%s%d-" % (TMP_PREFIX, os.getpid()))
         self.certs = os.path.join(self.tmp, "certs")
         self.ca = os.path.join(self.certs, "ca.pem")
-        ports = free_ports(5)
+        ports = free_ports(6)
         self.http_ports = dict(zip(BALANCERS, ports[:2]))
         self.node_ports = dict(zip(NODES, ports[2:]))
         self.balancer_urls = {b: "http://127.0.0.1:%d" % p for b, p in self.http_ports.items()}
@@ -199,13 +201,18 @@ class Cluster:
             "BERTH_CERTS": self.certs,
             "BERTH_HTTP_PORT": str(self.http_ports["balancer1"]),
             "BERTH_HTTP2_PORT": str(self.http_ports["balancer2"]),
+            "BERTH_NATS_PORT": str(ports[5]),
         })
+        self.nats_url = "nats://127.0.0.1:%d" % ports[5]
         for i, name in enumerate(NODES, 1):
             self.env["BERTH_NODE%d_PORT" % i] = str(self.node_ports[name])
 
     # -- compose and docker
     def compose(self, *args, timeout=180, check_rc=True):
-        cmd = self.cli + ["-p", self.project, "-f", COMPOSE_FILE, "--project-directory", SOURCE_DIR]
+        cmd = self.cli + ["-p", self.project, "-f", COMPOSE_FILE]
+        for f in self.extra_files:
+            cmd += ["-f", f]
+        cmd += ["--project-directory", SOURCE_DIR]
         return run(cmd + list(args), timeout=timeout, check_rc=check_rc, env=self.env)
 
     def prepare(self):
@@ -382,7 +389,7 @@ class Traffic:
 
 # ---------------------------------------------------------------- running a test
 
-def main(test, bound_s=300, bring_up=True):
+def main(test, bound_s=300, bring_up=True, extra_files=()):
     """Runs test(cluster) with a fresh cluster (test(None) when not bring_up),
     bounded by bound_s; tears the cluster down in every case; exits 0 on
     success, 1 on failure."""
@@ -408,7 +415,7 @@ def main(test, bound_s=300, bring_up=True):
         docker_ready()
         reap_stale_projects()
         if bring_up:
-            cluster = Cluster()
+            cluster = Cluster(extra_files)
         test(cluster)
         rc = 0
     except BaseException as e:  # noqa: B036 - report anything, then tear down
