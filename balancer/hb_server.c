@@ -17,6 +17,7 @@
 
 #include "hb_msg.h"
 #include "log.h"
+#include "hash.h"
 #include "mono.h"
 
 /* Messages handled per hb_server_drain call: enough to empty any normal
@@ -166,13 +167,8 @@ static void reject(struct hb_server *s, enum hb_reject r, const char *peer, cons
 
 /* ---- bindings: node id -> key and connection ---- */
 
-static size_t id_hash(const char *id)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *id; id++)
-        h = (h ^ (unsigned char)*id) * 1099511628211ull;
-    return (size_t)h;
-}
+/* The buckets are picked by the low bits: the hash with its finaliser. */
+static size_t id_hash(const char *id) { return (size_t)hash_str(id); }
 
 static struct binding *binding_find(const struct hb_server *s, const char *id)
 {

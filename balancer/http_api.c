@@ -24,6 +24,7 @@
 
 #include "buf.h"
 #include "dashboard.h"
+#include "hash.h"
 #include "hb_msg.h"
 #include "http_guard.h"
 #include "log.h"
@@ -316,11 +317,7 @@ static enum MHD_Result respond_pick(struct http_api *a, struct MHD_Connection *c
 {
     if (f->overflow)
         return respond_json(a, conn, MHD_HTTP_INTERNAL_SERVER_ERROR, NULL, NULL);
-    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a of the text picks the slot */
-    for (size_t i = 0; i < f->len; i++) {
-        h ^= (unsigned char)f->text[i];
-        h *= 0x100000001b3ULL;
-    }
+    uint64_t h = hash_bytes(f->text, f->len); /* the text picks the slot */
     struct pick_cache_slot *slot = &a->pick_cache[h % PICK_CACHE_SLOTS];
     if (!slot->resp || slot->len != f->len || memcmp(slot->text, f->text, f->len) != 0) {
         struct MHD_Response *resp =

@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hash.h"
+
 /* Random draws of a non-excluded member before least-loaded gives up on
  * sampling and scans; only many exclusions in a small rotation get there. */
 #define PICK_DRAW_TRIES 8
@@ -45,15 +47,6 @@ int picker_policy_parse(const char *text, enum picker_policy *out)
     return -1;
 }
 
-static uint64_t splitmix64_mix(uint64_t z)
-{
-    z ^= z >> 30;
-    z *= 0xbf58476d1ce4e5b9ULL;
-    z ^= z >> 27;
-    z *= 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    return z;
-}
 
 /* Picking is load spreading, not security: if getrandom is unavailable, the
  * clock and the process id are random enough. */
@@ -81,7 +74,7 @@ struct picker *picker_new(enum picker_policy policy, uint64_t seed)
     p->policy = policy;
     /* splitmix64 spreads small seeds (1, 2, 3) over the state; xorshift
      * must not start at 0. */
-    p->rng = splitmix64_mix((seed != 0 ? seed : seed_from_system()) + 0x9e3779b97f4a7c15ULL);
+    p->rng = hash_mix64((seed != 0 ? seed : seed_from_system()) + 0x9e3779b97f4a7c15ULL);
     if (p->rng == 0)
         p->rng = 0x9e3779b97f4a7c15ULL;
     return p;
@@ -181,17 +174,6 @@ static const struct registry_node *pick_round_robin(struct picker *p, const stru
     return NULL;
 }
 
-#define FNV_OFFSET 0xcbf29ce484222325ULL
-#define FNV_PRIME 0x100000001b3ULL
-
-static uint64_t fnv1a(uint64_t h, const char *s)
-{
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        h ^= *c;
-        h *= FNV_PRIME;
-    }
-    return h;
-}
 
 /* Highest random weight: every node scores hash(key, id) and the best wins,
  * so removing one node moves only the keys it held. The FNV state after the
@@ -201,10 +183,10 @@ static const struct registry_node *pick_rendezvous(const struct registry *r, siz
                                                    const char *key, const char *const *exclude,
                                                    size_t nexclude)
 {
-    uint64_t key_state = fnv1a(FNV_OFFSET, key);
+    uint64_t key_state = hash_fnv1a_str(HASH_FNV_OFFSET, key);
     /* The key's terminating NUL goes in too: no key holds one, so (key, id)
      * pairs like ("ab", "c") and ("a", "bc") hash different streams. */
-    key_state *= FNV_PRIME;
+    key_state *= HASH_FNV_PRIME;
 
     const struct registry_node *best = NULL;
     uint64_t best_score = 0;
@@ -212,7 +194,7 @@ static const struct registry_node *pick_rendezvous(const struct registry *r, siz
         const struct registry_node *c = registry_rotation_at(r, i);
         if (is_excluded(c, exclude, nexclude))
             continue;
-        uint64_t score = splitmix64_mix(fnv1a(key_state, c->id));
+        uint64_t score = hash_mix64(hash_fnv1a_str(key_state, c->id));
         /* ties (vanishingly rare) go to the smaller id, so the rotation's
          * order never decides */
         if (best == NULL || score > best_score ||

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "mono.h"
 
 /* One node. The public view comes first so a registry_node pointer and its
@@ -134,22 +135,9 @@ const char *node_state_name(enum node_state s)
     return state_names[s];
 }
 
-/* FNV-1a, then the splitmix64 finaliser: FNV alone clusters similar ids
- * ("n1", "n2") in the low bits that pick the slot. */
-static uint64_t id_hash(const char *id)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (const unsigned char *p = (const unsigned char *)id; *p; p++) {
-        h ^= *p;
-        h *= 0x100000001b3ULL;
-    }
-    h ^= h >> 30;
-    h *= 0xbf58476d1ce4e5b9ULL;
-    h ^= h >> 27;
-    h *= 0x94d049bb133111ebULL;
-    h ^= h >> 31;
-    return h;
-}
+/* FNV-1a with its finaliser (shared/hash.h): FNV alone clusters similar
+ * ids ("n1", "n2") in the low bits that pick the slot. */
+static uint64_t id_hash(const char *id) { return hash_str(id); }
 
 /* ---- the id index ---- */
 

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "hash.h"
+
 #define PEER_LIMIT_MIN_SLOTS 256 /* a power of two */
 
 struct peer_entry {
@@ -28,22 +30,12 @@ struct peer_limit {
     size_t used;              /* slots with connections > 0 */
 };
 
-static uint64_t peer_mix(uint64_t x)
-{
-    /* splitmix64's finaliser: every input bit reaches every output bit. */
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 static size_t peer_hash(const struct peer_limit *pl, const struct peer_key *k)
 {
     uint64_t lo = 0;
     memcpy(&lo, k->b + 1, 8);
-    return (size_t)peer_mix(peer_mix(pl->seed ^ lo) ^ k->b[0]);
+    return (size_t)hash_mix64(hash_mix64(pl->seed ^ lo) ^ k->b[0]);
 }
 
 struct peer_limit *peer_limit_new(uint32_t max_connections, uint32_t max_handshakes)

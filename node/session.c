@@ -412,6 +412,23 @@ static bool session_stored(const struct session *s, uint64_t seq)
  * waiting for a forwarder that cannot deliver now (replicated): ERROR
  * unavailable, and the client re-sends elsewhere (the record is forwarded
  * later all the same; the stream drops the re-send by its message id). */
+/* The held ACK h will never go: the output is cut where it starts, an
+ * ERROR takes its place (the replies before it still go out), and nothing
+ * more is answered. */
+static void session_fail_held(struct session *s, const struct session_held *h,
+                              enum frame_error code, const char *text, uint64_t now)
+{
+    size_t keep = (size_t)(h->pos - s->bytes_out);
+    s->out.len = s->out.off + keep;
+    s->held_head = s->nheld = 0;
+    s->in.off = s->in.len;
+    if (s->state == SESSION_OPEN || s->state == SESSION_CLOSING) {
+        s->state = SESSION_OPEN;
+        s->reason = NULL;
+        session_error(s, 0, code, text, now);
+    }
+}
+
 static void session_release(struct session *s, uint64_t now)
 {
     struct journal *j = s->env->journal;
@@ -420,33 +437,16 @@ static void session_release(struct session *s, uint64_t now)
         enum journal_state st = journal_state(j, h->seq);
         if (st == JOURNAL_DURABLE && s->env->forwarder &&
             forwarder_seq(s->env->forwarder) < h->seq) {
-            if (forwarder_healthy(s->env->forwarder, NULL, 0))
-                return;
-            size_t keep = (size_t)(h->pos - s->bytes_out);
-            s->out.len = s->out.off + keep;
-            s->held_head = s->nheld = 0;
-            s->in.off = s->in.len; /* nothing more is answered */
-            if (s->state == SESSION_OPEN || s->state == SESSION_CLOSING) {
-                s->state = SESSION_OPEN;
-                s->reason = NULL;
-                session_error(s, 0, FRAME_ERR_UNAVAILABLE, SESSION_UNAVAILABLE_TEXT, now);
-            }
+            if (!forwarder_healthy(s->env->forwarder, NULL, 0))
+                session_fail_held(s, h, FRAME_ERR_UNAVAILABLE, SESSION_UNAVAILABLE_TEXT, now);
             return;
         }
         if (st == JOURNAL_PENDING)
             return;
         if (st == JOURNAL_LOST) {
-            size_t keep = (size_t)(h->pos - s->bytes_out);
-            s->out.len = s->out.off + keep;
-            s->held_head = s->nheld = 0;
-            s->in.off = s->in.len; /* nothing more is answered */
-            if (s->state == SESSION_OPEN || s->state == SESSION_CLOSING) {
-                s->state = SESSION_OPEN;
-                s->reason = NULL;
-                /* The journal logged the failure with its detail. */
-                session_error(s, 0, FRAME_ERR_INTERNAL,
-                              SESSION_JOURNAL_TEXT ": fsync failed", now);
-            }
+            /* The journal logged the failure with its detail. */
+            session_fail_held(s, h, FRAME_ERR_INTERNAL, SESSION_JOURNAL_TEXT ": fsync failed",
+                              now);
             return;
         }
         s->held_head++;
