@@ -55,7 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (f.h.type == FRAME_HELLO && frame_parse_hello(&f, &hello) == 0) {
             struct buf b;
             buf_init(&b);
-            if (frame_append_hello(&b, f.h.request_id, hello.version, hello.name) != 0 ||
+            if (frame_append_hello_producer(&b, f.h.request_id, hello.version, hello.name,
+                                            hello.producer[0] ? hello.producer : NULL) != 0 ||
                 buf_size(&b) != (size_t)n || memcmp(buf_head(&b), data, (size_t)n) != 0)
                 abort();
             buf_release(&b);

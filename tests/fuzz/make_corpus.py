@@ -17,8 +17,11 @@ def frame(t, rid, payload=b"", version=1, flags=0, length=None):
     return HDR.pack(len(payload) if length is None else length, version, t, flags, rid) + payload
 
 
-def hello(rid=1, name=b"fuzz", version=1):
-    return frame(HELLO, rid, struct.pack(">HB", version, len(name)) + name)
+def hello(rid=1, name=b"fuzz", version=1, producer=b""):
+    body = struct.pack(">HB", version, len(name)) + name
+    if producer:
+        body += struct.pack(">B", len(producer)) + producer
+    return frame(HELLO, rid, body)
 
 
 def send(rid, mid, data):
@@ -41,6 +44,7 @@ def frames():
     mp = struct.pack(">I", 1 << 20)
     seeds = {
         "hello": hello(),
+        "hello_producer": hello(version=2, producer=b"0123456789abcdef"),
         "session": hello() + frame(PING, 2, b"abc") + frame(ECHO, 3, b"x" * 40) +
         send(4, 9, b"payload") + frame(INFO, 5) + frame(BYE, 6),
         "replies": welcome() + frame(PONG, 2) + frame(ACK, 3, struct.pack(">Q", 9) + b"\x11" * 32) +
