@@ -13,6 +13,7 @@
 #include <openssl/sha.h>
 
 #include "errbuf.h"
+#include "hex.h"
 #include "log.h"
 
 #define JS_SERVERS_MAX 16
@@ -93,16 +94,6 @@ static void js_hdr_value(char *out, size_t cap, const void *p, size_t n)
     out[o] = '\0';
 }
 
-static void js_hex(char *out, const uint8_t *p, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hex[p[i] >> 4];
-        out[2 * i + 1] = hex[p[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 /* The message for one record: data as the client sent it, metadata in
  * headers (docs/DESIGN.md lists them). */
 static natsStatus js_build(struct jetstream *e, const struct journal_record *r, natsMsg **out)
@@ -141,7 +132,7 @@ static natsStatus js_build(struct jetstream *e, const struct journal_record *r, 
         s = natsMsgHeader_Set(m, "Berth-Producer", v);
     }
     if (s == NATS_OK && r->ident_kind == JOURNAL_IDENT_CERT) {
-        js_hex(v, r->cert, JOURNAL_CERT_SHA256_LEN);
+        hex_encode(v, r->cert, JOURNAL_CERT_SHA256_LEN);
         s = natsMsgHeader_Set(m, "Berth-Cert-Sha256", v);
         if (s == NATS_OK) {
             js_hdr_value(v, sizeof(v), r->cert + JOURNAL_CERT_SHA256_LEN,
@@ -152,7 +143,7 @@ static natsStatus js_build(struct jetstream *e, const struct journal_record *r, 
     if (s == NATS_OK) {
         uint8_t d[SHA256_DIGEST_LENGTH];
         SHA256(r->data, r->len, d);
-        js_hex(v, d, sizeof(d));
+        hex_encode(v, d, sizeof(d));
         s = natsMsgHeader_Set(m, "Berth-Sha256", v);
     }
     if (s != NATS_OK) {

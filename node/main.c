@@ -23,6 +23,7 @@
 #include "frame.h"
 #include "hb_msg.h"
 #include "heartbeat.h"
+#include "hex.h"
 #include "keys.h"
 #include "journal.h"
 #include "log.h"
@@ -821,8 +822,7 @@ static int node_cert_sha256(SSL_CTX *ctx, char out[HB_CERT_SHA256_HEX + 1])
     unsigned int mdlen = 0;
     if (!cert || X509_digest(cert, EVP_sha256(), md, &mdlen) != 1 || mdlen != 32)
         return -1;
-    for (unsigned i = 0; i < mdlen; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    hex_encode(out, md, mdlen);
     return 0;
 }
 

@@ -16,6 +16,7 @@
 
 #include "forwarder.h"
 #include "frame.h"
+#include "hex.h"
 #include "log.h"
 
 #define SESSION_READ_CHUNK 16384u /* one TLS record */
@@ -251,10 +252,8 @@ static char *session_info_json(const struct session *s, uint64_t now)
         cipher = tls_conn_cipher(s->tls);
     }
     char cert_hex[2 * JOURNAL_CERT_SHA256_LEN + 1];
-    if (s->cert) {
-        for (size_t i = 0; i < JOURNAL_CERT_SHA256_LEN; i++)
-            snprintf(cert_hex + 2 * i, 3, "%02x", s->cert[i]);
-    }
+    if (s->cert)
+        hex_encode(cert_hex, s->cert, JOURNAL_CERT_SHA256_LEN);
     const struct node_stats *st = env->stats;
     json_t *j = json_pack(
         "{s:s, s:s, s:s, s:I, s:I, s:I, s:I,"

@@ -21,6 +21,7 @@
 #include "client.h"
 #include "frame.h"
 #include "hb_msg.h"
+#include "hex.h"
 #include "lookup.h"
 #include "mono.h"
 #include "retry.h"
@@ -172,8 +173,7 @@ berth_err berth_client_new(const struct berth_options *o, berth_client **out)
             free(c);
             return BERTH_E_SETUP;
         }
-        for (size_t i = 0; i < sizeof(r); i++)
-            snprintf(c->producer + 2 * i, 3, "%02x", r[i]);
+        hex_encode(c->producer, r, sizeof(r));
     }
     c->o = *o;
     int fail = 0;

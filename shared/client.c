@@ -23,6 +23,7 @@
 
 #include "addr.h"
 #include "buf.h"
+#include "hex.h"
 #include "mono.h"
 #include "tls_conn.h"
 #include "tls_ctx.h"
@@ -112,12 +113,7 @@ enum client_reply client_check_reply(const struct frame *f, uint8_t want_type, u
 
 void client_sha256_hex(const uint8_t sha[FRAME_SHA256_LEN], char out[2 * FRAME_SHA256_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < FRAME_SHA256_LEN; i++) {
-        out[2 * i] = hex[sha[i] >> 4];
-        out[2 * i + 1] = hex[sha[i] & 15];
-    }
-    out[2 * FRAME_SHA256_LEN] = '\0';
+    hex_encode(out, sha, FRAME_SHA256_LEN);
 }
 
 enum client_reply client_check_ack(const struct frame *f, uint64_t want_id, uint64_t want_message,

@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 
 #include "tls_ctx.h"
+#include "hex.h"
 
 #define TLS_CONN_ERR_MAX 512
 
@@ -456,8 +457,7 @@ int tls_conn_peer_sha256(const struct tls_conn *c, char hex[65])
     unsigned int n = 0;
     if (!x || X509_digest(x, EVP_sha256(), md, &n) != 1 || n != 32)
         return -1;
-    for (unsigned int i = 0; i < n; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    hex_encode(hex, md, n);
     return 0;
 }
 

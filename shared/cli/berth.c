@@ -22,6 +22,7 @@
 #include "config.h"
 #include "frame.h"
 #include "hb_msg.h"
+#include "hex.h"
 #include "keygen.h"
 #include "log.h"
 #include "lookup.h"
@@ -284,8 +285,7 @@ static void sender_on_ack(void *arg, const struct berth_ack *a)
 {
     struct cli_sender *s = arg;
     char hex[65];
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", a->sha256[i]);
+    hex_encode(hex, a->sha256, 32);
     printf("ack id=%" PRIu64 " bytes=%zu sha256=%s node=%s seq=%" PRIu64 "\n", a->message_id,
            a->bytes, hex, a->node_id, a->seq);
     if (strcmp(s->last_node, a->node_id) != 0) {
